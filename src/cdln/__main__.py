@@ -1,0 +1,5 @@
+import sys
+
+from cdln.cli import main
+
+sys.exit(main())

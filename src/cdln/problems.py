@@ -1,0 +1,245 @@
+"""Low-rank matrix recovery problems: factorization (MF), completion (MC) and sensing (MS).
+
+Every problem exposes the gradient of its training loss with respect to the end-to-end matrix
+``W`` (shape ``(B, d_out, d_in)``, B = batch of runs), which is all the GD engine needs: the
+layer gradients follow in closed form (see :mod:`cdln.engine`). Normalisations follow the
+replication spec, section 2:
+
+- MF: loss = 1/2 mean over all entries of (W - M*)^2; recovery error = the same.
+- MC: loss = 1/2 sum over observed (W - M*)^2 / n_observed; recovery = same on unobserved entries.
+- MS: loss = 1/2 sum_i (<A_i, W> - y_i)^2 with A_i iid N(0, 1/m^2); recovery = ||W - M*||_F/||M*||_F.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+Task = Literal["mf", "mc", "ms"]
+TASKS: tuple[str, ...] = ("mf", "mc", "ms")
+SPECTRA: tuple[str, ...] = ("spread", "top")
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """Everything that determines a problem instance (with ``data_seed``)."""
+
+    task: str
+    d_out: int
+    d_in: int
+    rank: int
+    data_seed: int = 0
+    p: float | None = None  # MC: fraction of observed entries
+    m: int | None = None  # MS: number of measurements
+    spectrum: str = "spread"
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field and its valid range."""
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {list(TASKS)}; got {self.task!r}")
+        if self.d_out < 1 or self.d_in < 1:
+            raise ValueError(f"d must be >= 1; got d_out={self.d_out}, d_in={self.d_in}")
+        if not 1 <= self.rank <= min(self.d_out, self.d_in):
+            raise ValueError(f"r must be in [1, min(d_out, d_in)] = [1, {min(self.d_out, self.d_in)}]; got {self.rank}")
+        if self.spectrum not in SPECTRA:
+            raise ValueError(f"spectrum must be one of {list(SPECTRA)}; got {self.spectrum!r}")
+        if self.task == "mc" and (self.p is None or not 0.0 < self.p <= 1.0):
+            raise ValueError(f"p must be in (0, 1] for task 'mc'; got {self.p}")
+        if self.task == "ms" and (self.m is None or self.m < 1):
+            raise ValueError(f"m must be >= 1 for task 'ms'; got {self.m}")
+
+    def operator_bytes(self, dtype: torch.dtype = torch.float64) -> int:
+        """Bytes of the largest tensor the problem holds (the MS operator, else the target)."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        entries = self.d_out * self.d_in
+        return itemsize * entries * (self.m if self.task == "ms" else 1)
+
+
+def low_rank_target(
+    d_out: int, d_in: int, rank: int, generator: torch.Generator, spectrum: str = "spread"
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rank-``rank`` target from the SVD of a standard-normal ``d_out x d_in`` matrix.
+
+    ``spectrum="spread"`` (the authors' generator) keeps the singular triplets at indices
+    ``0, n/(2r), 2n/(2r), ...`` (n = min(d_out, d_in)); ``"top"`` keeps the top ``rank``.
+    Returns ``(M, U, S, V)`` with ``M = U diag(S) V^T`` of shape (d_out, d_in), U (d_out, r),
+    S (r,) descending, V (d_in, r). Computed in float64 on the CPU.
+    """
+    gaussian = torch.randn(d_out, d_in, generator=generator, dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(gaussian, full_matrices=False)
+    step = max(1, min(d_out, d_in) // (2 * rank)) if spectrum == "spread" else 1
+    idx = torch.arange(rank) * step
+    u_r, s_r, v_r = u[:, idx], s[idx], vh[idx].T
+    return (u_r * s_r) @ v_r.T, u_r, s_r, v_r
+
+
+class Problem(ABC):
+    """A low-rank recovery problem; tensors live on ``self.target``'s device and dtype."""
+
+    spec: ProblemSpec
+    target: Tensor  # (d_out, d_in)
+
+    @abstractmethod
+    def loss_grad(self, end_to_end: Tensor) -> Tensor:
+        """Gradient of the training loss w.r.t. ``W`` of shape (B, d_out, d_in)."""
+
+    @abstractmethod
+    def train_loss(self, end_to_end: Tensor) -> Tensor:
+        """Training loss per batch member, shape (B,)."""
+
+    @abstractmethod
+    def recovery_error(self, end_to_end: Tensor) -> Tensor:
+        """Reported recovery error per batch member, shape (B,)."""
+
+    @abstractmethod
+    def surrogate(self) -> Tensor:
+        """Cheap estimate of the target whose singular vectors seed the C-DLN, (d_out, d_in)."""
+
+    @abstractmethod
+    def tensors(self) -> dict[str, Tensor]:
+        """The problem's data tensors, for saving."""
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Problem:
+        """Copy of the problem with every tensor on ``device`` in ``dtype`` (masks stay bool)."""
+        moved = {
+            k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in self.tensors().items()
+        }
+        return type(self)(self.spec, **moved)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.spec.d_out, self.spec.d_in
+
+
+class Factorization(Problem):
+    """MF: observe every entry of the target."""
+
+    def __init__(self, spec: ProblemSpec, target: Tensor) -> None:
+        self.spec, self.target = spec, target
+        self._scale = 1.0 / target.numel()
+
+    def loss_grad(self, end_to_end: Tensor) -> Tensor:
+        return (end_to_end - self.target) * self._scale
+
+    def train_loss(self, end_to_end: Tensor) -> Tensor:
+        return 0.5 * (end_to_end - self.target).square().mean(dim=(-2, -1))
+
+    recovery_error = train_loss
+
+    def surrogate(self) -> Tensor:
+        return self.target
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"target": self.target}
+
+
+class Completion(Problem):
+    """MC: observe ``floor(p * d_out * d_in)`` entries drawn uniformly without replacement."""
+
+    def __init__(self, spec: ProblemSpec, target: Tensor, mask: Tensor) -> None:
+        self.spec, self.target, self.mask = spec, target, mask.bool()
+        observed = int(self.mask.sum())
+        unobserved = self.mask.numel() - observed
+        if observed == 0:
+            raise ValueError("matrix completion needs at least one observed entry")
+        self._observed = self.mask.to(target.dtype) / observed
+        # With p = 1 nothing is held out; report the error on all entries instead of 0/0.
+        held_out = ~self.mask if unobserved else torch.ones_like(self.mask)
+        self._unobserved = held_out.to(target.dtype) / int(held_out.sum())
+
+    def loss_grad(self, end_to_end: Tensor) -> Tensor:
+        return (end_to_end - self.target) * self._observed
+
+    def train_loss(self, end_to_end: Tensor) -> Tensor:
+        return 0.5 * ((end_to_end - self.target).square() * self._observed).sum(dim=(-2, -1))
+
+    def recovery_error(self, end_to_end: Tensor) -> Tensor:
+        return 0.5 * ((end_to_end - self.target).square() * self._unobserved).sum(dim=(-2, -1))
+
+    def surrogate(self) -> Tensor:
+        p = float(self.mask.float().mean())
+        return self.target * self.mask / p
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"target": self.target, "mask": self.mask}
+
+
+class Sensing(Problem):
+    """MS: ``y_i = <A_i, M*>`` for m Gaussian ``A_i``; the operator is stored as (m, d_out*d_in)."""
+
+    def __init__(self, spec: ProblemSpec, target: Tensor, operator: Tensor, measurements: Tensor) -> None:
+        self.spec, self.target, self.operator, self.measurements = spec, target, operator, measurements
+        self._target_norm = torch.linalg.matrix_norm(target)
+
+    def _residual(self, end_to_end: Tensor) -> Tensor:
+        flat = end_to_end.reshape(end_to_end.shape[0], -1)  # (B, d_out*d_in)
+        return flat @ self.operator.T - self.measurements  # (B, m): one pass over the operator
+
+    def loss_grad(self, end_to_end: Tensor) -> Tensor:
+        return (self._residual(end_to_end) @ self.operator).reshape(end_to_end.shape)
+
+    def train_loss(self, end_to_end: Tensor) -> Tensor:
+        return 0.5 * self._residual(end_to_end).square().sum(dim=-1)
+
+    def recovery_error(self, end_to_end: Tensor) -> Tensor:
+        return torch.linalg.matrix_norm(end_to_end - self.target) / self._target_norm
+
+    def surrogate(self) -> Tensor:
+        m = self.operator.shape[0]
+        return (self.measurements @ self.operator).reshape(self.target.shape) / m
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"target": self.target, "operator": self.operator, "measurements": self.measurements}
+
+
+PROBLEM_CLASSES: dict[str, type[Problem]] = {"mf": Factorization, "mc": Completion, "ms": Sensing}
+
+
+def make_problem(spec: ProblemSpec) -> Problem:
+    """Draw a problem instance from ``spec`` on the CPU in float64 (seeded by ``spec.data_seed``)."""
+    spec.validate()
+    generator = torch.Generator().manual_seed(spec.data_seed)
+    target, *_ = low_rank_target(spec.d_out, spec.d_in, spec.rank, generator, spec.spectrum)
+    n_entries = spec.d_out * spec.d_in
+    if spec.task == "mf":
+        return Factorization(spec, target)
+    if spec.task == "mc":
+        n_observed = max(1, math.floor(spec.p * n_entries))
+        mask = torch.zeros(n_entries, dtype=torch.bool)
+        mask[torch.randperm(n_entries, generator=generator)[:n_observed]] = True
+        return Completion(spec, target, mask.reshape(spec.d_out, spec.d_in))
+    operator = torch.randn(spec.m, n_entries, generator=generator, dtype=torch.float64) / spec.m
+    measurements = operator @ target.reshape(-1)
+    return Sensing(spec, target, operator, measurements)
+
+
+def save_problem(problem: Problem, path: str | Path) -> None:
+    """Write the problem (spec + CPU tensors) to ``path`` atomically."""
+    from cdln.records import atomic_torch_save
+
+    payload: dict[str, Any] = {"spec": asdict(problem.spec)}
+    payload["tensors"] = {k: v.cpu() for k, v in problem.tensors().items()}
+    atomic_torch_save(payload, Path(path))
+
+
+def load_problem(path: str | Path) -> Problem:
+    """Read a problem written by :func:`save_problem` (CPU, stored dtype)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"problem file {path} does not exist (make it with `cdln make-problem`)")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    spec = ProblemSpec(**payload["spec"])
+    return PROBLEM_CLASSES[spec.task](spec, **payload["tensors"])
+
+
+def target_factors(problem: Problem, rank: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Top singular triplets ``(U, S, V)`` of the target: U (d_out, k), S (k,), V (d_in, k)."""
+    u, s, vh = torch.linalg.svd(problem.target, full_matrices=False)
+    k = problem.spec.rank if rank is None else rank
+    return u[:, :k], s[:k], vh[:k].T
