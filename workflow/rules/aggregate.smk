@@ -1,0 +1,1 @@
+"""aggregate rules (to be filled)."""

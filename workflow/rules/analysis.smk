@@ -1,0 +1,1 @@
+"""analysis rules (to be filled)."""

@@ -1,0 +1,1 @@
+"""realdata rules (to be filled)."""

@@ -1,0 +1,1 @@
+"""scaling rules (to be filled)."""

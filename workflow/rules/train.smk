@@ -1,0 +1,1 @@
+"""train rules (to be filled)."""
