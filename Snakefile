@@ -3,15 +3,31 @@
 Entry point only: configuration, validation, rule files and the top-level targets.
 """
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("8.0")
 
 
-configfile: "config/config.yaml"
+# The paper grid, unless config files are given on the command line (`--configfile config/ci.yaml`):
+# those then replace it instead of being merged into it (a merge would mix the two grids' panels).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
+# Every schema error by its key, then the per-run checks of `cdln train` (r <= d, memory, ...),
+# before any job starts; snakemake's validate then fills the schema's defaults.
+from cdln.config import ConfigError, validate_pipeline_config
+
+try:
+    validate_pipeline_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import yaml
 
+from cdln import bench, realdata_cli
 from cdln.config import ConfigError, RunConfig, run
 from cdln.engine import DivergenceError
 from cdln.problems import SPECTRA, TASKS, make_problem, save_problem
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     problem = commands.add_parser("make-problem", help="draw a problem instance and save it")
     problem.add_argument("--out", type=Path, required=True, help="problem file (.pt) to write")
     _add_config_options(problem, {"task", "d", "d_out", "d_in", "r", "p", "m", "spectrum", "data_seed"})
+    bench.add_parser(commands)
+    realdata_cli.register(commands)
     return parser
 
 
@@ -113,6 +116,10 @@ class ThrottledProgress:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        return bench.main(args)
+    if hasattr(args, "handler"):  # the real-data subcommands
+        return realdata_cli.run_handler(args)
     try:
         config = resolve_config(args)
         if args.command == "make-problem":

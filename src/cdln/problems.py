@@ -140,17 +140,30 @@ class Factorization(Problem):
 
 
 class Completion(Problem):
-    """MC: observe ``floor(p * d_out * d_in)`` entries drawn uniformly without replacement."""
+    """MC: observe ``floor(p * d_out * d_in)`` entries drawn uniformly without replacement.
 
-    def __init__(self, spec: ProblemSpec, target: Tensor, mask: Tensor) -> None:
+    ``heldout`` (optional bool mask, disjoint from ``mask``): report the recovery error on these
+    entries only (real data, e.g. held-out MovieLens ratings) instead of on every unobserved entry.
+    """
+
+    def __init__(self, spec: ProblemSpec, target: Tensor, mask: Tensor, heldout: Tensor | None = None) -> None:
         self.spec, self.target, self.mask = spec, target, mask.bool()
+        self.heldout = None if heldout is None else heldout.bool()
         observed = int(self.mask.sum())
         unobserved = self.mask.numel() - observed
         if observed == 0:
             raise ValueError("matrix completion needs at least one observed entry")
         self._observed = self.mask.to(target.dtype) / observed
-        # With p = 1 nothing is held out; report the error on all entries instead of 0/0.
-        held_out = ~self.mask if unobserved else torch.ones_like(self.mask)
+        if self.heldout is not None:
+            if self.heldout.shape != self.mask.shape:
+                shapes = f"{tuple(self.heldout.shape)} != mask shape {tuple(self.mask.shape)}"
+                raise ValueError(f"heldout mask shape {shapes}")
+            if not self.heldout.any() or (self.heldout & self.mask).any():
+                raise ValueError("heldout mask must be non-empty and disjoint from the observed mask")
+            held_out = self.heldout
+        else:
+            # With p = 1 nothing is held out; report the error on all entries instead of 0/0.
+            held_out = ~self.mask if unobserved else torch.ones_like(self.mask)
         self._unobserved = held_out.to(target.dtype) / int(held_out.sum())
 
     def loss_grad(self, end_to_end: Tensor) -> Tensor:
@@ -167,7 +180,9 @@ class Completion(Problem):
         return self.target * self.mask / p
 
     def tensors(self) -> dict[str, Tensor]:
-        return {"target": self.target, "mask": self.mask}
+        if self.heldout is None:
+            return {"target": self.target, "mask": self.mask}
+        return {"target": self.target, "mask": self.mask, "heldout": self.heldout}
 
 
 class Sensing(Problem):
@@ -214,7 +229,8 @@ def make_problem(spec: ProblemSpec) -> Problem:
         mask = torch.zeros(n_entries, dtype=torch.bool)
         mask[torch.randperm(n_entries, generator=generator)[:n_observed]] = True
         return Completion(spec, target, mask.reshape(spec.d_out, spec.d_in))
-    operator = torch.randn(spec.m, n_entries, generator=generator, dtype=torch.float64) / spec.m
+    operator = torch.randn(spec.m, n_entries, generator=generator, dtype=torch.float64)
+    operator /= spec.m  # in place: the operator is the largest tensor of any problem
     measurements = operator @ target.reshape(-1)
     return Sensing(spec, target, operator, measurements)
 

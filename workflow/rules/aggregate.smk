@@ -1,1 +1,50 @@
-"""aggregate rules (to be filled)."""
+"""Aggregation: run records -> one tidy table per figure (ROOT/tables/*.csv), and the summary table."""
+
+
+rule aggregate_synthetic:
+    """Curves of every run of one synthetic experiment (tidy) and one row per run."""
+    input:
+        runs=lambda wc: run_dirs(wc.experiment),
+        script=f"{SCRIPTS}/aggregate_runs.py",
+    output:
+        curves=f"{ROOT}/tables/{{experiment}}_curves.csv",
+        runs=f"{ROOT}/tables/{{experiment}}_runs.csv",
+    log:
+        f"{ROOT}/logs/aggregate/{{experiment}}.log",
+    wildcard_constraints:
+        experiment="|".join(SYNTHETIC),
+    params:
+        flags=lambda wc: cli_flags({"reach_error": reach_error(wc.experiment)}),
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "python3 {input.script} --curves {output.curves} --runs {output.runs} {params.flags} {input.runs} > {log} 2>&1"
+
+
+if experiment_enabled("summary"):
+
+    rule summary_table:
+        """Per synthetic configuration: parameters, iterations/seconds to tol, final errors, speed-up."""
+        input:
+            runs=[f"{ROOT}/tables/{name}_runs.csv" for name in experiment("summary")["experiments"]],
+            script=f"{SCRIPTS}/summary_table.py",
+        output:
+            csv=report(
+                f"{ROOT}/tables/summary.csv",
+                caption="../report/summary.rst",
+                category="Summary",
+                labels={"table": "summary (CSV)"},
+            ),
+            markdown=f"{ROOT}/tables/summary.md",
+        log:
+            f"{ROOT}/logs/aggregate/summary.log",
+        params:
+            flags=cli_flags({"reference_model": experiment("summary")["reference_model"], "config_name": config["output_root"]}),
+        threads: 1
+        conda:
+            CONDA_ENV
+        shell:
+            "python3 {input.script} --csv {output.csv} --markdown {output.markdown} {params.flags} {input.runs} > {log} 2>&1"
+
+    register_target("summary_table", [f"{ROOT}/tables/summary.csv", f"{ROOT}/tables/summary.md"])

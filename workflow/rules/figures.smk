@@ -1,1 +1,109 @@
-"""figures rules (to be filled)."""
+"""Figures of the synthetic experiments: PNG + PDF under ROOT/figures/, one plot rule per figure.
+
+A figure rule depends on its table, its script and the shared style, so restyling reruns only the
+plot rules (the tables and runs stay up to date).
+"""
+
+STYLE = f"{SCRIPTS}/style.py"
+
+# figure target -> (experiment, columns of the curves figure: <error>:<x axis>)
+CURVE_FIGURES = {
+    "fig_mf": ("mf", ["recovery_error:iteration", "recovery_error:seconds"]),
+    "fig_mc": ("mc", ["recovery_error:iteration", "recovery_error:seconds"]),
+    "fig_ms": ("ms", ["recovery_error:iteration", "recovery_error:seconds"]),
+    "fig_ablation_depth": (
+        "ablation_depth",
+        ["train_loss:iteration", "recovery_error:iteration", "recovery_error:seconds"],
+    ),
+}
+
+
+rule plot_error_curves:
+    """Error vs iterations and vs seconds, one row per panel (mean over seeds with a min-max band)."""
+    input:
+        curves=f"{ROOT}/tables/{{experiment}}_curves.csv",
+        script=f"{SCRIPTS}/plot_error_curves.py",
+        style=STYLE,
+    output:
+        png=report(
+            f"{ROOT}/figures/fig_{{experiment}}.png",
+            caption="../report/fig_error_curves.rst",
+            category="Synthetic experiments",
+            labels={"figure": "fig_{experiment}"},
+        ),
+        pdf=f"{ROOT}/figures/fig_{{experiment}}.pdf",
+    log:
+        f"{ROOT}/logs/figures/fig_{{experiment}}.log",
+    wildcard_constraints:
+        experiment="mf|mc|ms|ablation_depth",
+    params:
+        flags=lambda wc: cli_flags(
+            {
+                "panels": list(experiment(wc.experiment)["panels"]),
+                "columns": CURVE_FIGURES[f"fig_{wc.experiment}"][1],
+                "title": figure_title(wc.experiment),
+            }
+        ),
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "python3 {input.script} --curves {input.curves} --png {output.png} --pdf {output.pdf} {params.flags} "
+        "> {log} 2>&1"
+
+
+rule plot_ablation_alpha:
+    """C-DLN iterations and seconds to tol against alpha; the original DLN as the reference line."""
+    input:
+        runs=f"{ROOT}/tables/ablation_alpha_runs.csv",
+        script=f"{SCRIPTS}/plot_ablation_alpha.py",
+        style=STYLE,
+    output:
+        png=report(
+            f"{ROOT}/figures/fig_ablation_alpha.png",
+            caption="../report/fig_ablation_alpha.rst",
+            category="Synthetic experiments",
+            labels={"figure": "fig_ablation_alpha"},
+        ),
+        pdf=f"{ROOT}/figures/fig_ablation_alpha.pdf",
+    log:
+        f"{ROOT}/logs/figures/fig_ablation_alpha.log",
+    params:
+        flags=lambda wc: cli_flags(
+            {"panel": next(iter(experiment("ablation_alpha")["panels"])), "title": figure_title("ablation_alpha")}
+        ),
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "python3 {input.script} --runs {input.runs} --png {output.png} --pdf {output.pdf} {params.flags} > {log} 2>&1"
+
+
+for _name in ("mf", "mc", "ms", "ablation_depth", "ablation_alpha"):
+    if experiment_enabled(_name):
+        register_target(f"fig_{_name}", figure_files(f"fig_{_name}") + [f"{ROOT}/tables/{_name}_curves.csv"])
+
+
+rule fig_mf:
+    input:
+        final_targets("fig_mf"),
+
+
+rule fig_mc:
+    input:
+        final_targets("fig_mc"),
+
+
+rule fig_ms:
+    input:
+        final_targets("fig_ms"),
+
+
+rule fig_ablation_alpha:
+    input:
+        final_targets("fig_ablation_alpha"),
+
+
+rule fig_ablation_depth:
+    input:
+        final_targets("fig_ablation_depth"),

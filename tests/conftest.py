@@ -1,0 +1,48 @@
+"""Shared fixtures: one CPU thread, tiny problems, helpers to run the CLI in- and out-of-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test sees one torch thread, whatever an earlier test (e.g. the CLI's --threads) set."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for a ``python -m cdln`` subprocess: one thread, the package importable."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def cdln_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cdln", *args]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``cdln ARGS`` in a fresh interpreter (real exit code, real process)."""
+    return subprocess.run(cdln_command(*args), capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=timeout)
+
+
+# Tiny problems on which the C-DLN (depth 3, r_hat = 2r) recovers the target to < 1e-6 in ~0.3 s.
+TINY = {
+    "mf": dict(task="mf", d=10, r=2, lr=5.0),
+    "mc": dict(task="mc", d=12, r=2, p=0.6, lr=5.0),
+    "ms": dict(task="ms", d=8, r=2, m=200, lr=10.0),
+}

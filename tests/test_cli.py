@@ -1,0 +1,190 @@
+"""The `cdln` command line: --help, bad input rejected before any work, divergence, YAML configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from conftest import run_cli
+
+import cdln.config
+from cdln.cli import HELP, build_parser, main
+from cdln.config import RunConfig
+from cdln.records import read_run_record
+
+TINY_MC = ["--task", "mc", "--d", "10", "--r", "2", "--p", "0.5", "--model", "cdln", "--depth", "3",
+           "--lr", "2", "--n-inner", "10", "--max-outer", "3", "--device", "cpu", "--quiet"]  # fmt: skip
+
+
+def _with(args: list[str], **overrides: str) -> list[str]:
+    """``TINY_MC`` with ``--flag value`` pairs replaced or added."""
+    args = list(args)
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    return args
+
+
+def _help_text(capsys, *command: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    return re.sub(r"\s+", " ", capsys.readouterr().out)
+
+
+def test_help_documents_every_option(capsys):
+    text = _help_text(capsys, "train")
+    fields = [f.name for f in dataclasses.fields(RunConfig)]
+    assert set(HELP) == set(fields)
+    for name in fields:
+        flag = "--" + name.replace("_", "-")
+        assert re.search(rf"{flag}\b", text), flag
+        assert HELP[name] in text, f"help of {flag} missing"
+    for extra in ("--out", "--config", "--threads", "--quiet"):
+        assert extra in text
+    # Ranges of the options issue 2 names are stated in the help.
+    for fragment in ("in (0, 1]", "L >= 2", "eta, > 0", "1 <= r <= min(d_out, d_in)", ">= 1 (default 2r)"):
+        assert fragment in text, fragment
+
+
+def test_make_problem_help(capsys):
+    text = _help_text(capsys, "make-problem")
+    for flag in ("--task", "--d", "--r", "--p", "--m", "--data-seed", "--out", "--spectrum"):
+        assert flag in text
+    assert "--lr" not in text and "--model" not in text
+
+
+BAD_FLAGS = [
+    ({"lr": "-1"}, r"--lr must be a finite number > 0; got -1"),
+    ({"lr": "0"}, r"--lr must be a finite number > 0"),
+    ({"r": "11"}, r"--r must be in \[1, min\(d_out, d_in\)\] = \[1, 10\]; got 11"),
+    ({"p": "0"}, r"--p must be in \(0, 1\]"),
+    ({"p": "1.01"}, r"--p must be in \(0, 1\]"),
+    ({"p": "-0.5"}, r"--p must be in \(0, 1\]"),
+    ({"depth": "1"}, r"--depth must be an integer >= 2; got 1"),
+    ({"task": "mx"}, r"--task must be one of \['mf', 'mc', 'ms'\]; got 'mx'"),
+    ({"model": "transformer"}, r"--model must be one of \['original', 'cdln', 'narrow', 'bm', 'yaras'\]"),
+    ({"r_hat": "0"}, r"--r-hat must be an integer >= 1; got 0"),
+    ({"r_hat": "-3"}, r"--r-hat must be an integer >= 1; got -3"),
+    ({"n_inner": "0"}, r"--n-inner must be an integer >= 1"),
+    ({"eps": "-0.01"}, r"--eps must be a finite number > 0"),
+    ({"alpha": "-1"}, r"--alpha must be a finite number > 0"),
+    ({"device": "gpu"}, r"--device must be one of auto, cpu, cuda, cuda:N"),
+    ({"threads": "0"}, r"--threads must be an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_FLAGS, ids=[str(o) for o, _ in BAD_FLAGS])
+def test_bad_flags_are_rejected_before_any_work(monkeypatch, tmp_path, capsys, overrides, message):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before validation")
+
+    monkeypatch.setattr(cdln.config, "make_problem", no_work)
+    monkeypatch.setattr(cdln.config, "train", no_work)
+    code = main(["train", "--out", str(tmp_path / "run"), *_with(TINY_MC, **overrides)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(r"^cdln: error: " + message, err, re.MULTILINE), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_tiny_flags_are_valid(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY_MC]) == 0
+    record, curves = read_run_record(tmp_path / "run")
+    assert record["config"]["lr"] == 2.0 and curves.iteration.max() == 30
+    assert "wrote" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--out", "x", "--d", "ten"], r"argument --d: invalid int value: 'ten'"),
+        (["train", "--out", "x", "--lr", "fast"], r"argument --lr: invalid float value: 'fast'"),
+        (["train", "--task", "mc"], r"the following arguments are required: --out"),
+        (["train", "--out", "x", "--learning-rate", "1"], r"unrecognized arguments: --learning-rate"),
+        (["fit"], r"invalid choice: 'fit'"),
+    ],
+)
+def test_argparse_errors_name_the_option(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_divergence_exits_3_names_iteration_and_writes_nothing(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "run"), *_with(TINY_MC, lr="1e6", eps="1")])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert re.search(r"training diverged: non-finite loss at iteration [1-9]\d* .*try a smaller --lr", err), err
+    assert "no record was written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_yaml_config_flags_win_and_unknown_keys_are_named(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("task: mc\nd: 10\nr: 2\np: 0.5\nmodel: cdln\nlr: 1e-1\nn_inner: 5\nmax_outer: 2\ndevice: cpu\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "a"), "--quiet", "--max-outer", "3"]) == 0
+    record, _ = read_run_record(tmp_path / "a")
+    assert record["config"]["lr"] == 0.1 and record["config"]["max_outer"] == 3  # YAML "1e-1" read as a number
+    config.write_text("task: mc\nlearning_rate: 1.0\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "b")]) == 2
+    assert re.search(r"run.yaml: unknown key\(s\) \['learning_rate'\]; valid keys", capsys.readouterr().err)
+    config.write_text("- not\n- a mapping\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "b")]) == 2
+    assert "must hold a mapping" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "b")]) == 2
+    assert "none.yaml does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_make_problem_then_train_on_it(tmp_path, capsys):
+    path = tmp_path / "p.pt"
+    assert main(["make-problem", "--out", str(path), "--task", "ms", "--d", "6", "--r", "1", "--m", "50"]) == 0
+    assert path.is_file()
+    args = ["train", "--problem", str(path), "--task", "ms", "--model", "cdln", "--lr", "5", "--n-inner", "5",
+            "--max-outer", "2", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    record, _ = read_run_record(tmp_path / "run")
+    assert record["problem"]["m"] == 50 and record["config"]["d_out"] == 6 and record["config"]["r"] == 1
+    capsys.readouterr()
+    wrong = [*args, "--out", str(tmp_path / "bad")]
+    wrong[wrong.index("ms")] = "mf"
+    assert main(wrong) == 2
+    assert re.search(r"holds a 'ms' problem but --task is 'mf'", capsys.readouterr().err)
+    assert main(["make-problem", "--out", str(tmp_path / "q.pt"), "--task", "mc", "--d", "5", "--r", "1",
+                 "--p", "2"]) == 2  # fmt: skip
+    assert re.search(r"p must be in \(0, 1\]", capsys.readouterr().err)
+    assert not (tmp_path / "q.pt").exists() and not (tmp_path / "bad").exists()
+
+
+def test_memory_refusal_from_the_cli(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cdln.config, "make_problem", lambda *a: (_ for _ in ()).throw(AssertionError("built")))
+    args = ["--task", "ms", "--d", "3000", "--r", "5", "--m", "200000", "--out", str(tmp_path / "x")]
+    assert main(["train", *args, "--model", "cdln", "--device", "cpu"]) == 2
+    assert re.search(r"need about \d+\.\d GiB of memory but only .* GiB is available", capsys.readouterr().err)
+    assert main(["make-problem", *args]) == 2
+    assert re.search(r"need about \d+\.\d GiB of memory", capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_real_process_exit_codes(tmp_path):
+    """The installed entry point's exit status: 0 ok, 2 bad config, 3 divergence (messages on stderr)."""
+    ok = run_cli("train", "--out", str(tmp_path / "ok"), *TINY_MC)
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli("train", "--out", str(tmp_path / "bad"), *_with(TINY_MC, depth="1"))
+    assert bad.returncode == 2 and "--depth must be an integer >= 2" in bad.stderr
+    diverged = run_cli("train", "--out", str(tmp_path / "div"), *_with(TINY_MC, lr="1e6", eps="1"))
+    assert diverged.returncode == 3 and "smaller --lr" in diverged.stderr and "Traceback" not in diverged.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]
+
+
+def test_parser_builds_one_option_per_field():
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]  # argparse has no public accessor
+    dests = {a.dest for a in train._actions}
+    assert {f.name for f in dataclasses.fields(RunConfig)} <= dests

@@ -1,0 +1,173 @@
+"""Networks: orthogonal inits and their scale, the C-DLN's spectral init, parameter counts, rates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cdln.config import RunConfig, build_network
+from cdln.networks import (
+    burer_monteiro,
+    compressed_dln,
+    dln_param_count,
+    narrow_dln,
+    original_dln,
+    random_orthogonal,
+    spectral_dln,
+    top_singular_vectors,
+    yaras_network,
+)
+from cdln.problems import ProblemSpec, make_problem
+
+EYE = lambda n: torch.eye(n, dtype=torch.float64)  # noqa: E731
+
+
+@pytest.mark.parametrize("n_out,n_in", [(6, 6), (4, 9), (9, 4)])
+def test_random_orthogonal_is_orthonormal(n_out, n_in):
+    q = random_orthogonal(n_out, n_in, torch.Generator().manual_seed(0))
+    assert q.shape == (n_out, n_in) and q.dtype == torch.float64
+    k = min(n_out, n_in)
+    gram = q @ q.T if n_out <= n_in else q.T @ q
+    torch.testing.assert_close(gram, EYE(k), atol=1e-12, rtol=0)
+
+
+def test_random_orthogonal_is_seeded_and_not_sign_biased():
+    a = random_orthogonal(5, 5, torch.Generator().manual_seed(1))
+    assert torch.equal(a, random_orthogonal(5, 5, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, random_orthogonal(5, 5, torch.Generator().manual_seed(2)))
+    # Haar: diagonal signs are +-1 equally often (without the sign fix, QR's R>0 convention biases them).
+    diag = torch.stack([torch.diagonal(random_orthogonal(4, 4, torch.Generator().manual_seed(s))) for s in range(200)])
+    assert 0.3 < float((diag > 0).double().mean()) < 0.7
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5])
+def test_original_dln_layers_are_eps_orthogonal(depth):
+    eps, d = 1e-2, 7
+    net = original_dln(d, d, depth, eps, init_seeds=[0, 1])
+    assert net.depth == depth and net.batch == 2 and net.widths == [d] * (depth + 1)
+    for w in net.weights:
+        assert w.shape == (2, d, d)
+        torch.testing.assert_close(w.mT @ w, eps**2 * EYE(d).expand(2, d, d), atol=1e-15, rtol=0)
+    assert not torch.equal(net.weights[0][0], net.weights[0][1])  # seeds give different members
+    assert not torch.equal(net.weights[0][0], net.weights[1][0])  # layers are drawn independently
+    # End-to-end singular values are all eps^L.
+    torch.testing.assert_close(
+        torch.linalg.svdvals(net.end_to_end()[0]), torch.full((d,), eps**depth, dtype=torch.float64), rtol=1e-10, atol=0
+    )
+    assert all(torch.equal(s, torch.ones(2, dtype=torch.float64)) for s in net.lr_scales)
+
+
+def test_rectangular_original_and_narrow_dln_shapes_and_orthonormality():
+    eps = 0.1
+    net = original_dln(5, 8, 3, eps, [3])
+    assert net.widths == [8, 8, 8, 5]
+    net = narrow_dln(9, 6, 4, eps, [3], width=2)
+    assert net.widths == [6, 2, 2, 2, 9] and net.name == "narrow"
+    for w in net.weights:
+        w = w[0] / eps
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        torch.testing.assert_close(gram, EYE(min(w.shape)), atol=1e-12, rtol=0)
+    assert torch.equal(original_dln(5, 8, 3, eps, [3]).weights[1], original_dln(5, 8, 3, eps, [3]).weights[1])
+
+
+def test_burer_monteiro_is_depth_two_of_width_k():
+    net = burer_monteiro(7, 6, 3, 1e-3, [0, 1, 2])
+    assert net.depth == 2 and net.widths == [6, 3, 7] and net.batch == 3 and net.n_params() == 7 * 3 + 6 * 3
+
+
+def _surrogate(d_out=10, d_in=8, seed=0):
+    return torch.randn(d_out, d_in, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_cdln_initial_end_to_end_is_eps_power_l_u_v(depth):
+    eps, r_hat = 0.05, 3
+    surrogate = _surrogate()
+    u, s, vh = torch.linalg.svd(surrogate)
+    u_hat, v_hat = u[:, :r_hat], vh[:r_hat].T
+    net = compressed_dln(surrogate, r_hat, depth, eps, alpha=2.0, batch=2)
+    assert net.widths == [8] + [r_hat] * (depth - 1) + [10]
+    expected = eps**depth * u_hat @ v_hat.T
+    for b in range(2):
+        torch.testing.assert_close(net.end_to_end()[b], expected, atol=1e-15, rtol=1e-12)
+    # Layer by layer: W_1 = eps V^T, inner eps I, W_L = eps U (up to a common sign per singular pair).
+    w1, wl = net.weights[0][0], net.weights[-1][0]
+    torch.testing.assert_close(wl @ w1, eps**2 * u_hat @ v_hat.T, atol=1e-15, rtol=1e-12)
+    torch.testing.assert_close(w1 @ w1.T, eps**2 * EYE(r_hat), atol=1e-15, rtol=0)
+    torch.testing.assert_close(wl.T @ wl, eps**2 * EYE(r_hat), atol=1e-15, rtol=0)
+    for w in net.weights[1:-1]:
+        assert torch.equal(w[0], eps * EYE(r_hat))
+
+
+def test_cdln_uses_the_top_singular_vectors_not_any_basis():
+    surrogate = _surrogate(seed=1)
+    net = compressed_dln(surrogate, 2, 3, 1.0)
+    u, v = top_singular_vectors(surrogate, 2)
+    # The C-DLN's end-to-end map is the projection U U^T S V V^T direction set: U^T S V is diagonal, top values.
+    core = net.weights[-1][0].T @ surrogate @ net.weights[0][0].T
+    s = torch.linalg.svdvals(surrogate)[:2]
+    torch.testing.assert_close(core, torch.diag(s), atol=1e-12, rtol=1e-12)
+    assert u.shape == (10, 2) and v.shape == (8, 2)
+
+
+def test_cdln_built_from_a_problem_uses_the_surrogate():
+    problem = make_problem(ProblemSpec("mc", 10, 10, 2, data_seed=0, p=0.5))
+    config = RunConfig(task="mc", d=10, r=2, p=0.5, model="cdln", depth=3, eps=0.1)
+    net = build_network(config, problem)
+    u, v = top_singular_vectors(problem.surrogate(), 4)  # r_hat defaults to 2r
+    torch.testing.assert_close(net.end_to_end()[0], 0.1**3 * u @ v.T, atol=1e-15, rtol=1e-12)
+    u_target, v_target = top_singular_vectors(problem.target, 4)
+    assert not torch.allclose(net.end_to_end()[0], 0.1**3 * u_target @ v_target.T, atol=1e-6 * 0.1**3)
+
+
+@pytest.mark.parametrize("d,r_hat,depth", [(10, 4, 2), (10, 4, 3), (20, 3, 5), (7, 7, 4)])
+def test_parameter_count_formula(d, r_hat, depth):
+    net = compressed_dln(_surrogate(d, d), r_hat, depth, 0.01)
+    assert net.n_params() == 2 * d * r_hat + (depth - 2) * r_hat**2
+    assert original_dln(d, d, depth, 0.01, [0]).n_params() == depth * d * d == dln_param_count(d, d, d, depth)
+    assert dln_param_count(d, d, r_hat, depth) == net.n_params()
+
+
+def test_parameter_count_rectangular():
+    assert dln_param_count(5, 8, 3, 3) == 3 * 8 + 3 * 3 + 5 * 3
+    assert dln_param_count(5, 8, 3, 1) == 40
+    assert narrow_dln(5, 8, 3, 0.1, [0], width=3).n_params() == dln_param_count(5, 8, 3, 3)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_alpha_multiplies_only_the_outer_layers_rates(depth):
+    net = compressed_dln(_surrogate(), 3, depth, 0.01, alpha=[1.0, 5.0, 0.5], batch=3)
+    expected_outer = torch.tensor([1.0, 5.0, 0.5], dtype=torch.float64)
+    assert torch.equal(net.lr_scales[0], expected_outer) and torch.equal(net.lr_scales[-1], expected_outer)
+    for scale in net.lr_scales[1:-1]:
+        assert torch.equal(scale, torch.ones(3, dtype=torch.float64))
+
+
+def test_yaras_network_uses_gradient_subspace_and_gamma():
+    gradient = _surrogate(seed=2)
+    net = yaras_network(gradient, 2, 3, 0.1, gamma=0.01, batch=2)
+    u, v = top_singular_vectors(-gradient, 2)
+    torch.testing.assert_close(net.end_to_end()[1], 0.1**3 * u @ v.T, atol=1e-15, rtol=1e-12)
+    assert torch.equal(net.lr_scales[0], torch.full((2,), 0.01, dtype=torch.float64))
+    assert torch.equal(net.lr_scales[1], torch.ones(2, dtype=torch.float64))
+    assert net.name == "yaras"
+
+
+def test_bad_network_arguments_are_rejected():
+    with pytest.raises(ValueError, match=r"r_hat must be in \[1, 8\]"):
+        compressed_dln(_surrogate(), 9, 3, 0.01)
+    with pytest.raises(ValueError, match=r"r_hat must be in \[1, 8\]"):
+        compressed_dln(_surrogate(), 0, 3, 0.01)
+    with pytest.raises(ValueError, match="depth must be >= 2"):
+        spectral_dln("x", EYE(3), EYE(3), 1, 0.1, 1.0)
+    with pytest.raises(ValueError, match="got 2 values for a batch of 3"):
+        compressed_dln(_surrogate(), 2, 3, 0.01, alpha=[1.0, 2.0], batch=3)
+
+
+def test_to_and_clone_do_not_alias():
+    net = original_dln(4, 4, 3, 0.1, [0])
+    copy = net.clone()
+    copy.weights[0].add_(1.0)
+    assert not torch.equal(copy.weights[0], net.weights[0])
+    f32 = net.to("cpu", torch.float32)
+    assert all(w.dtype == torch.float32 for w in f32.weights) and all(s.dtype == torch.float32 for s in f32.lr_scales)

@@ -1,0 +1,170 @@
+"""The analysis notebooks: stored clean with one parameters cell, and their findings on the CI grid.
+
+The findings test trains the reduced grid's analysis runs (config/ci.yaml, seconds) in process and
+checks the paper's claims with the same package functions the notebooks call; the slow test
+executes each notebook with papermill on such runs, as the pipeline does.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from cdln.analysis import alignment_findings, incremental_findings, invariance_findings
+from cdln.config import RunConfig, run
+from cdln.records import read_snapshots
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ("incremental", "invariance", "alignment")
+# What workflow/rules/analysis.smk injects (papermill -y): the notebooks must declare exactly these.
+PARAMETERS = {"run_dirs", "figure_png", "figure_pdf", "findings_json", "title"}
+
+
+def load_notebook(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_stored_without_outputs(name):
+    nb = load_notebook(name)
+    nbformat.validate(nb)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert code, f"{name}.ipynb has no code"
+    for cell in code:
+        assert cell.outputs == [], f"{name}.ipynb stores outputs; clear them before committing"
+        assert cell.execution_count is None, f"{name}.ipynb stores execution counts"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_has_one_parameters_cell(name):
+    nb = load_notebook(name)
+    tagged = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name}.ipynb needs exactly one cell tagged 'parameters'"
+    assert tagged[0].cell_type == "code"
+    tree = ast.parse(tagged[0].source)
+    names = {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets}
+    assert names == PARAMETERS
+    assert all(isinstance(node, ast.Assign) for node in tree.body), "only assignments in the parameters cell"
+    defaults = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body}
+    assert defaults["figure_png"] == f"results/paper/figures/fig_{name}.png"
+    assert set(defaults["run_dirs"]) <= {"mf", "mc", "ms"}
+
+
+def test_notebooks_are_wired_into_the_pipeline():
+    rules = (REPO / "workflow" / "rules" / "analysis.smk").read_text()
+    assert "-k python3" in rules and "papermill" in rules.lower()
+    for name in NOTEBOOKS:
+        assert (REPO / "notebooks" / f"{name}.ipynb").is_file()
+        for config_file in ("config.yaml", "ci.yaml"):
+            section = yaml.safe_load((REPO / "config" / config_file).read_text())["experiments"][name]
+            assert section["tasks"], f"{config_file}: experiments.{name}.tasks is empty"
+
+
+def ci_run_config(name: str, task: str) -> RunConfig:
+    """The RunConfig that workflow/rules/analysis.smk builds for one reduced-grid analysis run."""
+    section = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())["experiments"][name]
+    settings = section["tasks"][task]
+    seed = section.get("seed", 0)
+    return RunConfig(
+        task=task,
+        model="original",
+        d=settings["d"],
+        r=settings.get("r", section["r"]),
+        p=settings.get("p"),
+        m=settings.get("m"),
+        depth=section["depth"],
+        eps=section["eps"],
+        lr=settings["lr"],
+        n_inner=settings["n_inner"],
+        max_outer=settings["max_outer"],
+        tol=settings["tol"],
+        data_seed=seed,
+        init_seed=[seed],
+        device="cpu",
+        snapshots=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def ci_runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """Train every analysis run of the reduced grid (about a second each) into a temporary dir."""
+    root = tmp_path_factory.mktemp("ci_analysis")
+    runs: dict[str, dict[str, Path]] = {}
+    for name in NOTEBOOKS:
+        section = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())["experiments"][name]
+        for task in section["tasks"]:
+            out = root / name / f"{task}_seed0"
+            run(ci_run_config(name, task), out)
+            runs.setdefault(name, {})[task] = out
+    return runs
+
+
+def rank_of(run_dir: Path) -> int:
+    return json.loads((run_dir / "record.json").read_text())["config"]["r"]
+
+
+def test_ci_incremental_learning(ci_runs):
+    """Exactly r values are learned, largest first (in distinct checkpoints), their vectors aligned."""
+    for task, run_dir in ci_runs["incremental"].items():
+        r = rank_of(run_dir)
+        f = incremental_findings(read_snapshots(run_dir), r)
+        assert f["n_learned"] == r and f["learned_are_leading"], (task, f)
+        assert f["learned_in_decreasing_order"] and f["n_distinct_learning_times"] == r, (task, f["half_times"])
+        assert f["min_final_alignment_learned"] > 0.999, task
+        assert f["max_final_alignment_unlearned"] < 1e-3, task
+
+
+def test_ci_invariant_subspaces(ci_runs):
+    """MF: the middle subspaces stay put (to rounding) while the top-r ones rotate; in every task
+    the layers' change ends within a 2r-dimensional subspace up to a small remainder."""
+    mf = invariance_findings(read_snapshots(ci_runs["invariance"]["mf"]), rank_of(ci_runs["invariance"]["mf"]))
+    assert mf["max_middle_angle"] < 1e-8
+    assert mf["min_final_top_angle"] > 0.1
+    assert mf["max_n_moved_svals"] <= 2 * mf["rank"]
+    for task, run_dir in ci_runs["invariance"].items():
+        f = invariance_findings(read_snapshots(run_dir), rank_of(run_dir))
+        assert f["max_final_change_leakage"] < 0.02, (task, f["max_final_change_leakage"])
+
+
+def test_ci_outer_layers_align_before_convergence(ci_runs):
+    for task, run_dir in ci_runs["alignment"].items():
+        f = alignment_findings(read_snapshots(run_dir))
+        record = json.loads((run_dir / "record.json").read_text())
+        assert record["members"][0]["converged"], task
+        for key in ("top_left_last", "top_right_first"):
+            assert f[key]["final"] > 0.999, (task, key)
+            assert f[key]["initial"] < 0.9, (task, key)
+            assert f[key]["iteration_0.99"] < f["last_iteration"], (task, key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_executes_with_papermill(name, ci_runs, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    parameters = {
+        "run_dirs": {task: str(path) for task, path in ci_runs[name].items()},
+        "figure_png": str(tmp_path / "fig.png"),
+        "figure_pdf": str(tmp_path / "fig.pdf"),
+        "findings_json": str(tmp_path / "findings.json"),
+        "title": name,
+    }
+    executed = tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / f"{name}.ipynb"),
+        str(executed),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(REPO),
+        progress_bar=False,
+    )
+    assert (tmp_path / "fig.png").stat().st_size > 10_000 and (tmp_path / "fig.pdf").is_file()
+    findings = json.loads((tmp_path / "findings.json").read_text())
+    assert set(findings) == set(ci_runs[name])
+    outputs = [out for cell in nbformat.read(executed, as_version=4).cells for out in cell.get("outputs", [])]
+    assert any("text/markdown" in out.get("data", {}) for out in outputs), "the findings cell rendered nothing"

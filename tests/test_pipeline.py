@@ -1,0 +1,210 @@
+"""The Snakemake pipeline: lint, dry runs (job counts per rule), single-figure targets, and the
+summary/regression scripts. The end-to-end run of the reduced grid is in test_pipeline_ci.py (slow)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+SCRIPTS = REPO / "workflow" / "scripts"
+EXPECTED = REPO / "tests" / "expected" / "ci_summary.yaml"
+
+sys.path.insert(0, str(SCRIPTS))
+import check_regression  # noqa: E402
+
+
+def snakemake(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [*SNAKEMAKE, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> number of jobs."""
+    _, _, table = output.partition("Job stats:")
+    assert table, f"no job stats in the dry run output:\n{output[-3000:]}"
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match[1]] = int(match[2])
+    return counts
+
+
+def test_lint_is_clean() -> None:
+    result = snakemake("--lint")
+    assert result.returncode == 0, f"snakemake --lint found problems:\n{result.stdout[-6000:]}{result.stderr[-2000:]}"
+
+
+def test_paper_grid_dry_run_job_counts() -> None:
+    """config/config.yaml, every job forced: the synthetic rules' job counts follow from the grid."""
+    result = snakemake("-n", "-F", "--quiet", "rules")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    seeds = 3
+    expected = {
+        # mf: 3 panels x 3 models; mc: 1 panel x 2 models; ms: 3 ranks x 2 models; ablation_alpha:
+        # 38 alphas (0.5..9.75 step 0.25) C-DLN + 1 original; ablation_depth: 2 depths x 2 models.
+        "train_synthetic": seeds * (9 + 2 + 6 + 39 + 4),
+        # problem files, shared by the runs of one (task, d, r, p|m, seed): mf r10, r5; mc d100 r10 p0.3
+        # (mc and ablation_depth), mc r5 p0.2 (ablation_alpha); ms r3, r5, r10.
+        "make_problem": seeds * 4,
+        "make_sensing_problem": seeds * 3,
+        "aggregate_synthetic": 5,
+        "plot_error_curves": 4,
+        "plot_ablation_alpha": 1,
+        "summary_table": 1,
+    }
+    assert {rule: counts.get(rule, 0) for rule in expected} == expected
+    assert counts.get("all") == 1
+
+
+def test_ci_grid_uses_its_own_root_and_replaces_the_paper_grid() -> None:
+    """--configfile config/ci.yaml replaces (not merges into) the paper grid; outputs go to results/ci."""
+    # targets before --configfile, which takes several values
+    result = snakemake("fig_mf", "-n", "-F", "-p", "--configfile", "config/ci.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    assert "results/ci/runs/mf/r4/cdln_seed0" in text
+    assert "results/paper" not in text
+    assert "runs/mf/r10/" not in text, "panels of config.yaml leaked into the ci grid"
+    assert job_counts(text) == {
+        "make_problem": 4,  # d32: r4, r2 (shared by r2_exact, r2_over) x 2 seeds
+        "train_synthetic": 18,  # 3 panels x 3 models x 2 seeds
+        "aggregate_synthetic": 1,
+        "plot_error_curves": 1,
+        "fig_mf": 1,
+        "total": 25,
+    }
+
+
+def test_single_figure_target_builds_only_that_figure() -> None:
+    result = snakemake("fig_mc", "-n", "-F", "--configfile", "config/ci.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts == {
+        "make_problem": 2,
+        "train_synthetic": 4,
+        "aggregate_synthetic": 1,
+        "plot_error_curves": 1,
+        "fig_mc": 1,
+        "total": 9,
+    }
+
+
+def test_training_shell_is_explicit_and_single_threaded() -> None:
+    """Training commands: explicit flags, one thread per job (no oversubscription), python3 via PATH."""
+    result = snakemake("results/ci/runs/mc/r3/cdln_seed1", "-n", "-F", "-p", "--configfile", "config/ci.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    command = next(line for line in text.splitlines() if "-m cdln train" in line)
+    for flag in ("--task mc", "--model cdln", "--lr 15", "--r-hat 6", "--init-seed 1", "--threads 1"):
+        assert flag in command, f"{flag!r} missing from {command}"
+    assert "OMP_NUM_THREADS=1" in command
+    assert "--problem results/ci/data/mc/d32_r3_p0.5_seed1.pt" in command
+    assert "config[" not in command
+
+
+# ---------------------------------------------------------------------------------------------------
+# Regression check: it passes on matching values and fails, readably, on wrong ones.
+# ---------------------------------------------------------------------------------------------------
+
+
+def summary_from_expected(expected: dict) -> pd.DataFrame:
+    """A summary table that matches ``expected`` exactly; seconds: 2 for the reference model, 1 otherwise."""
+    rows = []
+    references = {claim["reference"] for claim in expected["faster"]}
+    for want in expected["rows"]:
+        row = {k: want[k] for k in ("experiment", "panel", "model")}
+        for column in (*check_regression.ITERATION_COLUMNS, *check_regression.ERROR_COLUMNS):
+            value = want.get(column)
+            row[column] = float("nan") if value is None else value
+        row.update(
+            converged=want["converged"],
+            n_seeds=want["n_seeds"],
+            stop_seconds_mean=2.0 if want["model"] in references else 1.0,
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def expected() -> dict:
+    assert EXPECTED.is_file(), f"{EXPECTED} is missing: generate it from a run of config/ci.yaml"
+    return yaml.safe_load(EXPECTED.read_text())
+
+
+def test_expected_values_cover_every_synthetic_experiment(expected: dict) -> None:
+    experiments = {row["experiment"] for row in expected["rows"]}
+    assert experiments >= {"mf", "mc", "ms", "ablation_depth"}
+    assert expected["faster"], "no speed-up claim is checked"
+    tolerances = expected["tolerances"]
+    assert 0 < tolerances["iterations_rel"] <= 0.25 and 1 < tolerances["error_factor"] <= 100
+
+
+def test_check_passes_on_matching_summary(expected: dict) -> None:
+    assert check_regression.check(summary_from_expected(expected), expected) == []
+
+
+def test_check_fails_on_more_iterations(expected: dict) -> None:
+    summary = summary_from_expected(expected)
+    row = summary.index[summary["stop_iteration_mean"].notna()][0]
+    summary.loc[row, "stop_iteration_mean"] *= 1.5
+    violations = check_regression.check(summary, expected)
+    assert len(violations) == 1, violations
+    text = str(violations[0])
+    assert "stop_iteration_mean" in text and "+50.0%" in text
+    assert "/".join(summary.loc[row, ["experiment", "panel", "model"]]) in text
+
+
+def test_check_fails_when_cdln_is_slower(expected: dict) -> None:
+    summary = summary_from_expected(expected)
+    summary.loc[summary["model"] == "cdln", "stop_seconds_mean"] = 3.0
+    violations = check_regression.check(summary, expected)
+    assert len(violations) == 1, violations
+    text = str(violations[0])
+    assert "stop_seconds_mean" in text and "faster than the reference" in text and "0.67" in text
+
+
+def test_check_fails_when_cdln_needs_more_iterations(expected: dict) -> None:
+    summary = summary_from_expected(expected)
+    claim = next(c for c in expected["faster"] if c["column"] == "stop_iteration_mean")
+    for experiment, panel in claim["rows"]:
+        mask = (summary["experiment"] == experiment) & (summary["panel"] == panel) & (summary["model"] == "cdln")
+        summary.loc[mask, "stop_iteration_mean"] *= 2.0
+    quantities = [v.quantity for v in check_regression.check(summary, expected)]
+    assert quantities.count("stop_iteration_mean") == len(claim["rows"])  # each row outside its tolerance
+    assert any(q.startswith("sum stop_iteration_mean") for q in quantities)  # and the pooled claim fails
+
+
+def test_check_fails_on_wrong_error_and_missing_row(expected: dict) -> None:
+    summary = summary_from_expected(expected)
+    row = summary.index[summary["final_recovery_error_gmean"] > 1e-6][0]
+    summary.loc[row, "final_recovery_error_gmean"] *= 100
+    summary = summary.drop(index=summary.index[-1])
+    quantities = sorted(v.quantity for v in check_regression.check(summary, expected))
+    assert "final_recovery_error_gmean" in quantities and "row" in quantities
+
+
+def test_check_script_exit_code_and_message(tmp_path: Path, expected: dict) -> None:
+    summary = summary_from_expected(expected)
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    summary.to_csv(good, index=False)
+    summary.assign(stop_iteration_mean=summary["stop_iteration_mean"] * 1.5).to_csv(bad, index=False)
+    script = [sys.executable, str(SCRIPTS / "check_regression.py"), "--expected", str(EXPECTED)]
+    ok = subprocess.run([*script, "--summary", str(good)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    failed = subprocess.run([*script, "--summary", str(bad)], capture_output=True, text=True, check=False)
+    assert failed.returncode == 1
+    assert "REGRESSION" in failed.stderr and "+50.0%" in failed.stderr

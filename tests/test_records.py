@@ -1,0 +1,116 @@
+"""Run records: atomic writes, round trips, contents of a real run's record."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY
+
+from cdln.config import RunConfig, run
+from cdln.records import (
+    atomic_torch_save,
+    atomic_write_text,
+    read_run_record,
+    read_snapshots,
+    write_run_record,
+)
+
+CURVES = pd.DataFrame(
+    {
+        "member": [0, 0],
+        "iteration": [0, 10],
+        "seconds": [0.0, 0.1],
+        "train_loss": [1 / 3, np.nextafter(1e-300, 1)],
+        "recovery_error": [np.pi, 2.0 / 7.0],
+    }
+)
+
+
+def test_round_trip_is_exact(tmp_path):
+    record = {"a": 1, "b": [1.5, "x"], "seed": np.int64(3), "f": np.float64(0.25)}
+    write_run_record(tmp_path / "run", record, CURVES, {"x": np.arange(6).reshape(2, 3)})
+    loaded, curves = read_run_record(tmp_path / "run")
+    assert loaded == {"a": 1, "b": [1.5, "x"], "seed": 3, "f": 0.25}
+    pd.testing.assert_frame_equal(curves, CURVES, check_exact=True)  # %.17g round-trips doubles
+    assert np.array_equal(read_snapshots(tmp_path / "run")["x"], np.arange(6).reshape(2, 3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging dir left
+
+
+def test_rewrite_replaces_existing_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "stale.txt").write_text("old")
+    write_run_record(run_dir, {"v": 2}, CURVES)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["curves.csv", "record.json"]
+    assert read_run_record(run_dir)[0] == {"v": 2}
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    """A record that cannot be serialised fails after the curves were staged: no run dir, no staging dir."""
+    with pytest.raises(TypeError, match="cannot store object"):
+        write_run_record(tmp_path / "run", {"bad": object()}, CURVES)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_rewrite_keeps_the_old_record(tmp_path):
+    write_run_record(tmp_path / "run", {"v": 1}, CURVES)
+    with pytest.raises(TypeError):
+        write_run_record(tmp_path / "run", {"bad": object()}, CURVES)
+    assert read_run_record(tmp_path / "run")[0] == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_incomplete_run_dir_is_reported_clearly(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "curves.csv").write_text("member\n0\n")
+    with pytest.raises(FileNotFoundError, match=r"not a complete run record \(missing record.json\)"):
+        read_run_record(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="--snapshots"):
+        read_snapshots(tmp_path / "run")
+
+
+def test_atomic_text_and_torch_save(tmp_path):
+    atomic_write_text(tmp_path / "d" / "t.txt", "hello")
+    atomic_torch_save({"x": torch.ones(2)}, tmp_path / "d" / "x.pt")
+    assert (tmp_path / "d" / "t.txt").read_text() == "hello"
+    assert torch.equal(torch.load(tmp_path / "d" / "x.pt")["x"], torch.ones(2))
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["t.txt", "x.pt"]
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_torch_save({"x": Boom()}, tmp_path / "d" / "y.pt")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["t.txt", "x.pt"]
+
+
+def test_run_record_contents(tmp_path):
+    config = RunConfig(
+        model="cdln", depth=3, n_inner=50, max_outer=6, alpha=[1.0, 2.0], device="cpu", snapshots=True, **TINY["mc"]
+    )
+    record = run(config, tmp_path / "run")
+    loaded, curves = read_run_record(tmp_path / "run")
+    assert loaded == json.loads(json.dumps(record, default=str))
+    assert loaded["config"]["alpha"] == [1.0, 2.0] and loaded["config"]["task"] == "mc"
+    problem = {k: loaded["problem"][k] for k in ("task", "d_out", "d_in", "rank", "data_seed", "p", "m")}
+    assert problem == {"task": "mc", "d_out": 12, "d_in": 12, "rank": 2, "data_seed": 0, "p": 0.6, "m": None}
+    assert loaded["parameters"] == {"model": 2 * 12 * 4 + 4 * 4, "original_dln": 3 * 12 * 12}
+    assert [m["alpha"] for m in loaded["members"]] == [1.0, 2.0]
+    assert [m["init_seed"] for m in loaded["members"]] == [0, 0]
+    assert loaded["device"]["type"] == "cpu" and loaded["device"]["dtype"] == "float64"
+    assert {"torch", "numpy", "python", "cdln"} <= set(loaded["environment"])
+    assert loaded["timing"]["batch"] == 2 and loaded["timing"]["seconds"] > 0
+    assert list(curves.columns[:5]) == ["member", "iteration", "seconds", "train_loss", "recovery_error"]
+    assert {"model", "init_seed", "alpha"} <= set(curves.columns)
+    assert set(curves.model) == {"cdln"} and list(curves.groupby("member").alpha.first()) == [1.0, 2.0]
+    for member in loaded["members"]:
+        last = curves[curves.member == member["member"]].iloc[-1]
+        assert last.recovery_error == member["final_recovery_error"]
+        assert last.iteration == member["stop_iteration"] == 300
+    snapshots = read_snapshots(tmp_path / "run")
+    assert list(snapshots["iteration"]) == list(range(0, 301, 50))

@@ -1,0 +1,118 @@
+"""Collect the run records of one synthetic experiment into two tidy tables.
+
+``--curves``: one row per (run, checkpoint): experiment, panel, model, seed, alpha, depth, r, r_hat,
+iteration, seconds, train_loss, recovery_error.
+``--runs``: one row per run: its settings, parameter counts, where it stopped (tol or budget), final
+errors and, for ``--reach-error E``, the first checkpoint whose recovery error is <= E.
+
+Run directories are ``.../runs/<experiment>/<panel>/<model>_seed<seed>`` (written by ``cdln train``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from cdln.records import read_run_record
+
+RUN_NAME = re.compile(r"^(?P<model>[a-z]+)_seed(?P<seed>\d+)$")
+ALPHA_SUFFIX = re.compile(r"_alpha[0-9.]+$")
+
+
+def parse_run_dir(path: Path) -> dict:
+    """``.../runs/<experiment>/<panel>/<model>_seed<seed>`` -> experiment, panel, model, seed."""
+    match = RUN_NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path}: run directory name must be <model>_seed<seed>")
+    panel_id = path.parent.name
+    return {
+        "experiment": path.parent.parent.name,
+        "panel": ALPHA_SUFFIX.sub("", panel_id),
+        "panel_id": panel_id,
+        "model": match["model"],
+        "seed": int(match["seed"]),
+    }
+
+
+def first_reach(curves: pd.DataFrame, threshold: float | None) -> tuple[float, float]:
+    """(iteration, seconds) of the first checkpoint with recovery error <= threshold, else NaN."""
+    if threshold is None:
+        return math.nan, math.nan
+    hit = curves[curves["recovery_error"] <= threshold]
+    if hit.empty:
+        return math.nan, math.nan
+    first = hit.iloc[0]
+    return float(first["iteration"]), float(first["seconds"])
+
+
+def collect(run_dirs: list[Path], reach_error: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    curve_frames, rows = [], []
+    for run_dir in run_dirs:
+        keys = parse_run_dir(run_dir)
+        record, curves = read_run_record(run_dir)
+        config, member = record["config"], record["members"][0]
+        if len(record["members"]) != 1:
+            raise ValueError(f"{run_dir}: expected an unbatched run (1 member), got {len(record['members'])}")
+        settings = {
+            "alpha": member["alpha"] if keys["model"] == "cdln" else math.nan,
+            "depth": config["depth"],
+            "d": config["d_out"],
+            "r": config["r"],
+            "r_hat": config["r_hat"] if keys["model"] in ("cdln", "narrow", "yaras") else math.nan,
+            "bm_rank": (config["bm_rank"] or config["r"]) if keys["model"] == "bm" else math.nan,
+        }
+        curve_frames.append(curves[["iteration", "seconds", "train_loss", "recovery_error"]].assign(**keys, **settings))
+        reach_iteration, reach_seconds = first_reach(curves, reach_error)
+        rows.append(
+            {
+                **keys,
+                **settings,
+                "task": config["task"],
+                "lr": config["lr"],
+                "tol": config["tol"],
+                "budget": config["n_inner"] * config["max_outer"],
+                "params_model": record["parameters"]["model"],
+                "params_original": record["parameters"]["original_dln"],
+                "converged": bool(member["converged"]),
+                "stop_iteration": int(member["stop_iteration"]),
+                "stop_seconds": float(member["stop_seconds"]),
+                "seconds_per_iteration": float(record["timing"]["seconds_per_iteration"]),
+                "final_train_loss": float(member["final_train_loss"]),
+                "final_recovery_error": float(member["final_recovery_error"]),
+                "reach_error": reach_error if reach_error is not None else math.nan,
+                "reach_iteration": reach_iteration,
+                "reach_seconds": reach_seconds,
+                "device": record["device"]["type"],
+            }
+        )
+    columns = ["experiment", "panel", "panel_id", "model", "seed"]
+    curves_table = pd.concat(curve_frames, ignore_index=True)
+    curves_table = curves_table[columns + [c for c in curves_table.columns if c not in columns]]
+    runs_table = pd.DataFrame(rows).sort_values(["panel", "panel_id", "model", "seed"], ignore_index=True)
+    return curves_table, runs_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--curves", type=Path, required=True, help="tidy curves table (.csv) to write")
+    parser.add_argument("--runs", type=Path, required=True, help="per-run table (.csv) to write")
+    parser.add_argument("--reach-error", type=float, default=None, help="recovery error for reach_* columns")
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="run record directories")
+    args = parser.parse_args(argv)
+    curves, runs = collect(args.run_dirs, args.reach_error)
+    for table, path in ((curves, args.curves), (runs, args.runs)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial")
+        table.to_csv(tmp, index=False, float_format="%.10g")
+        tmp.replace(path)
+    print(f"wrote {args.curves} ({len(curves)} rows) and {args.runs} ({len(runs)} runs)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
