@@ -443,17 +443,27 @@ def scaling(
     for d in tol_sizes:
         for model in ("original", "cdln"):
             config = RunConfig(
-                task=task, d=d, r=r, r_hat=r_hat, p=p if task == "mc" else None, model=model, dtype=dtype,
-                device=str(device), m=20 * d if task == "ms" else None,
-                lr=base_lr * (d / 100) ** 2, **settings,
+                task=task,
+                d=d,
+                r=r,
+                r_hat=r_hat,
+                p=p if task == "mc" else None,
+                model=model,
+                dtype=dtype,
+                device=str(device),
+                m=20 * d if task == "ms" else None,
+                lr=base_lr * (d / 100) ** 2,
+                **settings,
             )
             config.validate()
             _, (member,) = run_config(config, device)
             for quantity, key in (("seconds_to_tol", "stop_seconds"), ("iterations_to_tol", "stop_iteration")):
                 value = float(member[key])
                 rows.append(dict(d=d, model=model, quantity=quantity, value=value, converged=member["converged"]))
-            echo(f"d={d:5d} {model:8} to tol: {member['stop_seconds']:.2f} s, {member['stop_iteration']} iterations, "
-                 f"converged {member['converged']}")
+            echo(
+                f"d={d:5d} {model:8} to tol: {member['stop_seconds']:.2f} s, {member['stop_iteration']} iterations, "
+                f"converged {member['converged']}"
+            )
     for row in rows:
         row.setdefault("converged", True)
     return rows
@@ -495,8 +505,14 @@ def main(args: Any) -> int:
         sizes = args.sizes or [100, 200, 400, 1000, 2000]
         tol_settings = dict(lr=args.lr, n_inner=args.n_inner, max_outer=args.max_outer, tol=args.tol)
         rows = scaling(
-            sizes, args.device, args.dtypes[0], r=args.r, r_hat=args.r_hat, p=args.p,
-            tol_sizes=args.tol_sizes, tol_settings=tol_settings,
+            sizes,
+            args.device,
+            args.dtypes[0],
+            r=args.r,
+            r_hat=args.r_hat,
+            p=args.p,
+            tol_sizes=args.tol_sizes,
+            tol_settings=tol_settings,
         )
         if args.out is not None:
             import pandas as pd

@@ -15,8 +15,8 @@ import yaml
 from cdln import bench, realdata_cli
 from cdln.config import ConfigError, RunConfig, run
 from cdln.engine import DivergenceError
-from cdln.problems import SPECTRA, TASKS, make_problem, save_problem
 from cdln.networks import MODELS
+from cdln.problems import SPECTRA, TASKS, make_problem, save_problem
 
 HELP: dict[str, str] = {
     "task": f"recovery problem: {', '.join(TASKS)} (factorization, completion, sensing)",

@@ -97,7 +97,7 @@ def random_dln(
     for seed in init_seeds:
         generator = torch.Generator().manual_seed(int(seed))
         members.append([eps * random_orthogonal(o, i, generator) for o, i in _layer_shapes(d_out, d_in, width, depth)])
-    weights = [torch.stack(layer) for layer in zip(*members)]
+    weights = [torch.stack(layer) for layer in zip(*members, strict=True)]
     ones = torch.ones(len(init_seeds), dtype=torch.float64)
     return LinearNetwork(name, weights, [ones.clone() for _ in weights])
 

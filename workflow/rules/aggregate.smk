@@ -28,6 +28,7 @@ if experiment_enabled("summary"):
         """Per synthetic configuration: parameters, iterations/seconds to tol, final errors, speed-up."""
         input:
             runs=[f"{ROOT}/tables/{name}_runs.csv" for name in experiment("summary")["experiments"]],
+            real_data=summary_real_data_tables(),
             script=f"{SCRIPTS}/summary_table.py",
         output:
             csv=report(
@@ -45,6 +46,7 @@ if experiment_enabled("summary"):
         conda:
             CONDA_ENV
         shell:
-            "python3 {input.script} --csv {output.csv} --markdown {output.markdown} {params.flags} {input.runs} > {log} 2>&1"
+            "python3 {input.script} --csv {output.csv} --markdown {output.markdown} {params.flags} "
+            "--real-data {input.real_data} -- {input.runs} > {log} 2>&1"
 
     register_target("summary_table", [f"{ROOT}/tables/summary.csv", f"{ROOT}/tables/summary.md"])

@@ -7,69 +7,6 @@ findings (also written as JSON for the tests). The executed notebooks are output
 ROOT/notebooks/.
 """
 
-import yaml
-
-ANALYSIS = ("incremental", "invariance", "alignment")
-NOTEBOOKS = "notebooks"
-
-
-def analysis_tasks(name: str) -> list[str]:
-    return list(experiment(name)["tasks"])
-
-
-def analysis_run_dir(name: str, task: str) -> str:
-    return f"{ROOT}/runs/{name}/{task}_seed{experiment(name).get('seed', 0)}"
-
-
-def analysis_train_flags(name: str, task: str) -> str:
-    """``cdln train`` flags of one analysis run, from the experiment's section of the config."""
-    section = experiment(name)
-    settings = section["tasks"][task]
-    seed = section.get("seed", 0)
-    return cli_flags(
-        {
-            "task": task,
-            "model": "original",
-            "d": settings["d"],
-            "r": settings.get("r", section["r"]),
-            "p": settings.get("p"),
-            "m": settings.get("m"),
-            "depth": section["depth"],
-            "eps": section["eps"],
-            "lr": settings["lr"],
-            "n_inner": settings["n_inner"],
-            "max_outer": settings["max_outer"],
-            "tol": settings["tol"],
-            "data_seed": seed,
-            "init_seed": seed,
-            "device": config["device"],
-            "dtype": config["dtype"],
-            "snapshots": True,
-        }
-    )
-
-
-def analysis_outputs(name: str) -> dict[str, str]:
-    return {
-        "png": f"{ROOT}/figures/fig_{name}.png",
-        "pdf": f"{ROOT}/figures/fig_{name}.pdf",
-        "findings": f"{ROOT}/tables/{name}_findings.json",
-        "notebook": f"{ROOT}/notebooks/{name}.ipynb",
-    }
-
-
-def notebook_parameters(name: str, outputs) -> str:
-    """The notebook's parameters as one shell-quoted YAML document for ``papermill -y``."""
-    values = {
-        "run_dirs": {task: analysis_run_dir(name, task) for task in analysis_tasks(name)},
-        "figure_png": outputs.png,
-        "figure_pdf": outputs.pdf,
-        "findings_json": outputs.findings,
-        "title": experiment(name).get("description", name),
-    }
-    return shlex.quote(yaml.safe_dump(values, default_flow_style=True, sort_keys=False, width=10**6).strip())
-
-
 rule analysis_train:
     """Train the original DLN on one task with spectral snapshots at every checkpoint."""
     output:

@@ -5,6 +5,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
+
 # Every output of one config lives under its own root, so switching configs never mixes results.
 ROOT = f"results/{config['output_root']}"
 
@@ -194,3 +196,94 @@ def figure_files(name: str) -> list[str]:
 def figure_title(name: str) -> str:
     """Figure title: the experiment's description and the config (output root) that made it."""
     return f"{experiment(name)['description']}  [config: {config['output_root']}]"
+
+
+# ---- subspace analysis (analysis.smk) ----
+
+ANALYSIS = ("incremental", "invariance", "alignment")
+NOTEBOOKS = "notebooks"
+
+
+def analysis_tasks(name: str) -> list[str]:
+    return list(experiment(name)["tasks"])
+
+
+def analysis_run_dir(name: str, task: str) -> str:
+    return f"{ROOT}/runs/{name}/{task}_seed{experiment(name).get('seed', 0)}"
+
+
+def analysis_train_flags(name: str, task: str) -> str:
+    """``cdln train`` flags of one analysis run, from the experiment's section of the config."""
+    section = experiment(name)
+    settings = section["tasks"][task]
+    seed = section.get("seed", 0)
+    return cli_flags(
+        {
+            "task": task,
+            "model": "original",
+            "d": settings["d"],
+            "r": settings.get("r", section["r"]),
+            "p": settings.get("p"),
+            "m": settings.get("m"),
+            "depth": section["depth"],
+            "eps": section["eps"],
+            "lr": settings["lr"],
+            "n_inner": settings["n_inner"],
+            "max_outer": settings["max_outer"],
+            "tol": settings["tol"],
+            "data_seed": seed,
+            "init_seed": seed,
+            "device": config["device"],
+            "dtype": config["dtype"],
+            "snapshots": True,
+        }
+    )
+
+
+def analysis_outputs(name: str) -> dict[str, str]:
+    return {
+        "png": f"{ROOT}/figures/fig_{name}.png",
+        "pdf": f"{ROOT}/figures/fig_{name}.pdf",
+        "findings": f"{ROOT}/tables/{name}_findings.json",
+        "notebook": f"{ROOT}/notebooks/{name}.ipynb",
+    }
+
+
+def notebook_parameters(name: str, outputs) -> str:
+    """The notebook's parameters as one shell-quoted YAML document for ``papermill -y``."""
+    values = {
+        "run_dirs": {task: analysis_run_dir(name, task) for task in analysis_tasks(name)},
+        "figure_png": outputs.png,
+        "figure_pdf": outputs.pdf,
+        "findings_json": outputs.findings,
+        "title": experiment(name).get("description", name),
+    }
+    return shlex.quote(yaml.safe_dump(values, default_flow_style=True, sort_keys=False, width=10**6).strip())
+
+
+# ---- real data in the summary table (aggregate.smk) ----
+
+def real_data_present(name: str) -> bool:
+    """Whether experiment ``name``'s data set is on disk now (or made synthetically by the pipeline).
+
+    The summary table only waits for real-data tables whose data is present, so a missing
+    MovieLens archive never blocks it (the real-data rule itself still fails loudly).
+    """
+    section = experiment(name)
+    if section.get("synthetic", False):
+        return True
+    if name == "movielens":
+        return any(path and Path(path).exists() for path in (section.get("zip_path"), "resources/ml-100k.zip"))
+    from cdln.data import DataUnavailableError
+    from cdln.data.fashion_mnist import locate_fashion_mnist
+
+    try:
+        locate_fashion_mnist(section.get("data_dir"), "resources", allow_download=False)
+    except DataUnavailableError:
+        return False
+    return True
+
+
+def summary_real_data_tables() -> list[str]:
+    names = experiment("summary").get("real_data", [])
+    return [f"{ROOT}/tables/{name}.md" for name in names if experiment_enabled(name) and real_data_present(name)]

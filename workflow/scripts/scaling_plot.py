@@ -49,8 +49,14 @@ def plot(table: pd.DataFrame, title: str) -> plt.Figure:
             d = np.array(pts["d"], dtype=float)
             anchor_d, anchor_t = d[-1], float(pts["value"].iloc[-1])
             left.plot(d, anchor_t * (d / anchor_d) ** power, ":", color="grey", linewidth=1)
-            left.annotate(f"$\\propto d^{power}$", (d[-1], anchor_t), textcoords="offset points", xytext=(4, -10),
-                          color="grey", fontsize="small")
+            left.annotate(
+                f"$\\propto d^{power}$",
+                (d[-1], anchor_t),
+                textcoords="offset points",
+                xytext=(4, -10),
+                color="grey",
+                fontsize="small",
+            )
     left.set_ylim(ylim)
     sizes = sorted(table["d"].unique())
     for ax, ylabel in ((left, "Seconds per iteration"), (right, "Seconds to tol")):

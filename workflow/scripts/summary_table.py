@@ -124,12 +124,26 @@ def to_markdown(summary: pd.DataFrame, config_name: str, reference_model: str) -
     return header + table.to_markdown(index=False) + "\n"
 
 
+def real_data_sections(tables: list[Path]) -> str:
+    """The real-data experiments' own Markdown tables, each as a section of summary.md."""
+    sections = []
+    for path in tables:
+        body = path.read_text().strip()
+        if body.startswith("# "):
+            body = "#" + body  # demote its title below the summary's
+        sections.append(f"\n## Real data: {path.stem}\n\n{body}\n" if not body.startswith("## ") else f"\n{body}\n")
+    return "".join(sections)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--reference-model", default="original")
     parser.add_argument("--config-name", default="?", help="output root of the config that made the runs")
+    parser.add_argument(
+        "--real-data", type=Path, nargs="*", default=[], help="real-data tables (Markdown) to append as sections"
+    )
     parser.add_argument("runs", type=Path, nargs="+", help="per-run tables from aggregate_runs.py")
     args = parser.parse_args(argv)
     runs = pd.concat([pd.read_csv(path) for path in args.runs], ignore_index=True)
@@ -138,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs, args.reference_model)
     for text, path in (
         (summary.to_csv(index=False, float_format="%.6g"), args.csv),
-        (to_markdown(summary, args.config_name, args.reference_model), args.markdown),
+        (
+            to_markdown(summary, args.config_name, args.reference_model) + real_data_sections(args.real_data),
+            args.markdown,
+        ),
     ):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial")
