@@ -117,7 +117,10 @@ def synthetic_runs(name: str) -> list[dict]:
     for panel, overrides in section["panels"].items():
         settings = {**shared, **overrides}
         for model in section["models"]:
-            if alphas is not None and model == "cdln":
+            if alphas is not None and model == "cdln" and section.get("batch_alphas", False):
+                # One job trains every alpha as a batch (shared wall time: see README, Batched sweeps).
+                variants = [(f"{panel}_alphabatch", {**settings, "alpha": alphas})]
+            elif alphas is not None and model == "cdln":
                 variants = [(f"{panel}_alpha{fmt_number(a)}", {**settings, "alpha": a}) for a in alphas]
             else:
                 variants = [(panel, settings)]

@@ -6,6 +6,8 @@ iteration, seconds, train_loss, recovery_error.
 errors and, for ``--reach-error E``, the first checkpoint whose recovery error is <= E.
 
 Run directories are ``.../runs/<experiment>/<panel>/<model>_seed<seed>`` (written by ``cdln train``).
+A batched alpha sweep (panel ``<panel>_alphabatch``, several members) becomes one row per member
+(panel id ``<panel>_alpha<a>``) with ``batched`` = True: its seconds are the batch's shared wall time.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pandas as pd
 from cdln.records import read_run_record
 
 RUN_NAME = re.compile(r"^(?P<model>[a-z]+)_seed(?P<seed>\d+)$")
-ALPHA_SUFFIX = re.compile(r"_alpha[0-9.]+$")
+ALPHA_SUFFIX = re.compile(r"_alpha([0-9.]+|batch)$")
 
 
 def parse_run_dir(path: Path) -> dict:
@@ -54,47 +56,65 @@ def collect(run_dirs: list[Path], reach_error: float | None) -> tuple[pd.DataFra
     curve_frames, rows = [], []
     for run_dir in run_dirs:
         keys = parse_run_dir(run_dir)
-        record, curves = read_run_record(run_dir)
-        config, member = record["config"], record["members"][0]
-        if len(record["members"]) != 1:
-            raise ValueError(f"{run_dir}: expected an unbatched run (1 member), got {len(record['members'])}")
-        settings = {
-            "alpha": member["alpha"] if keys["model"] == "cdln" else math.nan,
-            "depth": config["depth"],
-            "d": config["d_out"],
-            "r": config["r"],
-            "r_hat": config["r_hat"] if keys["model"] in ("cdln", "narrow", "yaras") else math.nan,
-            "bm_rank": (config["bm_rank"] or config["r"]) if keys["model"] == "bm" else math.nan,
-        }
-        curve_frames.append(curves[["iteration", "seconds", "train_loss", "recovery_error"]].assign(**keys, **settings))
-        reach_iteration, reach_seconds = first_reach(curves, reach_error)
-        rows.append(
-            {
-                **keys,
-                **settings,
-                "task": config["task"],
-                "lr": config["lr"],
-                "tol": config["tol"],
-                "budget": config["n_inner"] * config["max_outer"],
-                "params_model": record["parameters"]["model"],
-                "params_original": record["parameters"]["original_dln"],
-                "converged": bool(member["converged"]),
-                "stop_iteration": int(member["stop_iteration"]),
-                "stop_seconds": float(member["stop_seconds"]),
-                "seconds_per_iteration": float(record["timing"]["seconds_per_iteration"]),
-                "final_train_loss": float(member["final_train_loss"]),
-                "final_recovery_error": float(member["final_recovery_error"]),
-                "reach_error": reach_error if reach_error is not None else math.nan,
-                "reach_iteration": reach_iteration,
-                "reach_seconds": reach_seconds,
-                "device": record["device"]["type"],
-            }
-        )
+        record, all_curves = read_run_record(run_dir)
+        batched = len(record["members"]) > 1
+        if batched and not keys["panel_id"].endswith("_alphabatch"):
+            count = len(record["members"])
+            raise ValueError(f"{run_dir}: {count} members, but only <panel>_alphabatch runs are batched")
+        for member in record["members"]:
+            member_keys = dict(keys, batched=batched)
+            if batched:
+                member_keys["panel_id"] = f"{keys['panel']}_alpha{member['alpha']:g}"
+            curves = all_curves[all_curves["member"] == member["member"]]
+            curve_frames.append(_curves_frame(curves, member_keys, record, member))
+            rows.append(_run_row(curves, member_keys, record, member, reach_error))
     columns = ["experiment", "panel", "panel_id", "model", "seed"]
     curves_table = pd.concat(curve_frames, ignore_index=True)
     curves_table = curves_table[columns + [c for c in curves_table.columns if c not in columns]]
     runs_table = pd.DataFrame(rows).sort_values(["panel", "panel_id", "model", "seed"], ignore_index=True)
     return curves_table, runs_table
+
+
+def _settings(keys: dict, config: dict, member: dict) -> dict:
+    model = keys["model"]
+    return {
+        "alpha": member["alpha"] if model == "cdln" else math.nan,
+        "depth": config["depth"],
+        "d": config["d_out"],
+        "r": config["r"],
+        "r_hat": config["r_hat"] if model in ("cdln", "narrow", "yaras") else math.nan,
+        "bm_rank": (config["bm_rank"] or config["r"]) if model == "bm" else math.nan,
+    }
+
+
+def _curves_frame(curves: pd.DataFrame, keys: dict, record: dict, member: dict) -> pd.DataFrame:
+    settings = _settings(keys, record["config"], member)
+    return curves[["iteration", "seconds", "train_loss", "recovery_error"]].assign(**keys, **settings)
+
+
+def _run_row(curves: pd.DataFrame, keys: dict, record: dict, member: dict, reach_error: float | None) -> dict:
+    config = record["config"]
+    reach_iteration, reach_seconds = first_reach(curves, reach_error)
+    return {
+        **keys,
+        **_settings(keys, config, member),
+        "task": config["task"],
+        "lr": config["lr"],
+        "tol": config["tol"],
+        "budget": config["n_inner"] * config["max_outer"],
+        "params_model": record["parameters"]["model"],
+        "params_original": record["parameters"]["original_dln"],
+        "converged": bool(member["converged"]),
+        "stop_iteration": int(member["stop_iteration"]),
+        "stop_seconds": float(member["stop_seconds"]),
+        "seconds_per_iteration": float(record["timing"]["seconds_per_iteration"]),
+        "final_train_loss": float(member["final_train_loss"]),
+        "final_recovery_error": float(member["final_recovery_error"]),
+        "reach_error": reach_error if reach_error is not None else math.nan,
+        "reach_iteration": reach_iteration,
+        "reach_seconds": reach_seconds,
+        "device": record["device"]["type"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Reads the per-run table of ``aggregate_runs.py``. C-DLN: mean over seeds with a min-max band,
 per-seed points (hollow where the run hit the budget instead of tol). Original DLN: horizontal
-line at its mean with its min-max band.
+line at its mean with its min-max band. When the C-DLN alphas trained as one batch (config
+``batch_alphas``), its seconds are the batch's shared wall time, and the axis says so.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def plot(runs: pd.DataFrame, panel: str, title: str) -> plt.Figure:
             ax.axhline(ref.mean(), color=ref_color, label=f"{style.model_label('original')} (reference)")
             ax.axhspan(ref.min(), ref.max(), color=ref_color, alpha=0.15, linewidth=0)
         ax.set_xlabel(r"$\alpha$ (outer-layer step multiplier)")
+        batched = column == "stop_seconds" and bool(cdln.get("batched", pd.Series(dtype=bool)).any())
         ax.set_ylabel(label)
+        if batched:
+            ax.set_title("C-DLN: batch wall time (all alphas in one job)", fontsize="small")
         ax.set_yscale("log")
     r, r_hat = int(frame["r"].iloc[0]), int(cdln["r_hat"].iloc[0]) if not cdln.empty else 0
     axes[0, 0].set_title(f"{panel}: r={r}, $\\hat r$={r_hat}, {frame['seed'].nunique()} seeds")
