@@ -39,7 +39,12 @@ rule analysis_notebook:
         notebook=f"{NOTEBOOKS}/{{analysis}}.ipynb",
         style=f"{SCRIPTS}/style.py",
     output:
-        png=f"{ROOT}/figures/fig_{{analysis}}.png",
+        png=report(
+            f"{ROOT}/figures/fig_{{analysis}}.png",
+            caption="../report/fig_analysis.rst",
+            category="Subspace analysis",
+            labels={"figure": "fig_{analysis}"},
+        ),
         pdf=f"{ROOT}/figures/fig_{{analysis}}.pdf",
         findings=f"{ROOT}/tables/{{analysis}}_findings.json",
         notebook=f"{ROOT}/notebooks/{{analysis}}.ipynb",

@@ -161,7 +161,12 @@ if experiment_enabled("movielens"):
             script=f"{SCRIPTS}/realdata_movielens_plot.py",
             style=REALDATA_STYLE,
         output:
-            png=f"{ROOT}/figures/fig_movielens.png",
+            png=report(
+                f"{ROOT}/figures/fig_movielens.png",
+                caption="../report/fig_movielens.rst",
+                category="Real data",
+                labels={"figure": "fig_movielens"},
+            ),
             pdf=f"{ROOT}/figures/fig_movielens.pdf",
         log:
             f"{ROOT}/logs/figures/fig_movielens.log",
@@ -276,7 +281,12 @@ if experiment_enabled("nonlinear"):
             script=f"{SCRIPTS}/realdata_nonlinear_plot.py",
             style=REALDATA_STYLE,
         output:
-            png=f"{ROOT}/figures/fig_nonlinear.png",
+            png=report(
+                f"{ROOT}/figures/fig_nonlinear.png",
+                caption="../report/fig_nonlinear.rst",
+                category="Real data",
+                labels={"figure": "fig_nonlinear"},
+            ),
             pdf=f"{ROOT}/figures/fig_nonlinear.pdf",
         log:
             f"{ROOT}/logs/figures/fig_nonlinear.log",

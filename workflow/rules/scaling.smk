@@ -50,7 +50,12 @@ rule scaling_plot:
         script=f"{SCRIPTS}/scaling_plot.py",
         style=f"{SCRIPTS}/style.py",
     output:
-        png=f"{ROOT}/figures/fig_scaling.png",
+        png=report(
+            f"{ROOT}/figures/fig_scaling.png",
+            caption="../report/fig_scaling.rst",
+            category="Performance",
+            labels={"figure": "fig_scaling"},
+        ),
         pdf=f"{ROOT}/figures/fig_scaling.pdf",
     log:
         f"{ROOT}/logs/figures/fig_scaling.log",
