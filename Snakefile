@@ -18,6 +18,9 @@ if not workflow.overwrite_configfiles:
 
 # Every schema error by its key, then the per-run checks of `cdln train` (r <= d, memory, ...),
 # before any job starts; snakemake's validate then fills the schema's defaults.
+import sys
+
+sys.path.insert(0, f"{workflow.basedir}/src")  # this checkout's package, installed or not
 from cdln.config import ConfigError, validate_pipeline_config
 
 try:
