@@ -41,7 +41,9 @@ def plot(table: pd.DataFrame, title: str) -> plt.Figure:
                 right.scatter(
                     missed["d"], missed["value"], facecolors="none", edgecolors=color, zorder=3, label="budget hit"
                 )
-    # Guide slopes d^3 and d^2 through the largest original / C-DLN points, within the data's y range.
+    # Guide slopes d^3 and d^2 through the largest original / C-DLN points, within the data's y range
+    # (read on the log scale: a linear autoscale can reach below 0 and collapse the log axis).
+    left.set_yscale("log")
     ylim = left.get_ylim()
     for model, power in (("original", 3), ("cdln", 2)):
         pts = table[(table["model"] == model) & (table["quantity"] == "seconds_per_iteration")].sort_values("d")
