@@ -101,7 +101,7 @@ def test_workspace_and_fast_loss_gradient_change_no_bits(task):
     weights = _perturbed(_network("original", problem, 3, batch=3))
     end_to_end = LinearNetwork("x", weights, [torch.ones(3)] * 3).end_to_end()
     out = torch.empty_like(end_to_end)
-    assert torch.equal(engine._loss_grad(problem, end_to_end, out), problem.loss_grad(end_to_end))
+    assert torch.equal(problem.loss_grad(end_to_end, out=out), problem.loss_grad(end_to_end))
     workspace = Workspace(weights)
     first = [g.clone() for g in layer_gradients(weights, problem, workspace)]
     again = layer_gradients(weights, problem, workspace)  # reused buffers, same numbers

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from cdln.devices import SyncTimer
-from cdln.networks import LinearNetwork
-from cdln.problems import Completion, Factorization, Problem, Sensing
+from cdln.networks import LinearNetwork, product
+from cdln.problems import Problem, Sensing
 
 SnapshotFn = Callable[[int, LinearNetwork, Tensor], dict[str, np.ndarray]]
 ProgressFn = Callable[[str], None]
@@ -97,19 +97,6 @@ class Workspace:
         return all((g.shape, g.dtype, g.device) == (w.shape, w.dtype, w.device) for g, w in pairs)
 
 
-def _loss_grad(problem: Problem, end_to_end: Tensor, out: Tensor) -> Tensor:
-    """``problem.loss_grad(end_to_end)``, written into ``out`` where the arithmetic is known.
-
-    MF and MC repeat their classes' expressions op for op (bitwise the same result; a test holds
-    them to it); anything else (MS, whose operator products dominate anyway) allocates.
-    """
-    if type(problem) is Factorization:
-        return torch.sub(end_to_end, problem.target, out=out).mul_(problem._scale)
-    if type(problem) is Completion:
-        return torch.sub(end_to_end, problem.target, out=out).mul_(problem._observed)
-    return problem.loss_grad(end_to_end)
-
-
 def layer_gradients(weights: list[Tensor], problem: Problem, workspace: Workspace | None = None) -> list[Tensor]:
     """Closed-form gradients of ``problem``'s training loss w.r.t. each layer, same shapes.
 
@@ -122,10 +109,10 @@ def layer_gradients(weights: list[Tensor], problem: Problem, workspace: Workspac
         torch.bmm(weights[layer], prefixes[layer - 1], out=prefixes[layer])
     grads = workspace.grads
     if len(weights) == 1:
-        grads[0].copy_(_loss_grad(problem, prefixes[-1], workspace.loss_grad))
+        grads[0].copy_(problem.loss_grad(prefixes[-1], out=workspace.loss_grad))
         return grads
     # upstream = (W_L ... W_{l+1})^T G, starting at l = L; the last one is the first layer's gradient.
-    upstream = _loss_grad(problem, prefixes[-1], workspace.loss_grad)
+    upstream = problem.loss_grad(prefixes[-1], out=workspace.loss_grad)
     targets = [grads[0], *workspace.upstreams]
     for layer in range(len(weights) - 1, 0, -1):
         torch.bmm(upstream, prefixes[layer - 1].mT, out=grads[layer])
@@ -168,13 +155,6 @@ def gd_steps(
         buffers = workspace if workspace is not None and workspace.fits(part) else Workspace(part)
         for _ in range(n_steps):
             torch._foreach_addcmul_(part, layer_gradients(part, problem, buffers), steps)
-
-
-def _end_to_end(weights: list[Tensor]) -> Tensor:
-    product = weights[0]
-    for weight in weights[1:]:
-        product = weight @ product
-    return product
 
 
 def train(
@@ -224,7 +204,7 @@ def train(
 
     def checkpoint(iteration: int) -> None:
         nonlocal work, live, workspace, steps
-        end_to_end = _end_to_end(work)
+        end_to_end = product(work)
         losses = problem.train_loss(end_to_end).tolist()
         errors = problem.recovery_error(end_to_end).tolist()
         seconds = timer.elapsed

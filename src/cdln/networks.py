@@ -40,10 +40,7 @@ class LinearNetwork:
 
     def end_to_end(self) -> Tensor:
         """The product ``W_L ... W_1``, shape (B, d_out, d_in)."""
-        product = self.weights[0]
-        for weight in self.weights[1:]:
-            product = weight @ product
-        return product
+        return product(self.weights)
 
     def n_params(self) -> int:
         """Trainable parameters of one batch member."""
@@ -58,6 +55,14 @@ class LinearNetwork:
 
     def clone(self) -> LinearNetwork:
         return LinearNetwork(self.name, [w.clone() for w in self.weights], [s.clone() for s in self.lr_scales])
+
+
+def product(weights: list[Tensor]) -> Tensor:
+    """``W_L ... W_1`` of layer weights given first-layer first, shape (B, d_out, d_in)."""
+    result = weights[0]
+    for weight in weights[1:]:
+        result = weight @ result
+    return result
 
 
 def dln_param_count(d_out: int, d_in: int, width: int, depth: int) -> int:

@@ -86,8 +86,12 @@ class Problem(ABC):
     target: Tensor  # (d_out, d_in)
 
     @abstractmethod
-    def loss_grad(self, end_to_end: Tensor) -> Tensor:
-        """Gradient of the training loss w.r.t. ``W`` of shape (B, d_out, d_in)."""
+    def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
+        """Gradient of the training loss w.r.t. ``W`` of shape (B, d_out, d_in).
+
+        ``out`` (same shape) is a buffer the result may be written into, to spare an allocation in
+        the GD loop; the returned tensor is the result either way.
+        """
 
     @abstractmethod
     def train_loss(self, end_to_end: Tensor) -> Tensor:
@@ -124,8 +128,8 @@ class Factorization(Problem):
         self.spec, self.target = spec, target
         self._scale = 1.0 / target.numel()
 
-    def loss_grad(self, end_to_end: Tensor) -> Tensor:
-        return (end_to_end - self.target) * self._scale
+    def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
+        return torch.sub(end_to_end, self.target, out=out).mul_(self._scale)
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * (end_to_end - self.target).square().mean(dim=(-2, -1))
@@ -166,8 +170,8 @@ class Completion(Problem):
             held_out = ~self.mask if unobserved else torch.ones_like(self.mask)
         self._unobserved = held_out.to(target.dtype) / int(held_out.sum())
 
-    def loss_grad(self, end_to_end: Tensor) -> Tensor:
-        return (end_to_end - self.target) * self._observed
+    def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
+        return torch.sub(end_to_end, self.target, out=out).mul_(self._observed)
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * ((end_to_end - self.target).square() * self._observed).sum(dim=(-2, -1))
@@ -196,7 +200,8 @@ class Sensing(Problem):
         flat = end_to_end.reshape(end_to_end.shape[0], -1)  # (B, d_out*d_in)
         return flat @ self.operator.T - self.measurements  # (B, m): one pass over the operator
 
-    def loss_grad(self, end_to_end: Tensor) -> Tensor:
+    def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
+        # The operator products dominate; ``out`` is not worth threading through them.
         return (self._residual(end_to_end) @ self.operator).reshape(end_to_end.shape)
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
