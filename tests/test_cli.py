@@ -44,7 +44,7 @@ def test_help_documents_every_option(capsys):
         flag = "--" + name.replace("_", "-")
         assert re.search(rf"{flag}\b", text), flag
         assert HELP[name] in text, f"help of {flag} missing"
-    for extra in ("--out", "--config", "--threads", "--quiet"):
+    for extra in ("--out", "--config", "--threads", "--quiet", "--progress-every"):
         assert extra in text
     # Ranges of the options issue 2 names are stated in the help.
     for fragment in ("in (0, 1]", "L >= 2", "eta, > 0", "1 <= r <= min(d_out, d_in)", ">= 1 (default 2r)"):
@@ -99,6 +99,18 @@ def test_the_tiny_flags_are_valid(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().err
 
 
+def test_progress_lines_are_throttled_and_quiet_silences_them(tmp_path, capsys, monkeypatch):
+    quiet = [a for a in TINY_MC if a != "--quiet"]
+    clock = iter(range(0, 1000, 10))  # each checkpoint 10 s after the previous one
+    monkeypatch.setattr("cdln.progress.time.monotonic", lambda: next(clock))
+    assert main(["train", "--out", str(tmp_path / "a"), *quiet, "--progress-every", "15"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[mc/cdln] iter")]
+    # 4 checkpoints (iterations 0, 10, 20, 30) at 0, 10, 20, 30 s: printed at 0 and 20 s only.
+    assert [line.split()[2] for line in lines] == ["0/30", "20/30"]
+    assert main(["train", "--out", str(tmp_path / "b"), *TINY_MC]) == 0
+    assert "[mc/cdln]" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -107,6 +119,8 @@ def test_the_tiny_flags_are_valid(tmp_path, capsys):
         (["train", "--task", "mc"], r"the following arguments are required: --out"),
         (["train", "--out", "x", "--learning-rate", "1"], r"unrecognized arguments: --learning-rate"),
         (["fit"], r"invalid choice: 'fit'"),
+        (["train", "--out", "x", "--progress-every", "0"], r"--progress-every: must be a number of seconds > 0; got 0"),
+        (["altmin", "--progress-every", "-1"], r"--progress-every: must be a number of seconds > 0; got -1"),
     ],
 )
 def test_argparse_errors_name_the_option(capsys, argv, message):

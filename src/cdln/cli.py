@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from cdln.config import ConfigError, RunConfig, run
 from cdln.engine import DivergenceError
 from cdln.networks import MODELS
 from cdln.problems import SPECTRA, TASKS, make_problem, save_problem
+from cdln.progress import add_progress_options, progress_printer
 
 HELP: dict[str, str] = {
     "task": f"recovery problem: {', '.join(TASKS)} (factorization, completion, sensing)",
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML file whose keys are these options (flags win)")
     train.add_argument("--out", type=Path, required=True, help="run record directory to write")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    train.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_progress_options(train)
     _add_config_options(train)
 
     problem = commands.add_parser("make-problem", help="draw a problem instance and save it")
@@ -101,19 +101,6 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_dict(values, source=str(config_file or "flags"))
 
 
-class ThrottledProgress:
-    """Progress lines to stderr, at most one per ``interval`` seconds (the last always printed)."""
-
-    def __init__(self, prefix: str, interval: float = 1.0) -> None:
-        self.prefix, self.interval, self._last = prefix, interval, -float("inf")
-
-    def __call__(self, line: str) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            print(f"[{self.prefix}] {line}", file=sys.stderr, flush=True)
-            self._last = now
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "bench":
@@ -136,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.threads < 1:
                 raise ConfigError(f"--threads must be an integer >= 1; got {args.threads}")
             torch.set_num_threads(args.threads)
-        progress = None if args.quiet else ThrottledProgress(f"{config.task}/{config.model}")
+        progress = progress_printer(f"{config.task}/{config.model}", args)
         record = run(config, args.out, progress=progress)
     except ConfigError as error:
         print(f"cdln: error: {error}", file=sys.stderr)

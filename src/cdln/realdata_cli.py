@@ -15,23 +15,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cdln.data import DataFormatError, DataUnavailableError
+from cdln.progress import add_progress_options, progress_printer
 
 EXIT_BAD_OPTION, EXIT_NO_DATA, EXIT_BAD_DATA = 2, 4, 5
-
-
-def _progress(prefix: str, quiet: bool) -> Callable[[str], None] | None:
-    if quiet:
-        return None
-    from cdln.cli import ThrottledProgress
-
-    return ThrottledProgress(prefix)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -71,7 +63,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     am.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     am.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     am.add_argument("--threads", type=int, default=None)
-    am.add_argument("--quiet", action="store_true")
+    add_progress_options(am)
     am.set_defaults(handler=altmin_command)
 
     from cdln.nonlinear import MODELS, OPTIMIZERS, NonlinearConfig
@@ -83,7 +75,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     nl.add_argument("--no-download", action="store_true", help="fail instead of downloading")
     nl.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     nl.add_argument("--threads", type=int, default=None)
-    nl.add_argument("--quiet", action="store_true")
+    add_progress_options(nl)
     choices = {"model": list(MODELS), "optimizer": list(OPTIMIZERS), "dtype": ["float32", "float64"]}
     for f in dataclasses.fields(NonlinearConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -164,7 +156,7 @@ def altmin_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--problem {args.problem} holds a {problem.spec.task!r} problem; AltMin needs 'mc'")
     problem = problem.to(device, dtype)
     settings = AltMinSettings(args.k, args.iterations, args.n_inner, args.ridge)
-    curves, _, seconds = altmin(problem, settings, progress=_progress("mc/altmin", args.quiet))
+    curves, _, seconds = altmin(problem, settings, progress=progress_printer("mc/altmin", args))
     record = altmin_record(problem, settings, curves, seconds, device, args.dtype)
     write_run_record(args.out, record, curves.assign(model="altmin", init_seed=0, alpha=1.0))
     member = record["members"][0]
@@ -190,7 +182,8 @@ def nonlinear_command(args: argparse.Namespace) -> int:
     files = locate_fashion_mnist(args.data_dir, args.resources, allow_download=not args.no_download)
     train, test = load_fashion_mnist(files)
     data = to_tensors(train, test, torch.device("cpu"), torch.float64)
-    record, curves = train_classifier(config, data, device, progress=_progress(f"nonlinear/{config.model}", args.quiet))
+    progress = progress_printer(f"nonlinear/{config.model}", args)
+    record, curves = train_classifier(config, data, device, progress=progress)
     record["data"]["files"] = {stem: str(path) for stem, path in files.items()}
     write_run_record(args.out, record, curves)
     member = record["members"][0]

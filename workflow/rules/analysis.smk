@@ -29,7 +29,7 @@ rule analysis_train:
         CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-        "{params.cdln} train {params.flags} --threads {threads} --quiet --out {output} > {log} 2>&1"
+        "{params.cdln} train {params.flags} --threads {threads} --progress-every 30 --out {output} > {log} 2>&1"
 
 
 rule analysis_notebook:

@@ -99,7 +99,7 @@ if experiment_enabled("movielens"):
             CONDA_ENV
         shell:
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-            "python3 -m cdln train {params.flags} --problem {input.problem} --threads {threads} --quiet --out {output} "
+            "python3 -m cdln train {params.flags} --problem {input.problem} --threads {threads} --progress-every 30 --out {output} "
             "> {log} 2>&1"
 
     rule movielens_train_altmin:
@@ -131,7 +131,7 @@ if experiment_enabled("movielens"):
             CONDA_ENV
         shell:
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-            "python3 -m cdln altmin {params.flags} --problem {input.problem} --threads {threads} --quiet --out {output} "
+            "python3 -m cdln altmin {params.flags} --problem {input.problem} --threads {threads} --progress-every 30 --out {output} "
             "> {log} 2>&1"
 
     rule movielens_table:
@@ -251,7 +251,7 @@ if experiment_enabled("nonlinear"):
             CONDA_ENV
         shell:
             "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-            "python3 -m cdln nonlinear {params.flags} --threads {threads} --quiet --out {output} > {log} 2>&1 "
+            "python3 -m cdln nonlinear {params.flags} --threads {threads} --progress-every 30 --out {output} > {log} 2>&1 "
             "|| {{ tail -n 5 {log} >&2; exit 1; }}"
 
     rule nonlinear_table:

@@ -29,5 +29,5 @@ rule train_synthetic:
     shell:
         # OMP/MKL threads = torch threads = the job's cores, so concurrent jobs never oversubscribe.
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-        "python3 -m cdln train {params.flags} --problem {input.problem} --threads {threads} --quiet --out {output} "
+        "python3 -m cdln train {params.flags} --problem {input.problem} --threads {threads} --progress-every 30 --out {output} "
         "> {log} 2>&1"
