@@ -59,6 +59,23 @@ def _run_and_check(tmp_path: Path) -> None:
     check = subprocess.run([*CHECK, "--summary", str(SUMMARY)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr
 
+    # The self-contained report holds every figure the grid made and the summary table.
+    report_file = ROOT / "report.html"
+    report = subprocess.run(
+        [*command, "--config", f"output_root={ROOT.name}", "--report", str(report_file)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr[-5000:]
+    html = report_file.read_text()
+    figures = sorted(path.name for path in (ROOT / "figures").glob("*.png"))
+    assert len(figures) >= 5 and "summary.csv" in html
+    assert [name for name in figures if name not in html] == []
+
     # The same check fails on this run's summary once a result is made wrong.
     summary = pd.read_csv(SUMMARY)
     summary[["stop_iteration_mean", "stop_seconds_mean"]] = summary[

@@ -287,6 +287,16 @@ def real_data_present(name: str) -> bool:
     return True
 
 
+def real_data_figure(name: str, path: str, **report_args):
+    """``path`` marked for the report while experiment ``name``'s data is present (or the figure exists).
+
+    Without the data the figure is left out of ``snakemake --report`` instead of failing the report.
+    """
+    if real_data_present(name) or Path(path).exists():
+        return report(path, **report_args)
+    return path
+
+
 def summary_real_data_tables() -> list[str]:
     names = experiment("summary").get("real_data", [])
     return [f"{ROOT}/tables/{name}.md" for name in names if experiment_enabled(name) and real_data_present(name)]

@@ -161,7 +161,8 @@ if experiment_enabled("movielens"):
             script=f"{SCRIPTS}/realdata_movielens_plot.py",
             style=REALDATA_STYLE,
         output:
-            png=report(
+            png=real_data_figure(
+                "movielens",
                 f"{ROOT}/figures/fig_movielens.png",
                 caption="../report/fig_movielens.rst",
                 category="Real data",
@@ -281,7 +282,8 @@ if experiment_enabled("nonlinear"):
             script=f"{SCRIPTS}/realdata_nonlinear_plot.py",
             style=REALDATA_STYLE,
         output:
-            png=report(
+            png=real_data_figure(
+                "nonlinear",
                 f"{ROOT}/figures/fig_nonlinear.png",
                 caption="../report/fig_nonlinear.rst",
                 category="Real data",
