@@ -208,3 +208,17 @@ def test_check_script_exit_code_and_message(tmp_path: Path, expected: dict) -> N
     failed = subprocess.run([*script, "--summary", str(bad)], capture_output=True, text=True, check=False)
     assert failed.returncode == 1
     assert "REGRESSION" in failed.stderr and "+50.0%" in failed.stderr
+
+
+def test_slurm_profile_dry_run_sends_training_to_the_gpu() -> None:
+    """profiles/slurm: training jobs get device=cuda, gpu=1 and their larger runtime/memory."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    result = snakemake("--profile", "profiles/slurm", "-n", "-p", "-F", "fig_mc")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    train_commands = [line for line in output.splitlines() if "-m cdln train" in line]
+    assert len(train_commands) == 6  # mc: 2 models x 3 seeds
+    assert all("--device cuda" in line for line in train_commands)
+    resources = [line for line in output.splitlines() if line.strip().startswith("resources:")]
+    training = [line for line in resources if all(f in line for f in ("mem_mb=8000", "runtime=120", "gpu=1"))]
+    assert len(training) == 6, resources
