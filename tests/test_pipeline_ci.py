@@ -36,18 +36,22 @@ def test_reduced_grid_end_to_end_and_regression(tmp_path: Path) -> None:
             shutil.rmtree(ROOT, ignore_errors=True)
 
 
-def _run_and_check(tmp_path: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def _snakemake_ci(*args: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    """Snakemake on config/ci.yaml, writing under ROOT, one torch thread per job."""
     command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/ci.yaml"]
-    run = subprocess.run(
-        [*command, "--config", f"output_root={ROOT.name}"],
+    return subprocess.run(
+        [*command, "--config", f"output_root={ROOT.name}", *args],
         cwd=REPO,
-        env=env,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=timeout,
         check=False,
     )
+
+
+def _run_and_check(tmp_path: Path) -> None:
+    run = _snakemake_ci(timeout=1800)
     assert run.returncode == 0, run.stderr[-5000:]
     for name in ("fig_mf", "fig_mc", "fig_ms", "fig_ablation_alpha", "fig_ablation_depth"):
         for suffix in (".png", ".pdf"):
@@ -61,15 +65,7 @@ def _run_and_check(tmp_path: Path) -> None:
 
     # The self-contained report holds every figure the grid made and the summary table.
     report_file = ROOT / "report.html"
-    report = subprocess.run(
-        [*command, "--config", f"output_root={ROOT.name}", "--report", str(report_file)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    report = _snakemake_ci("--report", str(report_file), timeout=600)
     assert report.returncode == 0, report.stderr[-5000:]
     html = report_file.read_text()
     figures = sorted(path.name for path in (ROOT / "figures").glob("*.png"))
