@@ -21,7 +21,8 @@ if not workflow.overwrite_configfiles:
 import sys
 
 sys.path.insert(0, f"{workflow.basedir}/src")  # this checkout's package, installed or not
-from cdln.config import ConfigError, validate_pipeline_config
+from cdln.config import ConfigError
+from cdln.pipeline.validate import validate_pipeline_config
 
 try:
     validate_pipeline_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")

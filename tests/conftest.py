@@ -46,3 +46,51 @@ TINY = {
     "mc": dict(task="mc", d=12, r=2, p=0.6, lr=5.0),
     "ms": dict(task="ms", d=8, r=2, m=200, lr=10.0),
 }
+
+
+def run_experiment(config: dict, experiment: str, edit=None) -> list[Path]:
+    """Every job of ``experiment`` of a pipeline ``config``, run as the pipeline runs it (its data files
+    made by their ``cdln`` commands, each job by ``cdln run-job``), under the working directory.
+
+    ``edit(options) -> options`` may change each run's options first (e.g. to plant a wrong setting).
+    Returns the job directories.
+    """
+    import shlex
+
+    from cdln.cli import main
+    from cdln.pipeline.grid import Grid, cli_flags
+
+    grid = Grid(config)
+    for job in grid.jobs(experiment):
+        for path in job.inputs:
+            data = grid.data_file(path)
+            if not Path(path).exists():
+                assert main([data.command, *shlex.split(data.flags()), "--out", path]) == 0, path
+        arguments = []
+        for run in job.runs:
+            options = edit(dict(run.options)) if edit else run.options
+            arguments += ["--run", run.name, f"{run.command} {cli_flags(options)}"]
+        assert main(["run-job", "--out", job.directory, "--quiet", *arguments]) == 0, job.directory
+    return [Path(job.directory) for job in grid.jobs(experiment)]
+
+
+# What a clone holds that the pipeline needs (not results/ or .snakemake/).
+PIPELINE_FILES = ("Snakefile", "workflow", "config", "profiles", "envs", "notebooks", "src")
+
+
+def pipeline_copy(root: Path, config: dict | None = None) -> Path:
+    """The workflow (not results/ or .snakemake/) copied into ``root``, with ``config`` (if given) as tiny.yaml."""
+    import shutil
+
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PIPELINE_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy2(source, root / name)
+    if config is not None:
+        (root / "tiny.yaml").write_text(yaml.safe_dump(config))
+    return root

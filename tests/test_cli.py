@@ -8,8 +8,9 @@ import re
 import pytest
 from conftest import run_cli
 
-import cdln.config
-from cdln.cli import HELP, build_parser, main
+import cdln.runner
+from cdln.cli import build_parser, main
+from cdln.cli.train import HELP
 from cdln.config import RunConfig
 from cdln.records import read_run_record
 
@@ -83,8 +84,8 @@ def test_bad_flags_are_rejected_before_any_work(monkeypatch, tmp_path, capsys, o
     def no_work(*args, **kwargs):
         raise AssertionError("work started before validation")
 
-    monkeypatch.setattr(cdln.config, "make_problem", no_work)
-    monkeypatch.setattr(cdln.config, "train", no_work)
+    monkeypatch.setattr(cdln.runner, "make_problem", no_work)
+    monkeypatch.setattr(cdln.runner, "train", no_work)
     code = main(["train", "--out", str(tmp_path / "run"), *_with(TINY_MC, **overrides)])
     err = capsys.readouterr().err
     assert code == 2
@@ -177,7 +178,7 @@ def test_make_problem_then_train_on_it(tmp_path, capsys):
 
 
 def test_memory_refusal_from_the_cli(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cdln.config, "make_problem", lambda *a: (_ for _ in ()).throw(AssertionError("built")))
+    monkeypatch.setattr(cdln.runner, "make_problem", lambda *a: (_ for _ in ()).throw(AssertionError("built")))
     args = ["--task", "ms", "--d", "3000", "--r", "5", "--m", "200000", "--out", str(tmp_path / "x")]
     assert main(["train", *args, "--model", "cdln", "--device", "cpu"]) == 2
     assert re.search(r"need about \d+\.\d GiB of memory but only .* GiB is available", capsys.readouterr().err)

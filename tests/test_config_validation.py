@@ -11,6 +11,7 @@ import re
 import pytest
 
 import cdln.config
+import cdln.runner
 from cdln.config import ConfigError, RunConfig
 
 GOOD = dict(task="mc", d=10, r=2, p=0.5, model="cdln", depth=3, lr=5.0, n_inner=10, max_outer=5, device="cpu")
@@ -66,11 +67,11 @@ def test_bad_run_config_is_rejected_before_any_work(monkeypatch, tmp_path, overr
     def no_work(*args, **kwargs):
         raise AssertionError("a problem was built before the config was validated")
 
-    monkeypatch.setattr(cdln.config, "make_problem", no_work)
-    monkeypatch.setattr(cdln.config, "load_problem", no_work)
+    monkeypatch.setattr(cdln.runner, "make_problem", no_work)
+    monkeypatch.setattr(cdln.runner, "load_problem", no_work)
     config = RunConfig.from_dict({**GOOD, **overrides})
     with pytest.raises(ConfigError, match=message):
-        cdln.config.run(config, tmp_path / "run")
+        cdln.runner.run(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -98,7 +99,7 @@ def test_yaml_style_exponent_strings_are_numbers(key, text, value):
 
 
 def test_memory_refusal_names_the_size_needed(monkeypatch):
-    monkeypatch.setattr(cdln.config, "make_problem", lambda *a: (_ for _ in ()).throw(AssertionError("built")))
+    monkeypatch.setattr(cdln.runner, "make_problem", lambda *a: (_ for _ in ()).throw(AssertionError("built")))
     # The MS operator alone at d = 2000, m = 100,000 is 8 * 4e6 * 1e5 bytes = 2980.2 GiB.
     config = RunConfig(task="ms", d=2000, r=5, m=100_000, model="cdln", device="cpu")
     with pytest.raises(
@@ -106,7 +107,7 @@ def test_memory_refusal_names_the_size_needed(monkeypatch):
         match=r"m = 100000 measurements .* need about ([0-9.]+) GiB of memory but only "
         r".* GiB is available; reduce --d or --m",
     ) as info:
-        cdln.config.run(config)
+        cdln.runner.run(config)
     needed = float(re.search(r"need about ([0-9.]+) GiB", str(info.value)).group(1))
     assert 2980.2 <= needed < 2990
 
@@ -140,8 +141,8 @@ def test_device_memory_is_checked_for_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 2**34))
     config = RunConfig(task="ms", d=100, r=5, m=20_000, model="cdln", device="cuda")  # 1.5 GiB operator
     with pytest.raises(ConfigError, match=r"need about 1\.5 GiB on cuda:0 but only 1\.0 GiB is free there"):
-        config._check_memory()
-    RunConfig(task="ms", d=100, r=5, m=5_000, model="cdln", device="cuda")._check_memory()  # 0.37 GiB fits
+        config.check_memory()
+    RunConfig(task="ms", d=100, r=5, m=5_000, model="cdln", device="cuda").check_memory()  # 0.37 GiB fits
 
 
 def test_check_run_options_prefixes_where_and_skips_files_and_devices():
@@ -165,7 +166,7 @@ import sys  # noqa: E402
 import yaml  # noqa: E402
 from conftest import REPO  # noqa: E402
 
-from cdln.config import pipeline_config_errors, validate_pipeline_config  # noqa: E402
+from cdln.pipeline.validate import pipeline_config_errors, validate_pipeline_config  # noqa: E402
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 PAPER = yaml.safe_load((REPO / "config" / "config.yaml").read_text())

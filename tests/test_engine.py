@@ -6,10 +6,11 @@ import pytest
 import torch
 from conftest import TINY
 
-from cdln.config import RunConfig, run
+from cdln.config import RunConfig
 from cdln.engine import DivergenceError, TrainSettings, gd_steps, layer_gradients, train
 from cdln.networks import compressed_dln, original_dln
 from cdln.problems import ProblemSpec, make_problem
+from cdln.runner import run
 
 
 def _problem(task="mc", d_out=8, d_in=6, rank=2):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdln import bench, engine
+from cdln import engine
+from cdln.bench import kernels as bench
 from cdln.engine import TrainSettings, Workspace, gd_steps, layer_gradients, train
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
 from cdln.problems import Problem, ProblemSpec, make_problem

@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import TINY
 
-from cdln.config import RunConfig, run
+from cdln.config import RunConfig
 from cdln.records import read_run_record
+from cdln.runner import run
 
 pytestmark = [
     pytest.mark.gpu,

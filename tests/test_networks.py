@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdln.config import RunConfig, build_network
+from cdln.config import RunConfig
 from cdln.networks import (
     burer_monteiro,
     compressed_dln,
@@ -18,6 +18,7 @@ from cdln.networks import (
     yaras_network,
 )
 from cdln.problems import ProblemSpec, make_problem
+from cdln.runner import build_network
 
 EYE = lambda n: torch.eye(n, dtype=torch.float64)  # noqa: E731
 

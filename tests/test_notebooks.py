@@ -1,7 +1,7 @@
 """The analysis notebooks: stored clean with one parameters cell, and their findings on the CI grid.
 
-The findings test trains the reduced grid's analysis runs (config/ci.yaml, seconds) in process and
-checks the paper's claims with the same package functions the notebooks call; the slow test
+The findings tests train the reduced grid's analysis jobs (config/ci.yaml, seconds) in process and
+check the paper's claims with the same package functions the notebooks call; the slow test
 executes each notebook with papermill on such runs, as the pipeline does.
 """
 
@@ -14,14 +14,15 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from conftest import run_experiment
 
 from cdln.analysis import alignment_findings, incremental_findings, invariance_findings
-from cdln.config import RunConfig, run
+from cdln.pipeline.grid import Grid
 from cdln.records import read_snapshots
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("incremental", "invariance", "alignment")
-# What workflow/rules/analysis.smk injects (papermill -y): the notebooks must declare exactly these.
+# What the pipeline injects (papermill -y, workflow/rules/common.smk): the notebooks declare exactly these.
 PARAMETERS = {"run_dirs", "figure_png", "figure_pdf", "findings_json", "title"}
 
 
@@ -56,52 +57,19 @@ def test_notebook_has_one_parameters_cell(name):
     assert set(defaults["run_dirs"]) <= {"mf", "mc", "ms"}
 
 
-def test_notebooks_are_wired_into_the_pipeline():
-    rules = (REPO / "workflow" / "rules" / "analysis.smk").read_text()
-    assert "-k python3" in rules and "papermill" in rules.lower()
-    for name in NOTEBOOKS:
-        assert (REPO / "notebooks" / f"{name}.ipynb").is_file()
-        for config_file in ("config.yaml", "ci.yaml"):
-            section = yaml.safe_load((REPO / "config" / config_file).read_text())["experiments"][name]
-            assert section["tasks"], f"{config_file}: experiments.{name}.tasks is empty"
-
-
-def ci_run_config(name: str, task: str) -> RunConfig:
-    """The RunConfig that workflow/rules/analysis.smk builds for one reduced-grid analysis run."""
-    section = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())["experiments"][name]
-    settings = section["tasks"][task]
-    seed = section.get("seed", 0)
-    return RunConfig(
-        task=task,
-        model="original",
-        d=settings["d"],
-        r=settings.get("r", section["r"]),
-        p=settings.get("p"),
-        m=settings.get("m"),
-        depth=section["depth"],
-        eps=section["eps"],
-        lr=settings["lr"],
-        n_inner=settings["n_inner"],
-        max_outer=settings["max_outer"],
-        tol=settings["tol"],
-        data_seed=seed,
-        init_seed=[seed],
-        device="cpu",
-        snapshots=True,
-    )
-
-
 @pytest.fixture(scope="module")
 def ci_runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
-    """Train every analysis run of the reduced grid (about a second each) into a temporary dir."""
+    """Every analysis job of the reduced grid (config/ci.yaml, about a second each), run as the pipeline
+    runs it, in a temporary directory: experiment -> task -> run directory."""
     root = tmp_path_factory.mktemp("ci_analysis")
+    config = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
     runs: dict[str, dict[str, Path]] = {}
-    for name in NOTEBOOKS:
-        section = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())["experiments"][name]
-        for task in section["tasks"]:
-            out = root / name / f"{task}_seed0"
-            run(ci_run_config(name, task), out)
-            runs.setdefault(name, {})[task] = out
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for name in NOTEBOOKS:
+            run_experiment(config, name)
+            runs[name] = {task: root / path for task, path in Grid(config).analysis_run_dirs(name).items()}
+    assert set(runs["incremental"]) == {"mf", "mc", "ms"}
     return runs
 
 

@@ -1,5 +1,5 @@
-"""The Snakemake pipeline: lint, dry runs (job counts per rule), single-figure targets, and the
-summary/regression scripts. The end-to-end run of the reduced grid is in test_pipeline_ci.py (slow)."""
+"""The Snakemake pipeline: lint, dry runs (the grid's jobs, and nothing else, per rule), single-figure
+targets, and the regression gate. The end-to-end run of the reduced grid is in test_pipeline_ci.py (slow)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from cdln.pipeline import regression
+from cdln.pipeline.grid import Grid
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-SCRIPTS = REPO / "workflow" / "scripts"
 EXPECTED = REPO / "tests" / "expected" / "ci_summary.yaml"
-
-sys.path.insert(0, str(SCRIPTS))
-import check_regression  # noqa: E402
+PAPER = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+CI = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
 
 
 def snakemake(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
@@ -47,26 +48,26 @@ def test_lint_is_clean() -> None:
     assert result.returncode == 0, f"snakemake --lint found problems:\n{result.stdout[-6000:]}{result.stderr[-2000:]}"
 
 
-def test_paper_grid_dry_run_job_counts() -> None:
-    """config/config.yaml, every job forced: the synthetic rules' job counts follow from the grid."""
+def test_paper_grid_dry_run_plans_exactly_the_grid() -> None:
+    """config/config.yaml, every job forced: one run_job per job of the grid, one data job per file."""
     result = snakemake("-n", "-F", "--quiet", "rules")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     counts = job_counts(result.stdout + result.stderr)
-    seeds = 3
+    grid = Grid(PAPER)
+    files = grid.data_files()
     expected = {
-        # mf: 3 panels x 3 models; mc: 1 panel x 2 models; ms: 3 ranks x 2 models; ablation_alpha:
-        # 38 alphas (0.5..9.75 step 0.25) C-DLN + 1 original; ablation_depth: 2 depths x 2 models.
-        "train_synthetic": seeds * (9 + 2 + 6 + 39 + 4),
-        # problem files, shared by the runs of one (task, d, r, p|m, seed): mf r10, r5; mc d100 r10 p0.3
-        # (mc and ablation_depth), mc r5 p0.2 (ablation_alpha); ms r3, r5, r10.
-        "make_problem": seeds * 4,
-        "make_sensing_problem": seeds * 3,
+        "run_job": len(grid.jobs()),
+        "make_problem": sum(f.command in ("make-problem", "movielens-problem") and not f.temporary for f in files),
+        "make_sensing_problem": sum(f.temporary for f in files),
         "aggregate_synthetic": 5,
         "plot_error_curves": 4,
         "plot_ablation_alpha": 1,
         "summary_table": 1,
     }
     assert {rule: counts.get(rule, 0) for rule in expected} == expected
+    # By hand, 3 seeds: mf 3 panels, mc 1, ms 3, ablation_alpha 1, ablation_depth 2 (one job per panel and
+    # seed); analysis 3 + 2 + 2 tasks; movielens 2 split seeds; nonlinear 3 seeds.
+    assert expected["run_job"] == 3 * (3 + 1 + 3 + 1 + 2) + 7 + 2 + 3
     assert counts.get("all") == 1
 
 
@@ -76,16 +77,16 @@ def test_ci_grid_uses_its_own_root_and_replaces_the_paper_grid() -> None:
     result = snakemake("fig_mf", "-n", "-F", "-p", "--configfile", "config/ci.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = result.stdout + result.stderr
-    assert "results/ci/runs/mf/r4/cdln_seed0" in text
+    assert "results/ci/runs/mf/r4_seed0" in text
     assert "results/paper" not in text
-    assert "runs/mf/r10/" not in text, "panels of config.yaml leaked into the ci grid"
+    assert "runs/mf/r10_" not in text, "panels of config.yaml leaked into the ci grid"
     assert job_counts(text) == {
         "make_problem": 4,  # d32: r4, r2 (shared by r2_exact, r2_over) x 2 seeds
-        "train_synthetic": 18,  # 3 panels x 3 models x 2 seeds
+        "run_job": 6,  # 3 panels x 2 seeds, each job training the 3 models
         "aggregate_synthetic": 1,
         "plot_error_curves": 1,
         "fig_mf": 1,
-        "total": 25,
+        "total": 13,
     }
 
 
@@ -95,25 +96,35 @@ def test_single_figure_target_builds_only_that_figure() -> None:
     counts = job_counts(result.stdout + result.stderr)
     assert counts == {
         "make_problem": 2,
-        "train_synthetic": 4,
+        "run_job": 2,
         "aggregate_synthetic": 1,
         "plot_error_curves": 1,
         "fig_mc": 1,
-        "total": 9,
+        "total": 7,
     }
 
 
 def test_training_shell_is_explicit_and_single_threaded() -> None:
-    """Training commands: explicit flags, one thread per job (no oversubscription), python3 via PATH."""
-    result = snakemake("results/ci/runs/mc/r3/cdln_seed1", "-n", "-F", "-p", "--configfile", "config/ci.yaml")
+    """Job commands: explicit flags per run, one thread per job (no oversubscription), python3 via PATH."""
+    result = snakemake("results/ci/runs/mc/r3_seed1", "-n", "-F", "-p", "--configfile", "config/ci.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = result.stdout + result.stderr
-    command = next(line for line in text.splitlines() if "-m cdln train" in line)
+    command = next(line for line in text.splitlines() if "-m cdln run-job" in line)
+    assert command.count("--run ") == 2 and "--run original 'train " in command and "--run cdln 'train " in command
     for flag in ("--task mc", "--model cdln", "--lr 15", "--r-hat 6", "--init-seed 1", "--threads 1"):
         assert flag in command, f"{flag!r} missing from {command}"
     assert "OMP_NUM_THREADS=1" in command
-    assert "--problem results/ci/data/mc/d32_r3_p0.5_seed1.pt" in command
+    assert command.count("--problem results/ci/data/mc/d32_r3_p0.5_seed1.pt") == 2
     assert "config[" not in command
+
+
+def test_a_job_the_config_does_not_define_is_refused_by_name() -> None:
+    """Asking for an analysis seed the config does not have names the jobs it does have (the job is
+    never trained under a wrong name, with another seed's settings)."""
+    result = snakemake("results/ci/runs/incremental/mf_seed1", "-n", "--configfile", "config/ci.yaml")
+    assert result.returncode != 0
+    assert "experiments.incremental defines no job 'mf_seed1'" in result.stdout + result.stderr
+    assert "mf_seed0" in result.stdout + result.stderr
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,7 +138,7 @@ def summary_from_expected(expected: dict) -> pd.DataFrame:
     references = {claim["reference"] for claim in expected["faster"]}
     for want in expected["rows"]:
         row = {k: want[k] for k in ("experiment", "panel", "model")}
-        for column in (*check_regression.ITERATION_COLUMNS, *check_regression.ERROR_COLUMNS):
+        for column in (*regression.ITERATION_COLUMNS, *regression.ERROR_COLUMNS):
             value = want.get(column)
             row[column] = float("nan") if value is None else value
         row.update(
@@ -141,7 +152,6 @@ def summary_from_expected(expected: dict) -> pd.DataFrame:
 
 @pytest.fixture
 def expected() -> dict:
-    assert EXPECTED.is_file(), f"{EXPECTED} is missing: generate it from a run of config/ci.yaml"
     return yaml.safe_load(EXPECTED.read_text())
 
 
@@ -154,14 +164,14 @@ def test_expected_values_cover_every_synthetic_experiment(expected: dict) -> Non
 
 
 def test_check_passes_on_matching_summary(expected: dict) -> None:
-    assert check_regression.check(summary_from_expected(expected), expected) == []
+    assert regression.check(summary_from_expected(expected), expected) == []
 
 
 def test_check_fails_on_more_iterations(expected: dict) -> None:
     summary = summary_from_expected(expected)
     row = summary.index[summary["stop_iteration_mean"].notna()][0]
     summary.loc[row, "stop_iteration_mean"] *= 1.5
-    violations = check_regression.check(summary, expected)
+    violations = regression.check(summary, expected)
     assert len(violations) == 1, violations
     text = str(violations[0])
     assert "stop_iteration_mean" in text and "+50.0%" in text
@@ -171,7 +181,7 @@ def test_check_fails_on_more_iterations(expected: dict) -> None:
 def test_check_fails_when_cdln_is_slower(expected: dict) -> None:
     summary = summary_from_expected(expected)
     summary.loc[summary["model"] == "cdln", "stop_seconds_mean"] = 3.0
-    violations = check_regression.check(summary, expected)
+    violations = regression.check(summary, expected)
     assert len(violations) == 1, violations
     text = str(violations[0])
     assert "stop_seconds_mean" in text and "faster than the reference" in text and "0.67" in text
@@ -183,7 +193,7 @@ def test_check_fails_when_cdln_needs_more_iterations(expected: dict) -> None:
     for experiment, panel in claim["rows"]:
         mask = (summary["experiment"] == experiment) & (summary["panel"] == panel) & (summary["model"] == "cdln")
         summary.loc[mask, "stop_iteration_mean"] *= 2.0
-    quantities = [v.quantity for v in check_regression.check(summary, expected)]
+    quantities = [v.quantity for v in regression.check(summary, expected)]
     assert quantities.count("stop_iteration_mean") == len(claim["rows"])  # each row outside its tolerance
     assert any(q.startswith("sum stop_iteration_mean") for q in quantities)  # and the pooled claim fails
 
@@ -193,7 +203,7 @@ def test_check_fails_on_wrong_error_and_missing_row(expected: dict) -> None:
     row = summary.index[summary["final_recovery_error_gmean"] > 1e-6][0]
     summary.loc[row, "final_recovery_error_gmean"] *= 100
     summary = summary.drop(index=summary.index[-1])
-    quantities = sorted(v.quantity for v in check_regression.check(summary, expected))
+    quantities = sorted(v.quantity for v in regression.check(summary, expected))
     assert "final_recovery_error_gmean" in quantities and "row" in quantities
 
 
@@ -202,7 +212,7 @@ def test_check_script_exit_code_and_message(tmp_path: Path, expected: dict) -> N
     good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
     summary.to_csv(good, index=False)
     summary.assign(stop_iteration_mean=summary["stop_iteration_mean"] * 1.5).to_csv(bad, index=False)
-    script = [sys.executable, str(SCRIPTS / "check_regression.py"), "--expected", str(EXPECTED)]
+    script = [sys.executable, "-m", "cdln", "check-regression", "--expected", str(EXPECTED)]
     ok = subprocess.run([*script, "--summary", str(good)], capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
     failed = subprocess.run([*script, "--summary", str(bad)], capture_output=True, text=True, check=False)
@@ -216,9 +226,9 @@ def test_slurm_profile_dry_run_sends_training_to_the_gpu() -> None:
     result = snakemake("--profile", "profiles/slurm", "-n", "-p", "-F", "fig_mc")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    train_commands = [line for line in output.splitlines() if "-m cdln train" in line]
-    assert len(train_commands) == 6  # mc: 2 models x 3 seeds
-    assert all("--device cuda" in line for line in train_commands)
+    job_commands = [line for line in output.splitlines() if "-m cdln run-job" in line]
+    assert len(job_commands) == 3  # mc: 3 seeds, each job training both models
+    assert all(line.count("--device cuda") == 2 for line in job_commands)
     resources = [line for line in output.splitlines() if line.strip().startswith("resources:")]
     training = [line for line in resources if all(f in line for f in ("mem_mb=8000", "runtime=120", "gpu=1"))]
-    assert len(training) == 6, resources
+    assert len(training) == 3, resources

@@ -10,14 +10,24 @@ import pytest
 import torch
 from conftest import TINY
 
-from cdln.config import RunConfig, run
-from cdln.records import (
-    atomic_torch_save,
-    atomic_write_text,
-    read_run_record,
-    read_snapshots,
-    write_run_record,
-)
+from cdln.config import RunConfig
+from cdln.io import torch_save, write_csv, write_json, write_text
+from cdln.records import check_record, make_record, read_run_record, read_snapshots, write_run_record
+from cdln.runner import run
+
+
+def record(**extra) -> dict:
+    """A minimal valid run record with ``extra`` sections."""
+    return make_record(
+        "train",
+        config={"model": "cdln"},
+        members=[{"member": 0}],
+        parameters={"model": 1},
+        timing={"seconds": 0.5, "iterations": 10, "seconds_per_iteration": 0.05},
+        device={"type": "cpu", "name": "cpu", "dtype": "float64"},
+        **extra,
+    )
+
 
 CURVES = pd.DataFrame(
     {
@@ -31,36 +41,55 @@ CURVES = pd.DataFrame(
 
 
 def test_round_trip_is_exact(tmp_path):
-    record = {"a": 1, "b": [1.5, "x"], "seed": np.int64(3), "f": np.float64(0.25)}
-    write_run_record(tmp_path / "run", record, CURVES, {"x": np.arange(6).reshape(2, 3)})
+    written = record(extra={"a": 1, "b": [1.5, "x"], "seed": np.int64(3), "f": np.float64(0.25)})
+    write_run_record(tmp_path / "run", written, CURVES, {"x": np.arange(6).reshape(2, 3)})
     loaded, curves = read_run_record(tmp_path / "run")
-    assert loaded == {"a": 1, "b": [1.5, "x"], "seed": 3, "f": 0.25}
+    assert loaded["extra"] == {"a": 1, "b": [1.5, "x"], "seed": 3, "f": 0.25}
+    assert loaded == json.loads(json.dumps(written, default=int))
     pd.testing.assert_frame_equal(curves, CURVES, check_exact=True)  # %.17g round-trips doubles
     assert np.array_equal(read_snapshots(tmp_path / "run")["x"], np.arange(6).reshape(2, 3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging dir left
+
+
+def test_every_writer_gets_the_one_schema():
+    """A record without a section, a section key, a member index or a known kind is refused by name."""
+    good = record()
+    check_record(good)
+    for broken, message in (
+        ({k: v for k, v in good.items() if k != "timing"}, r"lacks \['timing'"),
+        ({**good, "device": {"type": "cpu"}}, r"device\.name"),
+        ({**good, "members": [{"seed": 0}]}, r"'member' index"),
+        ({**good, "kind": "magic"}, r"kind must be one of \['train', 'altmin', 'nonlinear'\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_record(broken)
+    with pytest.raises(ValueError, match="lacks"):
+        write_run_record("unused", {"v": 1}, CURVES)
+    with pytest.raises(ValueError, match=r"curves lack the columns \['seconds'\]"):
+        write_run_record("unused", good, CURVES.drop(columns="seconds"))
 
 
 def test_rewrite_replaces_existing_directory(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "stale.txt").write_text("old")
-    write_run_record(run_dir, {"v": 2}, CURVES)
+    write_run_record(run_dir, record(v=2), CURVES)
     assert sorted(p.name for p in run_dir.iterdir()) == ["curves.csv", "record.json"]
-    assert read_run_record(run_dir)[0] == {"v": 2}
+    assert read_run_record(run_dir)[0]["v"] == 2
 
 
 def test_failed_write_leaves_nothing(tmp_path):
     """A record that cannot be serialised fails after the curves were staged: no run dir, no staging dir."""
     with pytest.raises(TypeError, match="cannot store object"):
-        write_run_record(tmp_path / "run", {"bad": object()}, CURVES)
+        write_run_record(tmp_path / "run", record(bad=object()), CURVES)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_rewrite_keeps_the_old_record(tmp_path):
-    write_run_record(tmp_path / "run", {"v": 1}, CURVES)
+    write_run_record(tmp_path / "run", record(v=1), CURVES)
     with pytest.raises(TypeError):
-        write_run_record(tmp_path / "run", {"bad": object()}, CURVES)
-    assert read_run_record(tmp_path / "run")[0] == {"v": 1}
+        write_run_record(tmp_path / "run", record(bad=object()), CURVES)
+    assert read_run_record(tmp_path / "run")[0]["v"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
@@ -73,20 +102,29 @@ def test_incomplete_run_dir_is_reported_clearly(tmp_path):
         read_snapshots(tmp_path / "run")
 
 
-def test_atomic_text_and_torch_save(tmp_path):
-    atomic_write_text(tmp_path / "d" / "t.txt", "hello")
-    atomic_torch_save({"x": torch.ones(2)}, tmp_path / "d" / "x.pt")
-    assert (tmp_path / "d" / "t.txt").read_text() == "hello"
-    assert torch.equal(torch.load(tmp_path / "d" / "x.pt")["x"], torch.ones(2))
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["t.txt", "x.pt"]
+def test_atomic_writers_write_whole_files_or_nothing(tmp_path):
+    folder = tmp_path / "d"
+    write_text(folder / "t.txt", "hello")
+    write_json(folder / "j.json", {"b": np.float64(0.5), "a": np.int64(1)})
+    write_csv(folder / "c.csv", CURVES)
+    torch_save({"x": torch.ones(2)}, folder / "x.pt")
+    assert (folder / "t.txt").read_text() == "hello"
+    assert (folder / "j.json").read_text() == '{\n  "a": 1,\n  "b": 0.5\n}\n'
+    assert list(pd.read_csv(folder / "c.csv").columns) == list(CURVES.columns)
+    assert torch.equal(torch.load(folder / "x.pt")["x"], torch.ones(2))
+    expected = ["c.csv", "j.json", "t.txt", "x.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == expected
 
     class Boom:
         def __reduce__(self):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        atomic_torch_save({"x": Boom()}, tmp_path / "d" / "y.pt")
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["t.txt", "x.pt"]
+        torch_save({"x": Boom()}, folder / "x.pt")  # an existing file stays as it was
+    with pytest.raises(TypeError, match="cannot store object"):
+        write_json(folder / "j.json", {"bad": object()})
+    assert sorted(p.name for p in folder.iterdir()) == expected
+    assert torch.equal(torch.load(folder / "x.pt")["x"], torch.ones(2))
 
 
 def test_run_record_contents(tmp_path):

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, cdln_command, cli_env, run_cli
+from conftest import REPO, cdln_command, cli_env, pipeline_copy, run_cli, run_experiment
 
-import cdln.records
+import cdln.io
+import cdln.runner
 from cdln.cli import main
-from cdln.config import RunConfig, run
+from cdln.config import RunConfig
+from cdln.pipeline import aggregate, regression, summary
 from cdln.records import read_run_record, write_run_record
+from cdln.runner import run
 
 # ~1 s of training on one idle thread (two init seeds batched, 15,000 GD steps of a width-40 DLN).
 LONG = ["--task", "mc", "--d", "40", "--r", "3", "--p", "0.5", "--model", "original", "--depth", "3",
@@ -121,7 +124,7 @@ def test_interrupt_while_renaming_into_place_leaves_nothing(tmp_path, monkeypatc
     def interrupted(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cdln.records.os, "replace", interrupted)
+    monkeypatch.setattr(cdln.io.os, "replace", interrupted)
     config = RunConfig(task="mf", d=6, r=1, model="cdln", lr=1.0, n_inner=2, max_outer=2, device="cpu")
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path / "run")
@@ -176,8 +179,6 @@ def test_in_process_runs_are_bitwise_identical_and_seeds_matter(tmp_path):
 
 # ================================================================ pipeline level (Snakemake)
 
-PIPELINE_FILES = ("Snakefile", "workflow", "config", "profiles", "envs", "notebooks")
-
 
 def tiny_pipeline_config(**experiments) -> dict:
     """A reduced grid of a few seconds per job: MC, original DLN vs C-DLN, two seeds."""
@@ -188,26 +189,9 @@ def tiny_pipeline_config(**experiments) -> dict:
         "device": "cpu",
         "dtype": "float64",
         "threads_per_job": 1,
-        "seeds": [0, 1],
+        "seeds": [0, 1, 2],
         "experiments": experiments or {"mc": mc},
     }
-
-
-def pipeline_copy(root: Path, config: dict) -> Path:
-    """The workflow (not results/ or .snakemake/) copied into ``root``, with ``config`` as tiny.yaml."""
-    import shutil
-
-    import yaml
-
-    root.mkdir(parents=True, exist_ok=True)
-    for name in PIPELINE_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            shutil.copy2(source, root / name)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
-    return root
 
 
 def snakemake_command(*targets: str, cores: int = 1, extra: tuple[str, ...] = ()) -> list[str]:
@@ -228,18 +212,23 @@ def complete_records(root: Path) -> list[Path]:
 
 
 def assert_every_visible_run_is_complete(root: Path) -> None:
-    """Each run directory a reader can see holds a full record (readable record.json and curves.csv)."""
+    """Each job directory a reader can see holds its manifest and, for every run it lists, a full
+    record (readable record.json and curves.csv)."""
     runs = root / "results" / "t" / "runs"
     if not runs.exists():
         return
-    for run_dir in runs.glob("*/*/*"):
-        record, curves = read_run_record(run_dir)
-        last = curves.groupby("member").iteration.max()
-        assert [m["stop_iteration"] for m in record["members"]] == list(last), run_dir
+    for job_dir in (path for path in runs.glob("*/*") if not path.name.startswith(".")):  # not staging dirs
+        manifest = json.loads((job_dir / "job.json").read_text())
+        visible = sorted(p.name for p in job_dir.iterdir() if not p.name.startswith("."))
+        assert visible == sorted(["job.json", *(r["name"] for r in manifest["runs"])])
+        for entry in manifest["runs"]:
+            record, curves = read_run_record(job_dir / entry["name"])
+            last = curves.groupby("member").iteration.max()
+            assert [m["stop_iteration"] for m in record["members"]] == list(last), job_dir
 
 
 TABLES = ["results/t/tables/mc_runs.csv", "results/t/tables/mc_curves.csv"]
-N_RUNS = 4  # 2 models x 2 seeds
+N_RUNS = 6  # 3 jobs (seeds), each training 2 models
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +276,7 @@ def test_interrupted_grid_reruns_to_the_uninterrupted_result(tmp_path, uninterru
 
     Also the determinism check across --cores: the reference ran two jobs at a time, this one one."""
     root = pipeline_copy(tmp_path / "interrupted", tiny_pipeline_config())
-    assert start_pipeline_and_kill(root, signal.SIGTERM, after_records=1) != 0
+    assert start_pipeline_and_kill(root, signal.SIGTERM, after_records=2) != 0
     assert_every_visible_run_is_complete(root)
     done_after_term = len(complete_records(root))
     assert done_after_term < N_RUNS
@@ -326,10 +315,11 @@ def test_divergent_job_fails_clearly_and_keep_going_finishes_the_rest(tmp_path):
     assert (root / "results/t/tables/mc_runs.csv").is_file()  # the rest of the pipeline completed
     assert not (root / "results/t/tables/mf_runs.csv").exists()
     assert not (root / "results/t/runs/mf").exists() or not any((root / "results/t/runs/mf").rglob("record.json"))
-    log = (root / "results/t/logs/train/mf/r2/cdln_seed0.log").read_text()
+    log = (root / "results/t/logs/runs/mf/r2_seed0.log").read_text()
     assert re.search(r"training diverged: non-finite loss at iteration \d+ .*try a smaller --lr", log), log
     assert "no record was written" in log and "Traceback" not in log
-    assert "train_synthetic" in result.stderr and "cdln_seed0" in result.stderr  # Snakemake names the failed job
+    assert "run_job" in result.stderr and "r2_seed0" in result.stderr  # Snakemake names the failed job
+    assert "training diverged" in result.stderr  # and shows why, not only where the log is
 
 
 def test_torch_thread_count_does_not_change_the_numbers(tmp_path):
@@ -346,137 +336,88 @@ def test_torch_thread_count_does_not_change_the_numbers(tmp_path):
 
 # ================================================================ regression gate
 
-
-def _script(name: str):
-    """A workflow script imported as a module (they are CLI scripts with a ``main(argv)``)."""
-    import importlib.util
-
-    path = REPO / "workflow" / "scripts" / f"{name}.py"
-    if not path.is_file():
-        pytest.skip(f"{path} is not there yet")
-    spec = importlib.util.spec_from_file_location(f"_workflow_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 # A grid on which the original DLN and the C-DLN (alpha = 2) reach tol for both seeds in ~0.2 s a run.
 GATE_RUN = dict(task="mc", d=12, r=2, p=0.6, depth=3, eps=0.01, lr=3.0, r_hat=4, n_inner=10, max_outer=600, tol=1e-10)
+GATE_SECTION = dict(GATE_RUN, models=["original", "cdln"], panels={"r2": {"r": 2, "r_hat": 4}})
 
 
-def gate_summary(root: Path, eps: float = 0.01, alpha: float = 2.0) -> pd.DataFrame:
-    """Train the gate grid (real code unless a test patched it), then aggregate and summarise it with
-    the pipeline's own scripts, as the summary_table rule does."""
-    run_dirs = []
-    for model in ("original", "cdln"):
-        for seed in (0, 1):
-            run_dir = root / "runs" / "gate" / "r2" / f"{model}_seed{seed}"
-            options = dict(GATE_RUN, eps=eps, model=model, init_seed=[seed], data_seed=seed, device="cpu")
-            run(RunConfig(**options, alpha=[alpha if model == "cdln" else 1.0]), run_dir)
-            run_dirs.append(str(run_dir))
-    tables = root / "tables"
-    aggregate, summary = _script("aggregate_runs"), _script("summary_table")
-    argv = ["--curves", str(tables / "gate_curves.csv"), "--runs", str(tables / "gate_runs.csv")]
-    assert aggregate.main([*argv, "--reach-error", "1e-8", *run_dirs]) == 0
-    argv = ["--csv", str(tables / "summary.csv"), "--markdown", str(tables / "summary.md")]
-    assert summary.main([*argv, "--reference-model", "original", str(tables / "gate_runs.csv")]) == 0
-    return pd.read_csv(tables / "summary.csv")
+def gate_summary(root: Path, monkeypatch, eps: float = 0.01, alpha: float = 2.0) -> pd.DataFrame:
+    """Train the gate grid (real code unless a test patched it) as the pipeline does, then aggregate
+    and summarise it with the pipeline's own functions, as its rules do."""
+    section = {key: value for key, value in GATE_SECTION.items() if key not in ("r", "r_hat")}
+    config = dict(tiny_pipeline_config(gate=dict(section, eps=eps, alpha=alpha)), seeds=[0, 1])
+    config["experiments"]["mf"] = config["experiments"].pop("gate")  # a synthetic section's name
+    root.mkdir(parents=True)
+    monkeypatch.chdir(root)
+    job_dirs = run_experiment(config, "mf")
+    _, runs = aggregate.collect(job_dirs, reach_error=1e-8)
+    return summary.summarise(runs.assign(experiment="gate"), "original")
 
 
 def test_regression_gate_passes_real_code_and_catches_wrong_changes(tmp_path, monkeypatch):
     """Expected values come from the real code; the gate's committed tolerances are used as they are.
     The wall-clock ``faster`` claims are left out here: they are timings, noisy on a shared machine."""
-    gate = _script("check_regression")
-    expected = gate.expected_from_summary(gate_summary(tmp_path / "real"))
+    expected = regression.expected_from_summary(gate_summary(tmp_path / "real", monkeypatch))
     expected["faster"] = []
     assert len(expected["rows"]) == 2 and all(row["converged"] == 2 for row in expected["rows"])
 
     # The real code, run again: no violation.
-    assert gate.check(gate_summary(tmp_path / "again"), expected) == []
+    assert regression.check(gate_summary(tmp_path / "again", monkeypatch), expected) == []
 
     # eps doubled (a config-level mistake): both models start larger and stop earlier.
-    violations = gate.check(gate_summary(tmp_path / "eps", eps=0.02), expected)
+    violations = regression.check(gate_summary(tmp_path / "eps", monkeypatch, eps=0.02), expected)
     assert {v.row for v in violations} >= {"gate/r2/cdln"}, violations
     assert any("iteration" in v.quantity for v in violations)
 
     # alpha ignored (a code mistake): the C-DLN's outer layers step at eta instead of 2 eta.
-    import cdln.config
-
-    real_compressed_dln = cdln.config.compressed_dln
-
-    def alpha_ignored(surrogate, r_hat, depth, eps, alpha=1.0, batch=1):
-        return real_compressed_dln(surrogate, r_hat, depth, eps, 1.0, batch)
-
-    monkeypatch.setattr(cdln.config, "compressed_dln", alpha_ignored)
-    violations = gate.check(gate_summary(tmp_path / "alpha"), expected)
+    monkeypatch.setattr(cdln.runner, "compressed_dln", alpha_ignored(cdln.runner.compressed_dln))
+    violations = regression.check(gate_summary(tmp_path / "alpha", monkeypatch), expected)
     assert {v.row for v in violations} == {"gate/r2/cdln"}, violations  # the original DLN is untouched
     assert any(v.quantity == "stop_iteration_mean" for v in violations)
 
 
-def test_regression_gate_cli_exit_codes(tmp_path):
+def alpha_ignored(compressed_dln):
+    """``compressed_dln`` with the discrepant rate dropped (every alpha replaced by 1): a planted bug."""
+
+    def planted(surrogate, r_hat, depth, eps, alpha=1.0, batch=1):
+        return compressed_dln(surrogate, r_hat, depth, eps, 1.0, batch)
+
+    return planted
+
+
+def test_regression_gate_cli_exit_codes(tmp_path, monkeypatch):
     """The gate as CI calls it: exit 0 on a match, 1 with a readable list of violations otherwise."""
-    gate = _script("check_regression")
-    summary = gate_summary(tmp_path / "real")
-    summary.to_csv(tmp_path / "summary.csv", index=False)
+    table = gate_summary(tmp_path / "real", monkeypatch)
+    table.to_csv(tmp_path / "summary.csv", index=False)
     expected = tmp_path / "expected.yaml"
-    assert gate.main(["--summary", str(tmp_path / "summary.csv"), "--expected", str(expected), "--write-expected"]) == 0
-    assert gate.main(["--summary", str(tmp_path / "summary.csv"), "--expected", str(expected)]) == 0
-    wrong = summary.copy()
+    gate = ["check-regression", "--summary", str(tmp_path / "summary.csv"), "--expected", str(expected)]
+    assert main([*gate, "--write-expected"]) == 0
+    assert main(gate) == 0
+    wrong = table.copy()
     wrong["stop_iteration_mean"] = wrong["stop_iteration_mean"].astype(float)
     wrong.loc[wrong.model == "cdln", "stop_iteration_mean"] *= 1.5
-    wrong.to_csv(tmp_path / "wrong.csv", index=False)
-    assert gate.main(["--summary", str(tmp_path / "wrong.csv"), "--expected", str(expected)]) == 1
+    wrong.to_csv(tmp_path / "summary.csv", index=False)
+    assert main(gate) == 1
 
 
 CI_EXPECTED = REPO / "tests" / "expected" / "ci_summary.yaml"
+CI_CONFIG = REPO / "config" / "ci.yaml"
 
 
-def ci_panel_summary(root: Path, experiment: str, panel: str, eps_factor: float = 1.0) -> pd.DataFrame:
-    """The CI grid's runs of one panel (every model, every seed, the settings of config/ci.yaml, the
-    pipeline's conventions: data seed = init seed = seed), summarised by the pipeline's scripts."""
+def ci_panel_summary(root: Path, monkeypatch, experiment: str, panel: str, eps_factor: float = 1.0) -> pd.DataFrame:
+    """The CI grid's jobs of one panel, as the pipeline runs them (config/ci.yaml through the grid),
+    summarised by the pipeline's functions; ``eps_factor`` scales every run's eps (a planted mistake)."""
     import yaml
 
-    ci = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
-    section = ci["experiments"][experiment]
-    keys = (
-        "task",
-        "d",
-        "r",
-        "p",
-        "m",
-        "depth",
-        "r_hat",
-        "bm_rank",
-        "eps",
-        "lr",
-        "alpha",
-        "n_inner",
-        "max_outer",
-        "tol",
-    )
-    settings = {k: v for k, v in {**section, **section["panels"][panel]}.items() if k in keys}
-    settings["eps"] *= eps_factor
-    run_dirs = []
-    for model in section["models"]:
-        for seed in ci["seeds"]:
-            options = dict(settings, model=model, init_seed=[seed], data_seed=seed, device="cpu", dtype=ci["dtype"])
-            if model != "cdln":
-                options.pop("alpha", None)
-            if model not in ("cdln", "narrow", "yaras"):
-                options.pop("r_hat", None)
-            if model != "bm":
-                options.pop("bm_rank", None)
-            run_dir = root / "runs" / experiment / panel / f"{model}_seed{seed}"
-            run(RunConfig.from_dict(options), run_dir)
-            run_dirs.append(str(run_dir))
-    tables = root / "tables"
-    reach = ci["experiments"]["summary"]["reach_error"][experiment]
-    argv = ["--curves", str(tables / "c.csv"), "--runs", str(tables / f"{experiment}_runs.csv")]
-    assert _script("aggregate_runs").main([*argv, "--reach-error", str(reach), *run_dirs]) == 0
-    argv = ["--csv", str(tables / "summary.csv"), "--markdown", str(tables / "summary.md")]
-    assert _script("summary_table").main([*argv, str(tables / f"{experiment}_runs.csv")]) == 0
-    return pd.read_csv(tables / "summary.csv")
+    config = yaml.safe_load(CI_CONFIG.read_text())
+    section = config["experiments"][experiment]
+    section["panels"] = {panel: section["panels"][panel]}
+    config["experiments"] = {experiment: section, "summary": config["experiments"]["summary"]}
+    root.mkdir(parents=True)
+    monkeypatch.chdir(root)
+    job_dirs = run_experiment(config, experiment, edit=lambda o: dict(o, eps=o["eps"] * eps_factor))
+    _, runs = aggregate.collect(job_dirs, reach_error=config["experiments"]["summary"]["reach_error"][experiment])
+    return summary.summarise(runs, "original")
 
 
 def test_committed_ci_expectations_hold_for_real_code_and_fail_for_wrong_changes(tmp_path, monkeypatch):
@@ -485,26 +426,16 @@ def test_committed_ci_expectations_hold_for_real_code_and_fail_for_wrong_changes
     the config) and alpha ignored (in the code) are both caught by the gate, on the C-DLN's rows."""
     import yaml
 
-    if not CI_EXPECTED.is_file():
-        pytest.skip(f"{CI_EXPECTED} is not committed yet")
-    gate = _script("check_regression")
     committed = yaml.safe_load(CI_EXPECTED.read_text())
     rows = [r for r in committed["rows"] if (r["experiment"], str(r["panel"])) == ("ablation_depth", "L3")]
     assert {r["model"] for r in rows} == {"original", "cdln"}
     expected = {"tolerances": committed["tolerances"], "rows": rows}  # wall-clock claims need the whole grid
 
-    assert gate.check(ci_panel_summary(tmp_path / "real", "ablation_depth", "L3"), expected) == []
+    assert regression.check(ci_panel_summary(tmp_path / "real", monkeypatch, "ablation_depth", "L3"), expected) == []
 
-    violations = gate.check(ci_panel_summary(tmp_path / "eps", "ablation_depth", "L3", eps_factor=2.0), expected)
-    assert "ablation_depth/L3/cdln" in {v.row for v in violations}, violations
+    eps = ci_panel_summary(tmp_path / "eps", monkeypatch, "ablation_depth", "L3", eps_factor=2.0)
+    assert "ablation_depth/L3/cdln" in {v.row for v in regression.check(eps, expected)}
 
-    import cdln.config
-
-    real_compressed_dln = cdln.config.compressed_dln
-
-    def alpha_ignored(surrogate, r_hat, depth, eps, alpha=1.0, batch=1):
-        return real_compressed_dln(surrogate, r_hat, depth, eps, 1.0, batch)
-
-    monkeypatch.setattr(cdln.config, "compressed_dln", alpha_ignored)
-    violations = gate.check(ci_panel_summary(tmp_path / "alpha", "ablation_depth", "L3"), expected)
+    monkeypatch.setattr(cdln.runner, "compressed_dln", alpha_ignored(cdln.runner.compressed_dln))
+    violations = regression.check(ci_panel_summary(tmp_path / "alpha", monkeypatch, "ablation_depth", "L3"), expected)
     assert {v.row for v in violations} == {"ablation_depth/L3/cdln"}, violations

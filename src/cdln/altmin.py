@@ -14,7 +14,6 @@ Curves use the same columns as :func:`cdln.engine.train` so the figure scripts t
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from cdln.devices import SyncTimer, device_name
 from cdln.problems import Completion
-from cdln.records import environment
+from cdln.records import make_record
 
 
 @dataclass(frozen=True)
@@ -110,20 +109,23 @@ def altmin_record(
     device: torch.device,
     dtype: str,
 ) -> dict[str, Any]:
-    """The run record, shaped like :func:`cdln.config.run`'s so aggregation can read both."""
+    """The run record (:func:`cdln.records.make_record`, kind ``altmin``); its members carry the same
+    outcome keys as a GD run's, so aggregation reads both alike."""
     d_out, d_in = problem.shape
     final = curves.iloc[-1]
     best = curves.loc[curves["recovery_error"].idxmin()]
-    return {
-        "config": {"model": "altmin", **asdict(settings), "task": "mc", "dtype": dtype},
-        "problem": asdict(problem.spec),
-        "members": [
+    iterations = int(final["iteration"])
+    return make_record(
+        "altmin",
+        config={"model": "altmin", **asdict(settings), "task": "mc", "dtype": dtype},
+        problem=asdict(problem.spec),
+        members=[
             {
                 "member": 0,
                 "init_seed": 0,
                 "alpha": 1.0,
                 "converged": False,
-                "stop_iteration": int(final["iteration"]),
+                "stop_iteration": iterations,
                 "stop_seconds": float(final["seconds"]),
                 "final_train_loss": float(final["train_loss"]),
                 "final_recovery_error": float(final["recovery_error"]),
@@ -131,14 +133,12 @@ def altmin_record(
                 "best_iteration": int(best["iteration"]),
             }
         ],
-        "parameters": {"model": settings.k * (d_out + d_in)},
-        "timing": {
+        parameters={"model": settings.k * (d_out + d_in)},
+        timing={
             "seconds": seconds,
-            "iterations": int(final["iteration"]),
-            "seconds_per_iteration": seconds / max(1, int(final["iteration"])),
+            "iterations": iterations,
+            "seconds_per_iteration": seconds / max(1, iterations),
             "batch": 1,
         },
-        "device": {"type": device.type, "name": device_name(device), "dtype": dtype},
-        "environment": environment(),
-        "command": sys.argv,
-    }
+        device={"type": device.type, "name": device_name(device), "dtype": dtype},
+    )

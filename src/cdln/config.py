@@ -1,36 +1,23 @@
-"""The configuration of one training run, its validation, and the run itself.
+"""The configuration of one training run and its validation (pure: nothing here trains).
 
-``RunConfig`` is the single source of truth that the CLI, YAML files and the Snakemake pipeline
-all resolve into; :func:`run` turns it into a run record.
+``RunConfig`` is what the CLI, YAML files and the Snakemake pipeline all resolve into;
+:mod:`cdln.runner` turns one into a run record. Validation happens before any work: every
+error names the option, the bad value and what would be valid.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cdln.analysis import SpectralSnapshots, stack_snapshots
-from cdln.devices import device_name, resolve_device, resolve_dtype
-from cdln.engine import ProgressFn, TrainResult, TrainSettings, train
-from cdln.networks import (
-    MODELS,
-    LinearNetwork,
-    burer_monteiro,
-    compressed_dln,
-    dln_param_count,
-    narrow_dln,
-    original_dln,
-    random_dln,
-    yaras_network,
-)
-from cdln.problems import SPECTRA, TASKS, Problem, ProblemSpec, load_problem, make_problem
-from cdln.records import environment, write_run_record
+from cdln.devices import resolve_device, resolve_dtype
+from cdln.networks import MODELS, dln_param_count
+from cdln.problems import SPECTRA, TASKS, ProblemSpec
 
 MEMORY_FRACTION = 0.8  # refuse problems needing more than this share of the machine's memory
 
@@ -77,6 +64,25 @@ class RunConfig:
     @property
     def compressed_width(self) -> int:
         return self.r_hat if self.r_hat is not None else 2 * self.r
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return resolve_dtype(self.dtype)
+
+    @property
+    def batch(self) -> int:
+        """Members trained together: one per init seed, or one per alpha of a batched sweep."""
+        return max(len(self.alpha), len(self.init_seed))
+
+    def members(self) -> list[dict[str, Any]]:
+        """What distinguishes each batch member: its init seed and alpha."""
+        seeds = self.init_seed * self.batch if len(self.init_seed) == 1 else self.init_seed
+        alphas = self.alpha * self.batch if len(self.alpha) == 1 else self.alpha
+        return [{"member": i, "init_seed": seeds[i], "alpha": alphas[i]} for i in range(self.batch)]
+
+    def with_problem(self, spec: ProblemSpec) -> RunConfig:
+        """A copy whose shape and rank are those of a loaded problem (the problem file is authoritative)."""
+        return dataclasses.replace(self, d_out=spec.d_out, d_in=spec.d_in, r=spec.rank)
 
     def problem_spec(self) -> ProblemSpec:
         d_out, d_in = self.shape
@@ -133,7 +139,7 @@ class RunConfig:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         if check_memory:
-            self._check_memory()
+            self.check_memory()
 
     def memory_bytes(self) -> tuple[int, int]:
         """Rough peak bytes ``(host, device)`` of the run: problem data and network, with temporaries.
@@ -157,13 +163,13 @@ class RunConfig:
             self.model, self.compressed_width
         )
         depth = 2 if self.model == "bm" else self.depth
-        batch = max(len(self.alpha), len(self.init_seed))
-        network = 3 * batch * dln_param_count(d_out, d_in, width, depth) * itemsize
+        network = 3 * self.batch * dln_param_count(d_out, d_in, width, depth) * itemsize
         if self.model == "yaras":  # its init takes the gradient of a full-width DLN, built on the host
             data64 += 2 * dln_param_count(d_out, d_in, max(d_out, d_in), depth) * 8
         return data64 + network, data + network
 
-    def _check_memory(self) -> None:
+    def check_memory(self) -> None:
+        """Raise :class:`ConfigError` when the run would not fit in host (or device) memory."""
         host, device_bytes = self.memory_bytes()
         what = f"the {self.task} problem" + (f" with m = {self.m} measurements" if self.task == "ms" else "")
         available = _available_memory_bytes()
@@ -261,181 +267,3 @@ def check_run_options(options: dict[str, Any], where: str, check_memory: bool = 
         message = str(error)
         raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
     return config
-
-
-def pipeline_config_errors(config: dict[str, Any], schema_path: str | Path) -> list[str]:
-    """Every violation of the pipeline schema, one line each: ``dotted.key: problem (description)``.
-
-    Unlike the single error ``snakemake.utils.validate`` shows, this reports all of them and names
-    the bad key itself: with ``unevaluatedProperties: false`` a failing ``allOf`` branch makes every
-    key of its object "unevaluated", which hides the real error (e.g. ``lr: -1``) behind a list of
-    valid keys; those keys are filtered out here, leaving only the truly unknown ones.
-    """
-    import jsonschema
-    import yaml
-
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    messages = []
-    for error in jsonschema.Draft202012Validator(schema).iter_errors(config):
-        where = ".".join(str(part) for part in error.absolute_path) or "<top level>"
-        if error.validator in ("unevaluatedProperties", "additionalProperties"):
-            known = _schema_properties(error.schema, schema)
-            unknown = sorted(str(k) for k in error.instance if k not in known)
-            if not unknown:
-                continue  # only keys a failing branch left unevaluated: their own errors are reported
-            messages.append(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-            continue
-        description = error.schema.get("description") if isinstance(error.schema, dict) else None
-        messages.append(f"{where}: {error.message}" + (f" ({description})" if description else ""))
-    return sorted(set(messages))
-
-
-def _schema_properties(node: dict[str, Any], root: dict[str, Any]) -> set[str]:
-    """Property names a schema node declares, through ``allOf`` and local ``$ref`` (``#/$defs/x``)."""
-    names = set(node.get("properties", {}))
-    if isinstance(node.get("additionalProperties"), dict):
-        return names | {"*"}
-    for sub in node.get("allOf", []):
-        names |= _schema_properties(sub, root)
-    ref = node.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/"):
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target[part]
-        names |= _schema_properties(target, root)
-    return names
-
-
-def pipeline_run_errors(config: dict[str, Any], check_memory: bool = True) -> list[str]:
-    """Cross-field checks JSON Schema cannot express (r <= d, r_hat <= d, p with mc, ...), and that
-    input paths an experiment names (keys ending in ``_path`` or ``_dir``, when not null) exist.
-
-    Every experiment section with a ``task`` and ``panels`` (shared settings, overridden per panel,
-    one run per model) or with ``tasks`` keyed mf/mc/ms (analysis runs of the original DLN) is
-    resolved into the options of its runs and checked with :func:`check_run_options`; keys that are
-    not ``cdln train`` options are ignored, and other sections (real data, scaling) are left alone.
-    """
-    fields = {f.name for f in dataclasses.fields(RunConfig)} - {"problem", "device", "init_seed", "data_seed"}
-    messages = []
-    for name, section in config.get("experiments", {}).items():
-        if not isinstance(section, dict) or section.get("enabled", True) is False:
-            continue
-        for key, value in section.items():  # input data named by the user (null = the default search)
-            if (key.endswith("_path") or key.endswith("_dir")) and isinstance(value, str) and not Path(value).exists():
-                messages.append(f"experiments.{name}.{key}: {value} does not exist (give an existing path, or null)")
-        shared = {k: v for k, v in section.items() if k in fields}
-        groups = []
-        panels = section.get("panels") if section.get("task") in TASKS else None
-        for panel, overrides in (panels or {}).items():
-            for model in section.get("models") or ["original"]:
-                groups.append((f"experiments.{name}.panels.{panel} ({model})", {**shared, **overrides, "model": model}))
-        tasks = section.get("tasks") if isinstance(section.get("tasks"), dict) else {}
-        for task, overrides in tasks.items():
-            if task not in TASKS or not isinstance(overrides, dict):
-                continue
-            options = {**shared, **overrides, "task": task, "model": "original"}
-            groups.append((f"experiments.{name}.tasks.{task}", options))
-        for where, options in groups:
-            options = {k: v for k, v in options.items() if k in fields}
-            try:
-                check_run_options(options, where, check_memory)
-            except ConfigError as error:
-                messages.append(str(error))
-    return messages
-
-
-def validate_pipeline_config(config: dict[str, Any], schema_path: str | Path, check_memory: bool = True) -> None:
-    """Raise :class:`ConfigError` listing every violation of a pipeline config: the schema's, then
-    (if the schema holds) the cross-field checks of every run. Meant for parse time, before any job."""
-    errors = pipeline_config_errors(config, schema_path) or pipeline_run_errors(config, check_memory)
-    if errors:
-        raise ConfigError(f"invalid config ({len(errors)} error(s)):\n  " + "\n  ".join(errors))
-
-
-def build_network(config: RunConfig, problem: Problem) -> LinearNetwork:
-    """The network ``config.model`` describes, on the CPU in float64, one member per seed/alpha."""
-    d_out, d_in = problem.shape
-    seeds = config.init_seed
-    if config.model == "original":
-        return original_dln(d_out, d_in, config.depth, config.eps, seeds, config.width)
-    if config.model == "narrow":
-        return narrow_dln(d_out, d_in, config.depth, config.eps, seeds, config.compressed_width)
-    if config.model == "bm":
-        return burer_monteiro(d_out, d_in, config.bm_rank or config.r, config.eps, seeds)
-    if config.model == "cdln":
-        batch = max(len(config.alpha), len(seeds))
-        alpha = config.alpha if len(config.alpha) > 1 else config.alpha * batch
-        return compressed_dln(problem.surrogate(), config.compressed_width, config.depth, config.eps, alpha, batch)
-    # Yaras et al.: the gradient at the original DLN's initialisation (first init seed).
-    reference = random_dln("original", d_out, d_in, max(d_out, d_in), config.depth, config.eps, seeds[:1])
-    initial_gradient = problem.loss_grad(reference.end_to_end())[0]
-    return yaras_network(initial_gradient, config.compressed_width, config.depth, config.eps, config.gamma, len(seeds))
-
-
-def member_table(config: RunConfig, batch: int) -> list[dict[str, Any]]:
-    """What distinguishes each batch member: its init seed and alpha."""
-    seeds = config.init_seed * batch if len(config.init_seed) == 1 else config.init_seed
-    alphas = config.alpha * batch if len(config.alpha) == 1 else config.alpha
-    return [{"member": i, "init_seed": seeds[i], "alpha": alphas[i]} for i in range(batch)]
-
-
-def run(config: RunConfig, out_dir: str | Path | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Validate, build, train and (if ``out_dir``) write the run record; returns the record."""
-    config.validate()
-    device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
-    cpu_problem = load_problem(config.problem) if config.problem else make_problem(config.problem_spec())
-    spec = cpu_problem.spec
-    if spec.task != config.task:
-        raise ConfigError(f"--problem {config.problem} holds a {spec.task!r} problem but --task is {config.task!r}")
-    config.d_out, config.d_in, config.r = spec.d_out, spec.d_in, spec.rank  # the file is authoritative
-    config.validate()
-    network = build_network(config, cpu_problem).to(device, dtype)
-    problem = cpu_problem.to(device, dtype)
-    del cpu_problem
-    settings = TrainSettings(config.lr, config.n_inner, config.max_outer, config.tol)
-    snapshot = SpectralSnapshots(problem) if config.snapshots else None
-    result = train(network, problem, settings, snapshot=snapshot, progress=progress)
-    record = _record(config, spec, network, result, device)
-    if out_dir is not None:
-        members = member_table(config, network.batch)
-        curves = result.curves.assign(
-            model=config.model,
-            init_seed=[members[m]["init_seed"] for m in result.curves["member"]],
-            alpha=[members[m]["alpha"] for m in result.curves["member"]],
-        )
-        write_run_record(out_dir, record, curves, stack_snapshots(result.snapshots) or None)
-    return record
-
-
-def _record(
-    config: RunConfig, spec: ProblemSpec, network: LinearNetwork, result: TrainResult, device: torch.device
-) -> dict[str, Any]:
-    d_out, d_in = spec.d_out, spec.d_in
-    original_params = dln_param_count(d_out, d_in, config.width or max(d_out, d_in), config.depth)
-    final = result.curves.groupby("member").last()
-    members = member_table(config, network.batch)
-    for entry in members:
-        i = entry["member"]
-        entry.update(
-            converged=result.converged[i],
-            stop_iteration=result.stop_iteration[i],
-            stop_seconds=result.stop_seconds[i],
-            final_train_loss=float(final.loc[i, "train_loss"]),
-            final_recovery_error=float(final.loc[i, "recovery_error"]),
-        )
-    return {
-        "config": asdict(config),
-        "problem": asdict(spec),
-        "members": members,
-        "parameters": {"model": network.n_params(), "original_dln": original_params},
-        "timing": {
-            "seconds": result.seconds,
-            "warmup_seconds": result.warmup_seconds,
-            "iterations": int(result.curves["iteration"].max()),
-            "seconds_per_iteration": result.seconds / max(1, int(result.curves["iteration"].max())),
-            "batch": network.batch,
-        },
-        "device": {"type": device.type, "name": device_name(device), "dtype": config.dtype},
-        "environment": environment(),
-        "command": sys.argv,
-    }

@@ -22,7 +22,6 @@ the test accuracy/loss is computed on the whole test set with the clock paused.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 
 from cdln.devices import SyncTimer, device_name
 from cdln.networks import random_orthogonal, top_singular_vectors
-from cdln.records import environment
+from cdln.records import make_record
 
 MODELS: tuple[str, ...] = ("mlp", "dln", "cdln")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -282,13 +281,14 @@ def train_classifier(
     curves = pd.DataFrame(rows, columns=["member", "iteration", "seconds", "train_loss", "test_loss", "test_accuracy"])
     curves["model"], curves["init_seed"] = config.model, config.init_seed
     final = curves.iloc[-1]
-    record = {
-        "experiment": "nonlinear",
-        "config": asdict(config),
-        "data": {"n_train": len(x_train), "n_test": len(x_test), "n_classes": n_classes},
-        "block_init": init_info,
-        "parameters": count_parameters(model),
-        "members": [
+    record = make_record(
+        "nonlinear",
+        experiment="nonlinear",
+        config=asdict(config),
+        data={"n_train": len(x_train), "n_test": len(x_test), "n_classes": n_classes},
+        block_init=init_info,
+        parameters={"model": count_parameters(model)["total"], **count_parameters(model)},
+        members=[
             {
                 "member": 0,
                 "init_seed": config.init_seed,
@@ -297,13 +297,11 @@ def train_classifier(
                 "final_test_loss": float(final["test_loss"]),
             }
         ],
-        "timing": {
+        timing={
             "seconds": timer.elapsed,
             "iterations": config.steps,
             "seconds_per_iteration": timer.elapsed / config.steps,
         },
-        "device": {"type": device.type, "name": device_name(device), "dtype": config.dtype},
-        "environment": environment(),
-        "command": sys.argv,
-    }
+        device={"type": device.type, "name": device_name(device), "dtype": config.dtype},
+    )
     return record, curves

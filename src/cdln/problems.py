@@ -242,11 +242,11 @@ def make_problem(spec: ProblemSpec) -> Problem:
 
 def save_problem(problem: Problem, path: str | Path) -> None:
     """Write the problem (spec + CPU tensors) to ``path`` atomically."""
-    from cdln.records import atomic_torch_save
+    from cdln.io import torch_save
 
     payload: dict[str, Any] = {"spec": asdict(problem.spec)}
     payload["tensors"] = {k: v.cpu() for k, v in problem.tensors().items()}
-    atomic_torch_save(payload, Path(path))
+    torch_save(payload, path)
 
 
 def load_problem(path: str | Path) -> Problem:

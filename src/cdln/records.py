@@ -1,19 +1,16 @@
-"""Run records: one directory per run, written atomically.
+"""Run records: one directory per run, one layout for every kind of run, written atomically.
 
-Layout of ``<run_dir>/``: ``record.json`` (resolved config, seeds, versions, device, dtype,
-parameter counts, timings, outcome), ``curves.csv`` (tidy: member, iteration, seconds,
-train_loss, recovery_error) and, when analysis snapshots were taken, ``snapshots.npz``.
-Everything is first written to a sibling temporary directory and renamed into place, so an
-interrupted run never leaves a directory that looks complete.
+Layout of ``<run_dir>/``: ``record.json`` (see :func:`make_record`), ``curves.csv`` (tidy: one row
+per member and checkpoint: member, iteration, seconds, then the run kind's metrics) and, when
+analysis snapshots were taken, ``snapshots.npz``. Everything is staged in a sibling temporary
+directory and renamed into place, so an interrupted run never leaves a directory that looks complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,36 +19,25 @@ import pandas as pd
 import torch
 
 import cdln
+from cdln.io import atomic_directory, json_default
 
 RECORD_FILE = "record.json"
 CURVES_FILE = "curves.csv"
 SNAPSHOTS_FILE = "snapshots.npz"
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(payload: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+KINDS = ("train", "altmin", "nonlinear")
+# Sections every record has, and the keys each of them must hold.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "kind": (),
+    "config": (),
+    "members": (),
+    "parameters": ("model",),
+    "timing": ("seconds", "iterations", "seconds_per_iteration"),
+    "device": ("type", "name", "dtype"),
+    "environment": ("cdln", "torch"),
+    "command": (),
+}
+CURVE_COLUMNS = ("member", "iteration", "seconds")
 
 
 def environment() -> dict[str, str]:
@@ -66,6 +52,54 @@ def environment() -> dict[str, str]:
     }
 
 
+def make_record(
+    kind: str,
+    *,
+    config: dict[str, Any],
+    members: list[dict[str, Any]],
+    parameters: dict[str, int],
+    timing: dict[str, Any],
+    device: dict[str, str],
+    **sections: Any,
+) -> dict[str, Any]:
+    """The run record every writer uses.
+
+    ``kind``: train | altmin | nonlinear. ``config``: the resolved settings of the run. ``members``:
+    one dict per batch member (``member`` index first, then its seed, alpha and outcome).
+    ``parameters``: trainable parameter counts (``model`` at least). ``timing``: device-synchronised
+    ``seconds`` of training (warm-up and analysis excluded), ``iterations``, ``seconds_per_iteration``.
+    ``device``: ``type``, ``name``, ``dtype``. Extra ``sections`` (``problem``, ``data``, ...) are kept
+    as given. Versions and the command line are added here.
+    """
+    record = {
+        "kind": kind,
+        "config": config,
+        "members": members,
+        "parameters": parameters,
+        "timing": timing,
+        "device": device,
+        **sections,
+        "environment": environment(),
+        "command": sys.argv,
+    }
+    check_record(record)
+    return record
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming what a run record lacks (every writer goes through this)."""
+    missing = [section for section in REQUIRED if section not in record]
+    missing += [
+        f"{section}.{key}" for section, keys in REQUIRED.items() for key in keys if key not in record.get(section, {})
+    ]
+    if missing:
+        raise ValueError(f"run record lacks {missing}; see cdln.records.make_record")
+    if record["kind"] not in KINDS:
+        raise ValueError(f"run record kind must be one of {list(KINDS)}; got {record['kind']!r}")
+    if not record["members"] or any("member" not in member for member in record["members"]):
+        raise ValueError("run record needs at least one member, each with its 'member' index")
+
+
 def write_run_record(
     run_dir: str | Path,
     record: dict[str, Any],
@@ -73,29 +107,26 @@ def write_run_record(
     snapshots: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a complete run record to ``run_dir`` (replacing an existing one) atomically."""
+    check_record(record)
+    missing = [column for column in CURVE_COLUMNS if column not in curves.columns]
+    if missing:
+        raise ValueError(f"curves lack the columns {missing}")
     run_dir = Path(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.", suffix=".partial"))
-    try:
-        curves.to_csv(staging / CURVES_FILE, index=False, float_format="%.17g")
-        if snapshots:
-            np.savez_compressed(staging / SNAPSHOTS_FILE, **snapshots)
-        (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=_json_default) + "\n")
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # e.g. an empty directory that Snakemake created, or a stale run
-        os.replace(staging, run_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with atomic_directory(run_dir) as staging:
+        stage_run_record(staging, record, curves, snapshots)
     return run_dir
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, (Path, torch.device, torch.dtype)):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in a run record")
+def stage_run_record(
+    directory: Path, record: dict[str, Any], curves: pd.DataFrame, snapshots: dict[str, np.ndarray] | None
+) -> None:
+    """The files of a run record, written into ``directory`` (a staging directory, renamed later)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(directory / CURVES_FILE, index=False, float_format="%.17g")
+    if snapshots:
+        np.savez_compressed(directory / SNAPSHOTS_FILE, **snapshots)
+    text = json.dumps(record, indent=2, sort_keys=True, default=json_default) + "\n"
+    (directory / RECORD_FILE).write_text(text)
 
 
 def read_run_record(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:

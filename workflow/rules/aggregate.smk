@@ -1,11 +1,10 @@
-"""Aggregation: run records -> one tidy table per figure (ROOT/tables/*.csv), and the summary table."""
+"""Aggregation: job directories -> one tidy table per figure (ROOT/tables/*.csv), and the summary table."""
 
 
 rule aggregate_synthetic:
     """Curves of every run of one synthetic experiment (tidy) and one row per run."""
     input:
-        runs=lambda wc: run_dirs(wc.experiment),
-        script=f"{SCRIPTS}/aggregate_runs.py",
+        lambda wc: GRID.job_dirs(wc.experiment),
     output:
         curves=f"{ROOT}/tables/{{experiment}}_curves.csv",
         runs=f"{ROOT}/tables/{{experiment}}_runs.csv",
@@ -19,7 +18,7 @@ rule aggregate_synthetic:
     conda:
         CONDA_ENV
     shell:
-        "python3 {input.script} --curves {output.curves} --runs {output.runs} {params.flags} {input.runs} > {log} 2>&1"
+        "python3 -m cdln aggregate synthetic --curves {output.curves} --table {output.runs} {params.flags} {input} > {log} 2>&1"
 
 
 if experiment_enabled("summary"):
@@ -29,7 +28,6 @@ if experiment_enabled("summary"):
         input:
             runs=[f"{ROOT}/tables/{name}_runs.csv" for name in experiment("summary")["experiments"]],
             real_data=summary_real_data_tables(),
-            script=f"{SCRIPTS}/summary_table.py",
         output:
             csv=report(
                 f"{ROOT}/tables/summary.csv",
@@ -46,7 +44,7 @@ if experiment_enabled("summary"):
         conda:
             CONDA_ENV
         shell:
-            "python3 {input.script} --csv {output.csv} --markdown {output.markdown} {params.flags} "
+            "python3 -m cdln summary --csv {output.csv} --markdown {output.markdown} {params.flags} "
             "--real-data {input.real_data} -- {input.runs} > {log} 2>&1"
 
     register_target("summary_table", [f"{ROOT}/tables/summary.csv", f"{ROOT}/tables/summary.md"])

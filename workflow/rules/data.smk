@@ -1,52 +1,43 @@
-"""Problem instances (targets, masks, sensing operators), one file per parameter set and data seed."""
+"""Data files: problem instances (targets, masks, sensing operators, MovieLens splits), one file per
+parameter set and data seed, made by the ``cdln`` subcommand the grid names for each."""
 
 
 rule make_problem:
-    """MF/MC problem: the target (and the MC mask), drawn with data seed ``seed``."""
+    """A problem file: synthetic MF/MC draws (``cdln make-problem``) or a MovieLens split
+    (``cdln movielens-problem``); the grid gives the command and its flags."""
+    input:
+        lambda wc: GRID.data_file(f"{ROOT}/data/{wc.family}/{wc.name}.pt").inputs,
     output:
-        f"{ROOT}/data/{{task}}/d{{d}}_r{{r}}_{{extra}}_seed{{seed}}.pt",
+        f"{ROOT}/data/{{family}}/{{name}}.pt",
     log:
-        f"{ROOT}/logs/data/{{task}}/d{{d}}_r{{r}}_{{extra}}_seed{{seed}}.log",
+        f"{ROOT}/logs/data/{{family}}/{{name}}.log",
     wildcard_constraints:
-        task="mf|mc",
-        d=r"\d+",
-        r=r"\d+",
-        extra=r"full|p[0-9.]+",
-        seed=r"\d+",
+        family="mf|mc|movielens",
+        name=r"[A-Za-z0-9._-]+",
     params:
-        flags=lambda wc: cli_flags(
-            {
-                "task": wc.task,
-                "d": int(wc.d),
-                "r": int(wc.r),
-                "p": float(wc.extra[1:]) if wc.extra.startswith("p") else None,
-                "data_seed": int(wc.seed),
-            }
-        ),
+        command=lambda wc, output: GRID.data_file(output[0]).command,
+        flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
     conda:
         CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} python3 -m cdln make-problem {params.flags} --out {output} > {log} 2>&1"
+        # On failure (e.g. the MovieLens archive is missing) show the message, not just the log's path.
+        "OMP_NUM_THREADS={threads} python3 -m cdln {params.command} {params.flags} --out {output} > {log} 2>&1 "
+        "|| {{ tail -n 5 {log} >&2; exit 1; }}"
 
 
 rule make_sensing_problem:
     """MS problem: target, operator A (d*d*m floats: 1.3 GB at d=200, m=4000) and measurements.
 
-    temp(): deleted once every run on it has finished, so operators never pile up on disk."""
+    temp(): deleted once every job on it has finished, so operators never pile up on disk."""
     output:
-        temp(f"{ROOT}/data/ms/d{{d}}_r{{r}}_m{{m}}_seed{{seed}}.pt"),
+        temp(f"{ROOT}/data/ms/{{name}}.pt"),
     log:
-        f"{ROOT}/logs/data/ms/d{{d}}_r{{r}}_m{{m}}_seed{{seed}}.log",
+        f"{ROOT}/logs/data/ms/{{name}}.log",
     wildcard_constraints:
-        d=r"\d+",
-        r=r"\d+",
-        m=r"\d+",
-        seed=r"\d+",
+        name=r"[A-Za-z0-9._-]+",
     params:
-        flags=lambda wc: cli_flags(
-            {"task": "ms", "d": int(wc.d), "r": int(wc.r), "m": int(wc.m), "data_seed": int(wc.seed)}
-        ),
+        flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
     conda:
         CONDA_ENV

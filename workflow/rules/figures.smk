@@ -1,10 +1,8 @@
-"""Figures of the synthetic experiments: PNG + PDF under ROOT/figures/, one plot rule per figure.
+"""Figures of the synthetic experiments: PNG + PDF under ROOT/figures/, one plot rule per figure kind.
 
-A figure rule depends on its table, its script and the shared style, so restyling reruns only the
-plot rules (the tables and runs stay up to date).
+A figure rule depends on its table, its plotting module and the shared style, so restyling reruns
+only the plot rules (the tables and runs stay up to date).
 """
-
-STYLE = f"{SCRIPTS}/style.py"
 
 # figure target -> (experiment, columns of the curves figure: <error>:<x axis>)
 CURVE_FIGURES = {
@@ -21,9 +19,8 @@ CURVE_FIGURES = {
 rule plot_error_curves:
     """Error vs iterations and vs seconds, one row per panel (mean over seeds with a min-max band)."""
     input:
-        curves=f"{ROOT}/tables/{{experiment}}_curves.csv",
-        script=f"{SCRIPTS}/plot_error_curves.py",
-        style=STYLE,
+        table=f"{ROOT}/tables/{{experiment}}_curves.csv",
+        code=[f"{PLOTTING}/error_curves.py", STYLE],
     output:
         png=report(
             f"{ROOT}/figures/fig_{{experiment}}.png",
@@ -48,16 +45,15 @@ rule plot_error_curves:
     conda:
         CONDA_ENV
     shell:
-        "python3 {input.script} --curves {input.curves} --png {output.png} --pdf {output.pdf} {params.flags} "
+        "python3 -m cdln plot error-curves --table {input.table} --png {output.png} --pdf {output.pdf} {params.flags} "
         "> {log} 2>&1"
 
 
 rule plot_ablation_alpha:
     """C-DLN iterations and seconds to tol against alpha; the original DLN as the reference line."""
     input:
-        runs=f"{ROOT}/tables/ablation_alpha_runs.csv",
-        script=f"{SCRIPTS}/plot_ablation_alpha.py",
-        style=STYLE,
+        table=f"{ROOT}/tables/ablation_alpha_runs.csv",
+        code=[f"{PLOTTING}/ablation_alpha.py", STYLE],
     output:
         png=report(
             f"{ROOT}/figures/fig_ablation_alpha.png",
@@ -70,13 +66,14 @@ rule plot_ablation_alpha:
         f"{ROOT}/logs/figures/fig_ablation_alpha.log",
     params:
         flags=lambda wc: cli_flags(
-            {"panel": next(iter(experiment("ablation_alpha")["panels"])), "title": figure_title("ablation_alpha")}
+            {"panels": [next(iter(experiment("ablation_alpha")["panels"]))], "title": figure_title("ablation_alpha")}
         ),
     threads: 1
     conda:
         CONDA_ENV
     shell:
-        "python3 {input.script} --runs {input.runs} --png {output.png} --pdf {output.pdf} {params.flags} > {log} 2>&1"
+        "python3 -m cdln plot ablation-alpha --table {input.table} --png {output.png} --pdf {output.pdf} "
+        "{params.flags} > {log} 2>&1"
 
 
 for _name in ("mf", "mc", "ms", "ablation_depth", "ablation_alpha"):

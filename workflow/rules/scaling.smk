@@ -7,7 +7,7 @@ numbers matter (``snakemake fig_scaling --cores 1``); per-run seconds always com
 
 
 if experiment_enabled("scaling"):
-    register_target("fig_scaling", [f"{ROOT}/figures/fig_scaling.png", f"{ROOT}/figures/fig_scaling.pdf"])
+    register_target("fig_scaling", figure_files("fig_scaling"))
 
 
 rule fig_scaling:
@@ -25,14 +25,7 @@ rule scaling_measure:
         f"{ROOT}/benchmarks/scaling/scaling_measure.tsv"
     params:
         # On a GPU the sizes go further (gpu_sizes); one bench call covers every d.
-        flags=lambda wc: cli_flags(
-            {
-                "sizes": experiment("scaling").get("gpu_sizes" if uses_gpu() else "sizes", experiment("scaling")["sizes"]),
-                **{k: experiment("scaling")[k] for k in ("tol_sizes", "r", "r_hat", "p", "lr", "n_inner", "max_outer", "tol")},
-                "device": config["device"],
-                "dtypes": [config["dtype"]],
-            }
-        ),
+        flags=lambda wc: cli_flags(GRID.scaling_options(gpu=bool(uses_gpu()))),
     threads: config["threads_per_job"]
     resources:
         gpu=uses_gpu(),
@@ -43,12 +36,11 @@ rule scaling_measure:
         "python3 -m cdln bench --scaling {params.flags} --threads {threads} --out {output} > {log} 2>&1"
 
 
-rule scaling_plot:
+rule plot_scaling:
     """Seconds per iteration and seconds to tol against d (log-log), roofline dashed."""
     input:
         table=f"{ROOT}/tables/scaling.csv",
-        script=f"{SCRIPTS}/scaling_plot.py",
-        style=f"{SCRIPTS}/style.py",
+        code=[f"{PLOTTING}/scaling.py", STYLE],
     output:
         png=report(
             f"{ROOT}/figures/fig_scaling.png",
@@ -60,12 +52,10 @@ rule scaling_plot:
     log:
         f"{ROOT}/logs/figures/fig_scaling.log",
     params:
-        flags=lambda wc: cli_flags(
-            {"title": f"{experiment('scaling')['description']}  [config: {config['output_root']}]"}
-        ),
+        flags=lambda wc: cli_flags({"title": figure_title("scaling")}),
     threads: 1
     conda:
         CONDA_ENV
     shell:
-        "python3 {input.script} --table {input.table} --png {output.png} --pdf {output.pdf} {params.flags} "
+        "python3 -m cdln plot scaling --table {input.table} --png {output.png} --pdf {output.pdf} {params.flags} "
         "> {log} 2>&1"

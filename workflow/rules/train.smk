@@ -1,23 +1,22 @@
-"""Training: one job per (experiment, panel, model, seed), unbatched because its seconds are plotted."""
+"""Training: one job per (experiment, job id) of the grid; a job trains its runs one after another in
+one process (each timed alone) and writes ROOT/runs/<experiment>/<job>/<run>/ atomically as a whole."""
 
 
-rule train_synthetic:
-    """Train one network on one problem file and write its run record (record.json, curves.csv)."""
+rule run_job:
+    """Train every run of one job of the grid (``cdln run-job``: explicit flags per run)."""
     input:
-        problem=lambda wc: problem_file(find_run(wc.experiment, wc.panel, wc.model, wc.seed)["settings"], int(wc.seed)),
+        lambda wc: GRID.job(wc.experiment, wc.job).inputs,
     output:
-        directory(f"{ROOT}/runs/{{experiment}}/{{panel}}/{{model}}_seed{{seed}}"),
+        directory(f"{ROOT}/runs/{{experiment}}/{{job}}"),
     log:
-        f"{ROOT}/logs/train/{{experiment}}/{{panel}}/{{model}}_seed{{seed}}.log",
+        f"{ROOT}/logs/runs/{{experiment}}/{{job}}.log",
     benchmark:
-        f"{ROOT}/benchmarks/train/{{experiment}}/{{panel}}/{{model}}_seed{{seed}}.tsv"
+        f"{ROOT}/benchmarks/runs/{{experiment}}/{{job}}.tsv"
     wildcard_constraints:
-        experiment="|".join(SYNTHETIC),
-        panel=r"[A-Za-z0-9._-]+",
-        model=r"[a-z]+",
-        seed=r"\d+",
+        experiment="|".join(GRID.experiments),
+        job=r"[A-Za-z0-9._-]+",
     params:
-        flags=lambda wc: train_flags(find_run(wc.experiment, wc.panel, wc.model, wc.seed)),
+        runs=lambda wc: GRID.job(wc.experiment, wc.job).arguments(),
     threads: config["threads_per_job"]
     # Ready training jobs go before new problem files, so (temporary) MS operators are consumed and
     # deleted before more are drawn.
@@ -29,5 +28,5 @@ rule train_synthetic:
     shell:
         # OMP/MKL threads = torch threads = the job's cores, so concurrent jobs never oversubscribe.
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-        "python3 -m cdln train {params.flags} --problem {input.problem} --threads {threads} --progress-every 30 --out {output} "
-        "> {log} 2>&1"
+        "python3 -m cdln run-job {params.runs} --threads {threads} --progress-every 30 --out {output} > {log} 2>&1 "
+        "|| {{ tail -n 5 {log} >&2; exit 1; }}"

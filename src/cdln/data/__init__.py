@@ -9,8 +9,6 @@ at once with a :class:`DataUnavailableError` naming where to put the file.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,18 +36,14 @@ def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
 
     A file whose checksum differs is deleted and reported, never kept.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle, urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+    from cdln.io import atomic_write
+
+    def fetch(tmp: Path) -> None:
+        with tmp.open("wb") as handle, urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
             for block in iter(lambda: response.read(1 << 20), b""):
                 handle.write(block)
         got = md5sum(tmp)
         if got != md5:
             raise OSError(f"checksum mismatch for {url}: MD5 {got}, expected {md5}; the download was discarded")
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, TimeoutError, OSError):
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
+
+    return atomic_write(dest, fetch)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from cdln.data import DataFormatError, DataUnavailableError, download
+from cdln.io import atomic_write
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 RESOURCES_SUBDIR = "fashion-mnist"
@@ -179,12 +180,8 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
         raise ValueError(f"IDX cannot store dtype {array.dtype}; valid: {sorted(str(d) for d in codes)}")
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     payload = header + array.astype(np.dtype(IDX_DTYPES[code])).tobytes()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(gzip.compress(payload, mtime=0) if path.suffix == ".gz" else payload)
-    tmp.replace(path)
-    return path
+    data = gzip.compress(payload, mtime=0) if Path(path).suffix == ".gz" else payload
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def synthetic_fashion_mnist(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cdln.data import DataFormatError, DataUnavailableError, download, md5sum
+from cdln.io import atomic_write
 from cdln.problems import Completion, ProblemSpec
 
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -220,10 +221,9 @@ def synthetic_ml100k(
     lines = (f"{users[i] + 1}\t{items[i] + 1}\t{ratings[i]}\t{stamps[i]}" for i in order)
     buffer = io.StringIO()
     buffer.write("\n".join(lines) + "\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(RATINGS_MEMBER, buffer.getvalue())
-    tmp.replace(path)
-    return path
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(RATINGS_MEMBER, buffer.getvalue())
+
+    return atomic_write(path, write)

@@ -1,6 +1,6 @@
 """Error curves of one synthetic experiment: one row per panel, one column per (error, x axis).
 
-Reads the tidy curves table of ``aggregate_runs.py``. For each (panel, model): thin lines, one per
+Reads the tidy curves table of :mod:`cdln.pipeline.aggregate`. For each (panel, model): thin lines, one per
 seed, over each seed's whole run; a bold line, the geometric mean over seeds, and a band, their
 min-max, over the checkpoints that every seed reached (runs stop at tol at different iterations). On
 a seconds axis the bold line's x value is the mean over seeds of the seconds at that checkpoint.
@@ -8,14 +8,11 @@ a seconds axis the bold line's x value is the mean over seeds of the seconds at 
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import style
+
+from cdln.plotting import style
 
 Y_LABELS = {"recovery_error": "Recovery error", "train_loss": "Training loss"}
 X_KEYS = {"iteration": "iteration", "iterations": "iteration", "seconds": "seconds"}
@@ -87,31 +84,5 @@ def parse_column(spec: str) -> tuple[str, str]:
     """``recovery_error:seconds`` -> ("recovery_error", "seconds")."""
     y, _, x = spec.partition(":")
     if y not in Y_LABELS or x not in X_KEYS:
-        raise argparse.ArgumentTypeError(f"column {spec!r}: use <{'|'.join(Y_LABELS)}>:<iteration|seconds>")
+        raise ValueError(f"column {spec!r}: use <{'|'.join(Y_LABELS)}>:<iteration|seconds>")
     return y, X_KEYS[x]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--curves", type=Path, required=True, help="tidy curves table from aggregate_runs.py")
-    parser.add_argument("--png", type=Path, required=True)
-    parser.add_argument("--pdf", type=Path, required=True)
-    parser.add_argument("--panels", nargs="+", required=True, help="panels, one row each, in this order")
-    parser.add_argument(
-        "--columns",
-        nargs="+",
-        type=parse_column,
-        default=[("recovery_error", "iteration"), ("recovery_error", "seconds")],
-        help="<error>:<x> per column, e.g. recovery_error:iteration recovery_error:seconds",
-    )
-    parser.add_argument("--title", default="")
-    args = parser.parse_args(argv)
-    curves = pd.read_csv(args.curves)
-    fig = plot(curves, args.panels, args.columns, args.title)
-    style.save_figure(fig, args.png, args.pdf)
-    print(f"wrote {args.png} and {args.pdf}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
-"""The one figure style of the pipeline: every figure script imports this module.
+"""The one figure style: every figure (``cdln plot ...`` and the analysis notebooks) uses this module.
 
-Usage from a Snakemake ``script:`` or a plain ``python workflow/scripts/x.py``::
+Usage::
 
-    import style  # workflow/scripts is on sys.path for both
+    from cdln.plotting import style
     style.apply_style()
     fig, axes = plt.subplots(1, 2, figsize=style.figsize(2))
     ...
@@ -15,7 +15,6 @@ Colours follow the authors' figures (original blue, compressed orange, B-M turqu
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,6 +25,8 @@ matplotlib.use("Agg")  # headless: figures are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from cdln.io import atomic_write  # noqa: E402
 
 # One colour (and label) per model, shared by every figure so a model looks the same everywhere.
 MODEL_COLORS: dict[str, str] = {
@@ -126,16 +127,8 @@ def figure_legend(fig: Figure, ax: plt.Axes) -> None:
 
 
 def save_figure(fig: Figure, png_path: str | os.PathLike[str], pdf_path: str | os.PathLike[str] | None = None) -> None:
-    """Write the figure as PNG (and PDF) atomically (temporary file + rename), then close it."""
-    targets = [Path(png_path)] + ([Path(pdf_path)] if pdf_path is not None else [])
-    for path in targets:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=path.suffix.lstrip(".").lower())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    """Write the figure as PNG (and PDF), each atomically, then close it."""
+    for path in [Path(png_path)] + ([Path(pdf_path)] if pdf_path is not None else []):
+        file_format = path.suffix.lstrip(".").lower()
+        atomic_write(path, lambda tmp, file_format=file_format: fig.savefig(tmp, format=file_format))
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""The summary table of the synthetic experiments (CSV and Markdown).
+"""The summary table of the synthetic experiments (CSV and Markdown), from the per-run tables.
 
 One row per (experiment, panel, model): parameter counts (model and original DLN), iterations and
 seconds to reach tol (or the budget), final training and recovery errors, and the speed-up
@@ -10,9 +10,7 @@ min/max over seeds. ``reach_*`` columns: first checkpoint with recovery error <=
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,37 +131,3 @@ def real_data_sections(tables: list[Path]) -> str:
             body = "#" + body  # demote its title below the summary's
         sections.append(f"\n## Real data: {path.stem}\n\n{body}\n" if not body.startswith("## ") else f"\n{body}\n")
     return "".join(sections)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", type=Path, required=True)
-    parser.add_argument("--markdown", type=Path, required=True)
-    parser.add_argument("--reference-model", default="original")
-    parser.add_argument("--config-name", default="?", help="output root of the config that made the runs")
-    parser.add_argument(
-        "--real-data", type=Path, nargs="*", default=[], help="real-data tables (Markdown) to append as sections"
-    )
-    parser.add_argument("runs", type=Path, nargs="+", help="per-run tables from aggregate_runs.py")
-    args = parser.parse_args(argv)
-    runs = pd.concat([pd.read_csv(path) for path in args.runs], ignore_index=True)
-    if args.reference_model not in set(runs["model"]):
-        parser.error(f"--reference-model {args.reference_model!r} has no runs; models: {sorted(set(runs['model']))}")
-    summary = summarise(runs, args.reference_model)
-    for text, path in (
-        (summary.to_csv(index=False, float_format="%.6g"), args.csv),
-        (
-            to_markdown(summary, args.config_name, args.reference_model) + real_data_sections(args.real_data),
-            args.markdown,
-        ),
-    ):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(text)
-        tmp.replace(path)
-    print(f"wrote {args.csv} and {args.markdown} ({len(summary)} rows)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

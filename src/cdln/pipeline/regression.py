@@ -1,4 +1,4 @@
-"""Regression check: compare a summary table (summary_table.py) with committed expected values.
+"""Regression gate: compare a summary table (:mod:`cdln.pipeline.summary`) with committed expected values.
 
 Checks, per expected row (experiment, panel, model):
 - iterations: ``stop_iteration_mean`` and ``reach_iteration_mean`` within ``iterations_rel`` (relative);
@@ -9,18 +9,15 @@ and for every claim in ``faster``: summed over the claim's configurations (poole
 noise of tiny runs averages out), the reference model's ``column`` over the model's is above
 ``min_speedup``: the C-DLN is faster than the original in seconds (and in iterations) to tol.
 
-Exit 0 when everything holds, 1 with a readable list of every violation otherwise.
-``--write-expected`` writes an expected file from a summary (used once to create the committed file;
+``cdln check-regression`` exits 0 when everything holds, 1 with a readable list of every violation
+otherwise; ``--write-expected`` writes an expected file from a summary (:func:`expected_from_summary`:
 tolerances are fixed constants, never fitted to the run).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -160,40 +157,13 @@ def expected_from_summary(summary: pd.DataFrame, reference: str = "original", mo
     return {"tolerances": dict(DEFAULT_TOLERANCES), "rows": rows, "faster": claims}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--summary", type=Path, required=True, help="summary.csv from summary_table.py")
-    parser.add_argument("--expected", type=Path, required=True, help="expected values (YAML)")
-    parser.add_argument("--write-expected", action="store_true", help="write --expected from --summary and exit")
-    args = parser.parse_args(argv)
-    if not args.summary.is_file():
-        parser.error(f"--summary {args.summary} does not exist; run the reduced grid first")
-    summary = pd.read_csv(args.summary)
-    if args.write_expected:
-        args.expected.parent.mkdir(parents=True, exist_ok=True)
-        header = (
-            f"# Expected summary of a run of the reduced grid, written by check_regression.py --write-expected\n"
-            f"# from {args.summary}. Tolerances are fixed a priori, not fitted: iterations within 15% (they are\n"
-            "# deterministic on one platform; 15% leaves room for other BLAS builds), errors within a factor 10\n"
-            "# unless both are below 1e-12 (rounding-level floors differ between platforms), and the C-DLN faster\n"
-            "# than the original (pooled over the configurations stopped by tol) in seconds and in iterations.\n"
-        )
-        args.expected.write_text(header + yaml.safe_dump(expected_from_summary(summary), sort_keys=False, width=120))
-        print(f"wrote {args.expected}", file=sys.stderr)
-        return 0
-    if not args.expected.is_file():
-        parser.error(f"--expected {args.expected} does not exist")
-    expected = yaml.safe_load(args.expected.read_text())
-    violations = check(summary, expected)
-    n_checks = len(expected["rows"]) + len(expected.get("faster", []))
-    if violations:
-        print(f"REGRESSION: {len(violations)} violation(s) of {args.expected} by {args.summary}:", file=sys.stderr)
-        for violation in violations:
-            print(str(violation), file=sys.stderr)
-        return 1
-    print(f"OK: {args.summary} matches {args.expected} ({n_checks} rows/claims checked)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def expected_file_text(summary: pd.DataFrame, source: str) -> str:
+    """The committed expectations file (YAML with a header saying how it was made) for ``summary``."""
+    header = (
+        f"# Expected summary of a run of the reduced grid, written by `cdln check-regression --write-expected`\n"
+        f"# from {source}. Tolerances are fixed a priori, not fitted: iterations within 15% (they are\n"
+        "# deterministic on one platform; 15% leaves room for other BLAS builds), errors within a factor 10\n"
+        "# unless both are below 1e-12 (rounding-level floors differ between platforms), and the C-DLN faster\n"
+        "# than the original (pooled over the configurations stopped by tol) in seconds and in iterations.\n"
+    )
+    return header + yaml.safe_dump(expected_from_summary(summary), sort_keys=False, width=120)

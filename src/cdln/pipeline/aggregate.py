@@ -1,44 +1,36 @@
-"""Collect the run records of one synthetic experiment into two tidy tables.
+"""The run records of one synthetic experiment -> two tidy tables (:func:`collect`).
 
-``--curves``: one row per (run, checkpoint): experiment, panel, model, seed, alpha, depth, r, r_hat,
+Curves: one row per (run, checkpoint): experiment, panel, model, seed, alpha, depth, r, r_hat,
 iteration, seconds, train_loss, recovery_error.
-``--runs``: one row per run: its settings, parameter counts, where it stopped (tol or budget), final
-errors and, for ``--reach-error E``, the first checkpoint whose recovery error is <= E.
+Runs: one row per run: its settings, parameter counts, where it stopped (tol or budget), final
+errors and, for a ``reach_error`` E, the first checkpoint whose recovery error is <= E.
 
-Run directories are ``.../runs/<experiment>/<panel>/<model>_seed<seed>`` (written by ``cdln train``).
-A batched alpha sweep (panel ``<panel>_alphabatch``, several members) becomes one row per member
-(panel id ``<panel>_alpha<a>``) with ``batched`` = True: its seconds are the batch's shared wall time.
+Runs are read from their job directories (named as :mod:`cdln.pipeline.grid` names them). A batched
+alpha sweep (run ``cdln_alphabatch``, several members) becomes one row per member (panel id
+``<panel>_alpha<a>``) with ``batched`` = True: its seconds are the batch's shared wall time.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import math
-import re
-import sys
 from pathlib import Path
 
 import pandas as pd
 
+from cdln.pipeline.grid import JOB_MANIFEST, synthetic_run_keys
 from cdln.records import read_run_record
 
-RUN_NAME = re.compile(r"^(?P<model>[a-z]+)_seed(?P<seed>\d+)$")
-ALPHA_SUFFIX = re.compile(r"_alpha([0-9.]+|batch)$")
 
-
-def parse_run_dir(path: Path) -> dict:
-    """``.../runs/<experiment>/<panel>/<model>_seed<seed>`` -> experiment, panel, model, seed."""
-    match = RUN_NAME.match(path.name)
-    if match is None:
-        raise ValueError(f"{path}: run directory name must be <model>_seed<seed>")
-    panel_id = path.parent.name
-    return {
-        "experiment": path.parent.parent.name,
-        "panel": ALPHA_SUFFIX.sub("", panel_id),
-        "panel_id": panel_id,
-        "model": match["model"],
-        "seed": int(match["seed"]),
-    }
+def run_dirs_of(job_dirs: list[Path]) -> list[Path]:
+    """The run directories inside job directories, in the order each job ran them (its manifest)."""
+    runs = []
+    for job_dir in map(Path, job_dirs):
+        manifest = job_dir / JOB_MANIFEST
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{job_dir} is not a complete job directory (missing {JOB_MANIFEST})")
+        runs += [job_dir / run["name"] for run in json.loads(manifest.read_text())["runs"]]
+    return runs
 
 
 def first_reach(curves: pd.DataFrame, threshold: float | None) -> tuple[float, float]:
@@ -52,15 +44,16 @@ def first_reach(curves: pd.DataFrame, threshold: float | None) -> tuple[float, f
     return float(first["iteration"]), float(first["seconds"])
 
 
-def collect(run_dirs: list[Path], reach_error: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(job_dirs: list[Path], reach_error: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curves, runs) tables of every run in ``job_dirs``."""
     curve_frames, rows = [], []
-    for run_dir in run_dirs:
-        keys = parse_run_dir(run_dir)
+    for run_dir in run_dirs_of(job_dirs):
+        keys = synthetic_run_keys(run_dir)
         record, all_curves = read_run_record(run_dir)
         batched = len(record["members"]) > 1
         if batched and not keys["panel_id"].endswith("_alphabatch"):
             count = len(record["members"])
-            raise ValueError(f"{run_dir}: {count} members, but only <panel>_alphabatch runs are batched")
+            raise ValueError(f"{run_dir}: {count} members, but only cdln_alphabatch runs are batched")
         for member in record["members"]:
             member_keys = dict(keys, batched=batched)
             if batched:
@@ -115,24 +108,3 @@ def _run_row(curves: pd.DataFrame, keys: dict, record: dict, member: dict, reach
         "reach_seconds": reach_seconds,
         "device": record["device"]["type"],
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--curves", type=Path, required=True, help="tidy curves table (.csv) to write")
-    parser.add_argument("--runs", type=Path, required=True, help="per-run table (.csv) to write")
-    parser.add_argument("--reach-error", type=float, default=None, help="recovery error for reach_* columns")
-    parser.add_argument("run_dirs", type=Path, nargs="+", help="run record directories")
-    args = parser.parse_args(argv)
-    curves, runs = collect(args.run_dirs, args.reach_error)
-    for table, path in ((curves, args.curves), (runs, args.runs)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        table.to_csv(tmp, index=False, float_format="%.10g")
-        tmp.replace(path)
-    print(f"wrote {args.curves} ({len(curves)} rows) and {args.runs} ({len(runs)} runs)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,41 +6,29 @@ the speed-up in seconds of each model against the original DLN (paired by seed).
 ``nonlinear``: per model, final and best test accuracy, steps, seconds, parameters (total/block),
 and the time ratio against the model with the DLN block.
 
-Usage: realdata_tables.py {movielens|nonlinear} --curves C --table T --markdown M RUN_DIR...
+:func:`tables` makes both from the job directories of one experiment (``cdln aggregate``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from cdln.pipeline.aggregate import run_dirs_of
+from cdln.pipeline.grid import real_data_seed
+from cdln.records import read_run_record
 
 # Columns whose spread over seeds the Markdown table shows (the CSV has every spread).
 KEY_SPREADS = ("final_error", "final_accuracy", "seconds_vs")
 
 
-def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
-    record_path = run_dir / "record.json"
-    if not record_path.is_file():
-        raise SystemExit(f"{run_dir} is not a complete run record (missing record.json)")
-    return json.loads(record_path.read_text()), pd.read_csv(run_dir / "curves.csv")
-
-
-def seed_of(run_dir: Path) -> int:
-    return int(run_dir.name.rsplit("_seed", 1)[1])
-
-
 def movielens_rows(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     curves, rows = [], []
     for run_dir in runs:
-        record, frame = read_run(run_dir)
-        model, seed = run_dir.name.rsplit("_seed", 1)[0], seed_of(run_dir)
+        record, frame = read_run_record(run_dir)
+        model, seed = run_dir.name, real_data_seed(run_dir)
         frame = frame[frame["member"] == 0].assign(model=model, seed=seed)
         frame["rmse"] = (2 * frame["recovery_error"]).pow(0.5)
         curves.append(frame[["model", "seed", "iteration", "seconds", "train_loss", "recovery_error", "rmse"]])
@@ -65,7 +53,7 @@ def movielens_rows(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 def nonlinear_rows(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     curves, rows = [], []
     for run_dir in runs:
-        record, frame = read_run(run_dir)
+        record, frame = read_run_record(run_dir)
         model, seed = record["config"]["model"], record["config"]["init_seed"]
         frame = frame.assign(model=model, seed=seed)
         curves.append(frame[["model", "seed", "iteration", "seconds", "train_loss", "test_loss", "test_accuracy"]])
@@ -102,14 +90,6 @@ def summarise(rows: pd.DataFrame, reference: str, ratio_name: str) -> pd.DataFra
     return pd.DataFrame(out)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def markdown(table: pd.DataFrame) -> str:
     def fmt(value: object) -> str:
         if isinstance(value, float):
@@ -122,30 +102,18 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("experiment", choices=["movielens", "nonlinear"])
-    parser.add_argument("--curves", type=Path, required=True)
-    parser.add_argument("--table", type=Path, required=True)
-    parser.add_argument("--markdown", type=Path, required=True)
-    parser.add_argument("--title", default=None, help="data set label (default: MovieLens-100K / FashionMNIST)")
-    parser.add_argument("runs", type=Path, nargs="+")
-    args = parser.parse_args(argv)
-    if args.experiment == "movielens":
-        curves, rows = movielens_rows(args.runs)
+def tables(experiment: str, job_dirs: list[Path], title: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(tidy curves, table of final numbers, the table as Markdown) of ``movielens`` or ``nonlinear``."""
+    runs = run_dirs_of(job_dirs)
+    if experiment == "movielens":
+        curves, rows = movielens_rows(runs)
         table = summarise(rows, "original", "seconds_vs_original")
-        title = f"{args.title or 'MovieLens-100K'}: held-out error = 1/2 MSE on held-out ratings (mean over seeds)"
-    else:
-        curves, rows = nonlinear_rows(args.runs)
+        title = f"{title or 'MovieLens-100K'}: held-out error = 1/2 MSE on held-out ratings (mean over seeds)"
+    elif experiment == "nonlinear":
+        curves, rows = nonlinear_rows(runs)
         table = summarise(rows, "dln", "seconds_vs_dln")
-        title = f"{args.title or 'FashionMNIST'}: test accuracy (mean over seeds)"
-    atomic_write(args.curves, curves.to_csv(index=False, float_format="%.10g"))
-    atomic_write(args.table, table.to_csv(index=False, float_format="%.10g"))
+        title = f"{title or 'FashionMNIST'}: test accuracy (mean over seeds)"
+    else:
+        raise ValueError(f"real-data experiment must be movielens or nonlinear; got {experiment!r}")
     shown = [c for c in table.columns if not c.endswith(("_min", "_max")) or c.startswith(KEY_SPREADS)]
-    atomic_write(args.markdown, f"{title}; [min, max] over seeds in the CSV\n\n{markdown(table[shown])}")
-    print(table.to_string(), file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return curves, table, f"{title}; [min, max] over seeds in the CSV\n\n{markdown(table[shown])}"

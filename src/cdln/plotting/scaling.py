@@ -8,15 +8,12 @@ markers where the run hit its budget instead of tol).
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import matplotlib.ticker as ticker
 import numpy as np
 import pandas as pd
-import style
+
+from cdln.plotting import style
 
 MODELS = ("original", "cdln")
 
@@ -79,24 +76,9 @@ def plot(table: pd.DataFrame, title: str) -> plt.Figure:
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--table", type=Path, required=True, help="CSV from `cdln bench --scaling`")
-    parser.add_argument("--png", type=Path, required=True)
-    parser.add_argument("--pdf", type=Path, default=None)
-    parser.add_argument("--title", default="Scaling with d")
-    args = parser.parse_args(argv)
-    if not args.table.is_file():
-        print(f"scaling_plot: --table {args.table} does not exist (run `cdln bench --scaling`)", file=sys.stderr)
-        return 2
-    table = pd.read_csv(args.table)
+def check_table(table: pd.DataFrame, source: object) -> pd.DataFrame:
+    """``table`` if it has the columns of ``cdln bench --scaling``; else ValueError naming the missing ones."""
     missing = {"d", "model", "quantity", "value", "converged", "dtype"} - set(table.columns)
     if missing:
-        print(f"scaling_plot: {args.table} lacks column(s) {sorted(missing)}", file=sys.stderr)
-        return 2
-    style.save_figure(plot(table, args.title), args.png, args.pdf)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise ValueError(f"{source} lacks column(s) {sorted(missing)}; make it with `cdln bench --scaling`")
+    return table

@@ -1,6 +1,6 @@
 """Alpha ablation: C-DLN iterations and seconds to tol against alpha, the original DLN as reference.
 
-Reads the per-run table of ``aggregate_runs.py``. C-DLN: mean over seeds with a min-max band,
+Reads the per-run table of :mod:`cdln.pipeline.aggregate`. C-DLN: mean over seeds with a min-max band,
 per-seed points (hollow where the run hit the budget instead of tol). Original DLN: horizontal
 line at its mean with its min-max band. When the C-DLN alphas trained as one batch (config
 ``batch_alphas``), its seconds are the batch's shared wall time, and the axis says so.
@@ -8,13 +8,10 @@ line at its mean with its min-max band. When the C-DLN alphas trained as one bat
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
-import style
+
+from cdln.plotting import style
 
 COLUMNS = (("stop_iteration", "Iterations to tol"), ("stop_seconds", "Seconds to tol"))
 
@@ -53,21 +50,3 @@ def plot(runs: pd.DataFrame, panel: str, title: str) -> plt.Figure:
     fig.tight_layout()
     style.figure_legend(fig, axes[0, 0])
     return fig
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, required=True, help="per-run table from aggregate_runs.py")
-    parser.add_argument("--png", type=Path, required=True)
-    parser.add_argument("--pdf", type=Path, required=True)
-    parser.add_argument("--panel", required=True)
-    parser.add_argument("--title", default="")
-    args = parser.parse_args(argv)
-    fig = plot(pd.read_csv(args.runs), args.panel, args.title)
-    style.save_figure(fig, args.png, args.pdf)
-    print(f"wrote {args.png} and {args.pdf}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,166 @@
+"""``cdln bench``: the performance of the GD engine, printed (and with ``--out`` written as JSON).
+
+Sections (``--sections``), each in its own module:
+
+1. ``kernels`` (:mod:`cdln.bench.kernels`): for MF and MC (L = 3, d in 100, 400, 1000, 2000) and MS
+   (d in 100, 200, m = 20 d), float64 and float32, the original DLN and the C-DLN (r = 10,
+   r_hat = 20): the median microseconds of one engine GD iteration, its GFLOP/s, and the ratio to
+   the *roofline*, the median time of the matrix products alone that one iteration needs.
+2. ``tol`` (:mod:`cdln.bench.runs`): seconds to tol, original DLN / C-DLN, on the config's ``mc`` setting.
+3. ``batch`` (:mod:`cdln.bench.runs`): runs per second, one batched job vs the same runs one at a time.
+
+``--scaling`` instead measures seconds per iteration and to tol against d (:mod:`cdln.bench.scaling`)
+and writes the CSV of the pipeline's scaling figure. Settings that are the paper grid's (step sizes,
+the ``mc`` and ``ablation_alpha`` settings) are read from the pipeline config (``--config``).
+Timings are device-synchronised medians over interleaved repeats; the device, thread count, torch
+version and date are part of the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from cdln.bench.kernels import bench_case, default_cases, format_kernels, repeats_for, speedups
+from cdln.bench.runs import bench_batch, bench_tol, experiment_runs
+from cdln.bench.scaling import scaling
+from cdln.cli.common import ExitCode, add_threads_option, apply_threads
+from cdln.devices import device_name, resolve_device
+from cdln.io import write_csv, write_json
+
+SECTIONS = ("kernels", "tol", "batch")
+DEFAULT_CONFIG = Path("config/config.yaml")
+
+
+def environment(device: torch.device) -> dict:
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def run_benchmark(
+    config: dict[str, Any],
+    device_spec: str = "auto",
+    sections: Sequence[str] = SECTIONS,
+    sizes: Sequence[int] = (100, 400, 1000, 2000),
+    ms_sizes: Sequence[int] = (100, 200),
+    dtypes: Sequence[str] = ("float64", "float32"),
+    out: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Run the selected sections on the settings of the pipeline ``config``, printing as it goes;
+    returns (and writes to ``out``) the results."""
+    device = resolve_device(device_spec)
+    results: dict[str, Any] = {"environment": environment(device)}
+    env = results["environment"]
+    echo(f"cdln bench  {env['date']}  device: {env['device']}  threads: {env['threads']}  torch {env['torch']}")
+    mc_runs = experiment_runs(config, "mc", str(device))
+    if "kernels" in sections:
+        echo("\n[kernels] median time of one GD iteration vs the roofline (its matrix products alone), L=3")
+        echo("C-DLN: r=10, r_hat=20; MS: m=20d; ratio = engine / roofline")
+        lrs = {task: config["experiments"][task]["lr"] for task in ("mf", "mc", "ms")}
+        rows: list[dict] = []
+        problems: dict = {}
+        for case in default_cases(lrs, sizes, ms_sizes, dtypes):
+            target_seconds, repeats = repeats_for(case)
+            rows.append(bench_case(case, problems, device, target_seconds, repeats))
+            echo(format_kernels(rows[-1:]).splitlines()[-1] if rows[:-1] else format_kernels(rows))
+        problems.clear()
+        results["kernels"] = rows
+        for line in speedups(rows):
+            echo(line)
+        for r in rows:
+            if "operator_gbps" in r:
+                echo(
+                    f"ms d={r['d']} m={r['m']} {r['dtype']} {r['model']}: the operator's two passes move "
+                    f"{r['operator_gbps']:.1f} GB/s; one streaming read of it runs at {r['stream_gbps']:.1f} GB/s"
+                )
+    if "tol" in sections:
+        setting = mc_runs["cdln"]
+        echo(
+            f"\n[tol] seconds to tol on the config's mc setting (d={setting['d']} r={setting['r']} p={setting['p']} "
+            f"L={setting['depth']} eta={setting['lr']} tol={setting['tol']}), {setting['dtype']}"
+        )
+        tol = bench_tol(device, mc_runs)
+        for model in ("original", "cdln"):
+            m = tol[model]
+            echo(
+                f"{model:8} stop iteration {m['stop_iteration']:>6}  converged {m['converged']}  "
+                f"{m['stop_seconds']:.2f} s"
+            )
+        echo(f"time-to-tol ratio original / C-DLN = {tol['ratio']:.2f}x")
+        results["tol"] = tol
+    if "batch" in sections:
+        echo("\n[batch] runs per second, one batched job vs the same runs one at a time (in process, setup included)")
+        rows = bench_batch(device, experiment_runs(config, "ablation_alpha", str(device)), mc_runs)
+        for r in rows:
+            echo(
+                f"{r['what']}: {r['runs']} runs  one-at-a-time {r['sequential_seconds']:.2f} s "
+                f"({r['sequential_runs_per_second']:.2f} runs/s)  batched {r['batched_seconds']:.2f} s "
+                f"({r['batched_runs_per_second']:.2f} runs/s)  speedup {r['speedup']:.2f}x  "
+                f"same stop iterations: {r['same_stop_iterations']}"
+            )
+        results["batch"] = rows
+    if out is not None:
+        write_json(out, results)
+    return results
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from cdln.pipeline.validate import load_pipeline_config
+
+    apply_threads(args)
+    resolve_device(args.device)
+    if args.scaling:
+        tol_settings = dict(lr=args.lr, n_inner=args.n_inner, max_outer=args.max_outer, tol=args.tol)
+        rows = scaling(
+            args.sizes or [100, 200, 400, 1000, 2000],
+            args.device,
+            args.dtypes[0],
+            r=args.r,
+            r_hat=args.r_hat,
+            p=args.p,
+            tol_sizes=args.tol_sizes,
+            tol_settings=tol_settings,
+        )
+        if args.out is not None:
+            device = device_name(resolve_device(args.device))
+            write_csv(args.out, pd.DataFrame(rows).assign(device=device, dtype=args.dtypes[0]), float_format="%.17g")
+        return ExitCode.OK
+    config = load_pipeline_config(args.config)
+    sizes, ms_sizes = args.sizes or (100, 400, 1000, 2000), args.ms_sizes or (100, 200)
+    run_benchmark(config, args.device, args.sections, sizes, ms_sizes, args.dtypes, args.out)
+    return ExitCode.OK
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``cdln bench`` to the ``cdln`` parser."""
+    bench = commands.add_parser("bench", help="benchmark the GD engine (docs/performance.md)")
+    bench.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="pipeline config the settings come from")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_threads_option(bench, default=1)
+    bench.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS, help="what to run (all)")
+    bench.add_argument("--sizes", nargs="+", type=int, default=None, help="d for MF/MC (default 100 400 1000 2000)")
+    bench.add_argument("--ms-sizes", nargs="+", type=int, default=None, help="d for MS, m = 20d (default 100 200)")
+    bench.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
+    bench.add_argument("--out", type=Path, default=None, help="write the results here (JSON; CSV with --scaling)")
+    scaling_options = bench.add_argument_group("--scaling (the pipeline's scaling figure)")
+    scaling_options.add_argument("--scaling", action="store_true", help="seconds per iteration / to tol against d")
+    scaling_options.add_argument("--tol-sizes", nargs="+", type=int, default=[], help="d values timed to tol")
+    scaling_options.add_argument("--lr", type=float, default=10.0, help="step size at d = 100, scaled by (d/100)^2")
+    scaling_options.add_argument("--n-inner", type=int, default=100, help="GD steps between checkpoints")
+    scaling_options.add_argument("--max-outer", type=int, default=500, help="maximum number of checkpoints")
+    scaling_options.add_argument("--tol", type=float, default=1e-12, help="training-loss tolerance")
+    scaling_options.add_argument("--r", type=int, default=10, help="target rank")
+    scaling_options.add_argument("--r-hat", type=int, default=20, help="C-DLN width")
+    scaling_options.add_argument("--p", type=float, default=0.3, help="MC observed fraction")
+    bench.set_defaults(handler=bench_command)

@@ -1,0 +1,38 @@
+"""The ``cdln`` command line (``python -m cdln`` works too).
+
+Every subcommand is registered by one module and dispatched the same way: its parser sets a
+``handler``; :func:`cdln.cli.common.run_handler` calls it and maps the library's errors to the exit
+codes of :class:`cdln.cli.common.ExitCode`.
+
+- training (:mod:`cdln.cli.train`): ``train``, ``altmin``, ``nonlinear``, ``run-job``;
+- data (:mod:`cdln.cli.data`): ``make-problem``, ``movielens-problem``, ``movielens-synthetic``,
+  ``fashion-mnist-synthetic``;
+- results (:mod:`cdln.cli.results`): ``aggregate``, ``summary``, ``check-regression``, ``plot``;
+- performance (:mod:`cdln.bench`): ``bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cdln.cli import data, results, train
+from cdln.cli.common import run_handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cdln import bench
+
+    parser = argparse.ArgumentParser(prog="cdln", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (train, data, results, bench):
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_handler(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Result subcommands: run records -> tables -> figures and checks (what the pipeline's rules call).
+
+- ``cdln aggregate {synthetic|movielens|nonlinear}``: job directories -> tidy tables;
+- ``cdln summary``: per-run tables -> the summary table (CSV + Markdown);
+- ``cdln check-regression``: a summary table against committed expectations (exit 1 on violations);
+- ``cdln plot <figure>``: a table -> PNG + PDF, in the one figure style.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from cdln.cli.common import ExitCode
+from cdln.io import write_csv, write_text
+from cdln.pipeline import aggregate, realdata, regression, summary
+
+PLOTS = ("error-curves", "ablation-alpha", "movielens", "nonlinear", "scaling")
+
+
+def aggregate_command(args: argparse.Namespace) -> int:
+    if args.experiment == "synthetic":
+        curves, runs = aggregate.collect(args.job_dirs, args.reach_error)
+        write_csv(args.curves, curves)
+        write_csv(args.table, runs)
+        print(f"wrote {args.curves} ({len(curves)} rows) and {args.table} ({len(runs)} runs)", file=sys.stderr)
+        return ExitCode.OK
+    curves, table, markdown = realdata.tables(args.experiment, args.job_dirs, args.title)
+    write_csv(args.curves, curves)
+    write_csv(args.table, table)
+    if args.markdown is not None:
+        write_text(args.markdown, markdown)
+    print(table.to_string(), file=sys.stderr)
+    return ExitCode.OK
+
+
+def summary_command(args: argparse.Namespace) -> int:
+    runs = pd.concat([pd.read_csv(path) for path in args.runs], ignore_index=True)
+    if args.reference_model not in set(runs["model"]):
+        models = sorted(set(runs["model"]))
+        raise ValueError(f"--reference-model {args.reference_model!r} has no runs; models: {models}")
+    table = summary.summarise(runs, args.reference_model)
+    write_csv(args.csv, table, float_format="%.6g")
+    markdown = summary.to_markdown(table, args.config_name, args.reference_model)
+    write_text(args.markdown, markdown + summary.real_data_sections(args.real_data))
+    print(f"wrote {args.csv} and {args.markdown} ({len(table)} rows)", file=sys.stderr)
+    return ExitCode.OK
+
+
+def check_regression_command(args: argparse.Namespace) -> int:
+    if not args.summary.is_file():
+        raise FileNotFoundError(f"--summary {args.summary} does not exist; run the reduced grid first")
+    table = pd.read_csv(args.summary)
+    if args.write_expected:
+        write_text(args.expected, regression.expected_file_text(table, str(args.summary)))
+        print(f"wrote {args.expected}", file=sys.stderr)
+        return ExitCode.OK
+    if not args.expected.is_file():
+        raise FileNotFoundError(f"--expected {args.expected} does not exist")
+    expected = yaml.safe_load(args.expected.read_text())
+    violations = regression.check(table, expected)
+    n_checks = len(expected["rows"]) + len(expected.get("faster", []))
+    if violations:
+        print(f"REGRESSION: {len(violations)} violation(s) of {args.expected} by {args.summary}:", file=sys.stderr)
+        for violation in violations:
+            print(str(violation), file=sys.stderr)
+        return ExitCode.CHECK_FAILED
+    print(f"OK: {args.summary} matches {args.expected} ({n_checks} rows/claims checked)", file=sys.stderr)
+    return ExitCode.OK
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from cdln.plotting import ablation_alpha, error_curves, scaling, style
+    from cdln.plotting import realdata as realdata_plots
+
+    if not args.table.is_file():
+        raise FileNotFoundError(f"--table {args.table} does not exist (make it with `cdln aggregate` or `cdln bench`)")
+    table = pd.read_csv(args.table)
+    title = args.title or args.figure
+    if args.figure in ("error-curves", "ablation-alpha") and not args.panels:
+        raise ValueError(f"cdln plot {args.figure} needs --panels (the config's panel names)")
+    if args.figure == "error-curves":
+        columns = [error_curves.parse_column(spec) for spec in args.columns]
+        figure = error_curves.plot(table, args.panels, columns, title)
+    elif args.figure == "ablation-alpha":
+        figure = ablation_alpha.plot(table, args.panels[0], title)
+    elif args.figure == "movielens":
+        figure = realdata_plots.plot_movielens(table, title)
+    elif args.figure == "nonlinear":
+        figure = realdata_plots.plot_nonlinear(table, title)
+    else:
+        figure = scaling.plot(scaling.check_table(table, args.table), title)
+    style.save_figure(figure, args.png, args.pdf)
+    print(f"wrote {args.png}" + (f" and {args.pdf}" if args.pdf else ""), file=sys.stderr)
+    return ExitCode.OK
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the result subcommands to the ``cdln`` parser."""
+    agg = commands.add_parser("aggregate", help="job directories of one experiment -> tidy tables")
+    agg.add_argument("experiment", choices=["synthetic", "movielens", "nonlinear"], help="kind of experiment")
+    agg.add_argument("--curves", type=Path, required=True, help="tidy curves table (.csv) to write")
+    agg.add_argument("--table", type=Path, required=True, help="per-run (synthetic) or final-numbers table to write")
+    agg.add_argument("--markdown", type=Path, default=None, help="real data: the table as Markdown")
+    agg.add_argument("--reach-error", type=float, default=None, help="synthetic: recovery error for reach_* columns")
+    agg.add_argument("--title", default=None, help="real data: the data set's label")
+    agg.add_argument("job_dirs", type=Path, nargs="+", help="job directories (runs/<experiment>/<job>)")
+    agg.set_defaults(handler=aggregate_command)
+
+    summ = commands.add_parser("summary", help="per-run tables -> the summary table (CSV + Markdown)")
+    summ.add_argument("--csv", type=Path, required=True)
+    summ.add_argument("--markdown", type=Path, required=True)
+    summ.add_argument("--reference-model", default="original", help="speed-up = its seconds / a model's")
+    summ.add_argument("--config-name", default="?", help="output root of the config that made the runs")
+    summ.add_argument("--real-data", type=Path, nargs="*", default=[], help="real-data Markdown tables to append")
+    summ.add_argument("runs", type=Path, nargs="+", help="per-run tables from `cdln aggregate synthetic`")
+    summ.set_defaults(handler=summary_command)
+
+    check = commands.add_parser("check-regression", help="a summary table against committed expected values")
+    check.add_argument("--summary", type=Path, required=True, help="summary.csv from `cdln summary`")
+    check.add_argument("--expected", type=Path, required=True, help="expected values (YAML)")
+    check.add_argument("--write-expected", action="store_true", help="write --expected from --summary and exit")
+    check.set_defaults(handler=check_regression_command)
+
+    plot = commands.add_parser("plot", help="one figure (PNG and PDF) from its table")
+    plot.add_argument("figure", choices=PLOTS)
+    plot.add_argument("--table", type=Path, required=True, help="the figure's table (curves, runs or scaling CSV)")
+    plot.add_argument("--png", type=Path, required=True)
+    plot.add_argument("--pdf", type=Path, default=None)
+    plot.add_argument("--title", default=None)
+    plot.add_argument("--panels", nargs="+", default=None, help="error-curves: panels, one row each, in this order")
+    plot.add_argument(
+        "--columns",
+        nargs="+",
+        default=["recovery_error:iteration", "recovery_error:seconds"],
+        help="error-curves: <error>:<x> per column, e.g. recovery_error:iteration recovery_error:seconds",
+    )
+    plot.set_defaults(handler=plot_command)

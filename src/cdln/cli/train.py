@@ -1,0 +1,305 @@
+"""Training subcommands, each writing a run record (:mod:`cdln.records`):
+
+- ``cdln train``: gradient descent on a DLN, C-DLN or baseline (:mod:`cdln.runner`);
+- ``cdln altmin``: the AltMin baseline on an MC problem file (:mod:`cdln.altmin`);
+- ``cdln nonlinear``: one FashionMNIST classifier (:mod:`cdln.nonlinear`);
+- ``cdln run-job``: several of the above in one process, one after another (each timed alone),
+  written together under one job directory (``<out>/<run name>/``), atomically as a whole. The
+  pipeline runs every job of :mod:`cdln.pipeline.grid` this way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from cdln.altmin import AltMinSettings, altmin, altmin_record
+from cdln.cli.common import ExitCode, add_progress_options, add_threads_option, apply_threads, progress_printer
+from cdln.config import ConfigError, RunConfig
+from cdln.devices import resolve_device, resolve_dtype
+from cdln.engine import ProgressFn
+from cdln.io import atomic_directory, write_json
+from cdln.networks import MODELS
+from cdln.nonlinear import MODELS as CLASSIFIERS
+from cdln.nonlinear import OPTIMIZERS, NonlinearConfig, train_classifier
+from cdln.pipeline.grid import JOB_MANIFEST
+from cdln.problems import SPECTRA, TASKS, Completion, load_problem
+from cdln.records import stage_run_record
+from cdln.runner import RunOutput, train_run
+
+HELP: dict[str, str] = {
+    "task": f"recovery problem: {', '.join(TASKS)} (factorization, completion, sensing)",
+    "d": "target size d for a square d x d target",
+    "d_out": "rows of a rectangular target (overrides --d)",
+    "d_in": "columns of a rectangular target (overrides --d)",
+    "r": "rank of the target, 1 <= r <= min(d_out, d_in)",
+    "p": "MC: fraction of observed entries, in (0, 1]",
+    "m": "MS: number of Gaussian measurements, >= 1",
+    "spectrum": f"target singular values: {', '.join(SPECTRA)} (spread = the authors' generator)",
+    "data_seed": "seed of the problem draw (target, mask, operator)",
+    "problem": "problem file from `cdln make-problem` (overrides the problem options)",
+    "model": f"network: {', '.join(MODELS)} (bm = Burer-Monteiro, yaras = Yaras et al. 2024)",
+    "depth": "number of layers L >= 2",
+    "width": "width of the original DLN (default max(d_out, d_in))",
+    "r_hat": "width of cdln/narrow/yaras networks, >= 1 (default 2r)",
+    "bm_rank": "Burer-Monteiro width k (default r)",
+    "eps": "initialisation scale, > 0",
+    "lr": "GD step size eta, > 0",
+    "alpha": "C-DLN outer-layer step multiplier(s), > 0; several values train as one batched sweep",
+    "gamma": "Yaras et al. outer-layer step multiplier, > 0",
+    "n_inner": "GD steps between checkpoints, >= 1",
+    "max_outer": "maximum number of checkpoints (iteration budget = n_inner * max_outer)",
+    "tol": "stop once the training loss is below tol (checked at checkpoints), >= 0",
+    "init_seed": "initialisation seed(s); several seeds train as one batch",
+    "dtype": "float64 or float32",
+    "device": "auto, cpu, cuda or cuda:N (auto = CUDA when present)",
+    "snapshots": "record spectral snapshots for the subspace analysis",
+}
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def add_run_config_options(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """One option per ``RunConfig`` field; defaults are None so YAML values are not overridden."""
+    for field in dataclasses.fields(RunConfig):
+        if only is not None and field.name not in only:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        help_text = f"{HELP[field.name]} (default: {default})"
+        if field.type == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        elif field.name in ("alpha", "init_seed"):
+            kind = float if field.name == "alpha" else int
+            parser.add_argument(flag, nargs="+", type=kind, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(field.type, str)
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults <- YAML file (``--config``) <- explicit flags."""
+    values: dict[str, Any] = {}
+    config_file = getattr(args, "config", None)
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"--config file {config_file} does not exist")
+        loaded = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {config_file} must hold a mapping of option: value")
+        values.update(loaded)
+    names = {field.name for field in dataclasses.fields(RunConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    return RunConfig.from_dict(values, source=str(config_file or "flags"))
+
+
+# ---- the three kinds of run: options, execution, one-line summary ----
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file whose keys are these options (flags win)")
+    add_run_config_options(parser)
+
+
+def execute_train(args: argparse.Namespace, progress: ProgressFn | None) -> RunOutput:
+    return train_run(resolve_config(args), progress)
+
+
+def summarise_train(output: RunOutput) -> str:
+    member, record = output.record["members"][0], output.record
+    return (
+        f"{record['config']['model']} stopped at iteration {member['stop_iteration']} after "
+        f"{record['timing']['seconds']:.2f}s, recovery error {member['final_recovery_error']:.3e}"
+    )
+
+
+def add_altmin_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--problem", type=Path, required=True, help="MC problem file (e.g. `cdln movielens-problem`)")
+    parser.add_argument("--k", type=int, default=10, help="rank of the factors, >= 1")
+    parser.add_argument("--iterations", type=int, default=100, help="ALS sweeps (each solves both factors)")
+    parser.add_argument("--n-inner", type=int, default=1, help="sweeps between checkpoints")
+    parser.add_argument("--ridge", type=float, default=1e-6, help="ridge on each least-squares solve, >= 0")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def execute_altmin(args: argparse.Namespace, progress: ProgressFn | None) -> RunOutput:
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    problem = load_problem(args.problem)
+    if not isinstance(problem, Completion):
+        raise ValueError(f"--problem {args.problem} holds a {problem.spec.task!r} problem; AltMin needs 'mc'")
+    problem = problem.to(device, dtype)
+    settings = AltMinSettings(args.k, args.iterations, args.n_inner, args.ridge)
+    curves, _, seconds = altmin(problem, settings, progress=progress)
+    record = altmin_record(problem, settings, curves, seconds, device, args.dtype)
+    return RunOutput(record, curves.assign(model="altmin", init_seed=0, alpha=1.0))
+
+
+def summarise_altmin(output: RunOutput) -> str:
+    member, record = output.record["members"][0], output.record
+    return (
+        f"altmin {record['config']['iterations']} sweeps in {record['timing']['seconds']:.2f}s, held-out error "
+        f"{member['final_recovery_error']:.4f} (best {member['best_recovery_error']:.4f})"
+    )
+
+
+def add_nonlinear_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder with the four FashionMNIST IDX files")
+    parser.add_argument(
+        "--resources", type=Path, default=Path("resources"), help="resources folder (default: resources)"
+    )
+    parser.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    choices = {"model": list(CLASSIFIERS), "optimizer": list(OPTIMIZERS), "dtype": ["float32", "float64"]}
+    for field in dataclasses.fields(NonlinearConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        if field.name == "hidden":
+            parser.add_argument(flag, type=int, nargs="+", default=default, help=f"trunk widths (default: {default})")
+            continue
+        kind = {"int": int, "float": float, "int | None": int, "str": str}[field.type]
+        parser.add_argument(
+            flag, type=kind, default=default, choices=choices.get(field.name), help=f"(default: {default})"
+        )
+
+
+def execute_nonlinear(args: argparse.Namespace, progress: ProgressFn | None) -> RunOutput:
+    from cdln.data.fashion_mnist import load_fashion_mnist, locate_fashion_mnist, to_tensors
+
+    config = NonlinearConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(NonlinearConfig)})
+    config.validate()
+    device = resolve_device(args.device)
+    files = locate_fashion_mnist(args.data_dir, args.resources, allow_download=not args.no_download)
+    train, test = load_fashion_mnist(files)
+    data = to_tensors(train, test, torch.device("cpu"), torch.float64)
+    record, curves = train_classifier(config, data, device, progress=progress)
+    record["data"]["files"] = {stem: str(path) for stem, path in files.items()}
+    return RunOutput(record, curves)
+
+
+def summarise_nonlinear(output: RunOutput) -> str:
+    member, record = output.record["members"][0], output.record
+    return (
+        f"{record['config']['model']} {record['config']['steps']} steps in {record['timing']['seconds']:.2f}s, "
+        f"test accuracy {member['final_test_accuracy']:.4f}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    help: str
+    add_options: Callable[[argparse.ArgumentParser], None]
+    execute: Callable[[argparse.Namespace, ProgressFn | None], RunOutput]
+    summarise: Callable[[RunOutput], str]
+
+
+TRAINERS: dict[str, Trainer] = {
+    "train": Trainer("train one run (or a batch) and write its run record", add_train_options, execute_train,
+                     summarise_train),
+    "altmin": Trainer("AltMin (alternating least squares) on an MC problem file", add_altmin_options, execute_altmin,
+                      summarise_altmin),
+    "nonlinear": Trainer("train one FashionMNIST classifier (mlp, dln or cdln block)", add_nonlinear_options,
+                         execute_nonlinear, summarise_nonlinear),
+}  # fmt: skip
+
+
+def progress_prefix(command: str, args: argparse.Namespace) -> str:
+    if command == "train":
+        return f"{args.task or 'mc'}/{args.model or 'original'}"
+    return "mc/altmin" if command == "altmin" else f"nonlinear/{args.model}"
+
+
+def train_command(command: str, args: argparse.Namespace) -> int:
+    apply_threads(args)
+    trainer = TRAINERS[command]
+    output = trainer.execute(args, progress_printer(progress_prefix(command, args), args))
+    output.write(args.out)
+    print(f"wrote {args.out}: {trainer.summarise(output)}", file=sys.stderr)
+    return ExitCode.OK
+
+
+# ---- run-job ----
+
+
+class RunArgumentError(ConfigError):
+    """A ``--run`` argument of ``cdln run-job`` that its subcommand does not accept."""
+
+
+class _RunParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise RunArgumentError(message)
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """Parser of one ``--run`` argument: ``train|altmin|nonlinear`` and that subcommand's options."""
+    parser = _RunParser(prog="cdln run-job --run NAME", add_help=False)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_RunParser)
+    for name, trainer in TRAINERS.items():
+        trainer.add_options(commands.add_parser(name, add_help=False))
+    return parser
+
+
+def parse_job(runs: list[list[str]]) -> list[tuple[str, argparse.Namespace]]:
+    """``[[name, "train --flags ..."], ...]`` -> parsed and validated runs (before any work)."""
+    parser, parsed, names = run_parser(), [], set()
+    for name, argument in runs:
+        if not RUN_NAME.match(name) or name in names:
+            raise ConfigError(f"--run name {name!r} must be unique and match {RUN_NAME.pattern}")
+        names.add(name)
+        try:
+            args = parser.parse_args(shlex.split(argument))
+            if args.command == "train":
+                resolve_config(args).validate()
+        except ConfigError as error:
+            raise ConfigError(f"--run {name}: {error}") from None
+        parsed.append((name, args))
+    return parsed
+
+
+def run_job_command(args: argparse.Namespace) -> int:
+    apply_threads(args)
+    runs = parse_job(args.run)
+    with atomic_directory(args.out) as staging:
+        for index, (name, run_args) in enumerate(runs, start=1):
+            trainer = TRAINERS[run_args.command]
+            prefix = f"{name} {index}/{len(runs)}: {progress_prefix(run_args.command, run_args)}"
+            output = trainer.execute(run_args, progress_printer(prefix, args))
+            stage_run_record(staging / name, output.record, output.curves, output.snapshots)
+            print(f"{args.out}/{name}: {trainer.summarise(output)}", file=sys.stderr, flush=True)
+        write_json(
+            staging / JOB_MANIFEST, {"runs": [{"name": name, "argument": argument} for name, argument in args.run]}
+        )
+    print(f"wrote {args.out} ({len(runs)} runs)", file=sys.stderr)
+    return ExitCode.OK
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``altmin``, ``nonlinear`` and ``run-job`` to the ``cdln`` parser."""
+    for name, trainer in TRAINERS.items():
+        parser = commands.add_parser(name, help=trainer.help)
+        parser.add_argument("--out", type=Path, required=True, help="run record directory to write")
+        add_threads_option(parser)
+        add_progress_options(parser)
+        trainer.add_options(parser)
+        parser.set_defaults(handler=lambda args, name=name: train_command(name, args))
+    job = commands.add_parser("run-job", help="train several runs one after another into one job directory")
+    job.add_argument("--out", type=Path, required=True, help="job directory to write (one run record per run)")
+    job.add_argument(
+        "--run",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("NAME", "ARGUMENT"),
+        help="a run: its directory name and 'train|altmin|nonlinear OPTIONS' as one argument (repeatable)",
+    )
+    add_threads_option(job)
+    add_progress_options(job)
+    job.set_defaults(handler=run_job_command)

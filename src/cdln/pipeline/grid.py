@@ -1,0 +1,450 @@
+"""The run grid: a pipeline config -> every job, run and data file of every experiment.
+
+This is the one place that expands ``config/*.yaml`` into work. The Snakemake rules, the config
+validation, the CLI and the tests all ask it, so a setting reaches a run by one path only:
+config section -> :class:`Run` options -> ``cdln <command> --flags`` -> the library.
+
+- A :class:`Run` is one training run: the ``cdln`` subcommand that trains it (train, altmin,
+  nonlinear), that subcommand's options, and the keys the tables know it by.
+- A :class:`Job` is what one process does: the runs that share one problem instance (one problem
+  file, one data seed), trained one after another and each timed alone. It writes
+  ``<root>/runs/<experiment>/<job_id>/<run name>/`` (a run record per run), atomically as a whole.
+- A :class:`DataFile` is a problem file or a stand-in data set, and the ``cdln`` subcommand that
+  makes it.
+
+Names: synthetic jobs are ``<panel>_seed<seed>`` holding runs ``<model>`` (``cdln_alpha<a>`` in an
+alpha sweep, ``cdln_alphabatch`` when its alphas train as one batch); analysis jobs
+``<task>_seed<seed>`` holding ``original``; real-data jobs ``seed<seed>`` holding one run per model.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SYNTHETIC = ("mf", "mc", "ms", "ablation_alpha", "ablation_depth")
+ANALYSIS = ("incremental", "invariance", "alignment")
+REAL_DATA = ("movielens", "nonlinear")
+# Keys of a synthetic section that are run settings (shared by its panels, overridden per panel).
+RUN_KEYS = (
+    "task",
+    "d",
+    "r",
+    "p",
+    "m",
+    "depth",
+    "r_hat",
+    "bm_rank",
+    "eps",
+    "lr",
+    "alpha",
+    "n_inner",
+    "max_outer",
+    "tol",
+)
+# What a synthetic problem file is drawn from (the rest are training settings).
+PROBLEM_KEYS = ("task", "d", "r", "p", "m")
+# Widths that belong to some models only.
+COMPRESSED_MODELS = ("cdln", "narrow", "yaras")
+# The FashionMNIST classifier's settings a nonlinear section passes on (`cdln nonlinear --help`).
+NONLINEAR_KEYS = (
+    "hidden", "depth", "width", "r_hat", "eps", "alpha", "optimizer", "lr", "momentum", "batch_size",
+    "steps", "eval_every", "surrogate_batch", "train_subset", "test_subset", "dtype",
+)  # fmt: skip
+RESOURCES = "resources"  # where users put data sets (resources/README.md)
+JOB_MANIFEST = "job.json"  # in every job directory: its runs, in the order they ran, and their arguments
+
+
+def fmt_number(value: float) -> str:
+    """A number as it appears in names: 0.3 -> 0.3, 2.0 -> 2, 1e-12 -> 1e-12."""
+    return f"{value:g}"
+
+
+def alpha_values(sweep: Mapping[str, float]) -> list[float]:
+    """start, start + step, ..., stop (inclusive, rounded to 6 decimals against float drift)."""
+    count = int(round((sweep["stop"] - sweep["start"]) / sweep["step"])) + 1
+    return [round(sweep["start"] + i * sweep["step"], 6) for i in range(count)]
+
+
+def cli_flags(options: Mapping[str, Any]) -> str:
+    """``{"lr": 10, "init_seed": [0, 1], "snapshots": True}`` -> ``--lr 10 --init-seed 0 1 --snapshots``.
+
+    The CLI's convention (``--name-with-dashes``); None and False are left out.
+    """
+    parts = []
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts.append(f"{flag} {' '.join(shlex.quote(str(v)) for v in value)}")
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: ``cdln <command> <options>``, known to the tables by ``keys``."""
+
+    name: str
+    command: str
+    options: Mapping[str, Any]
+    keys: Mapping[str, Any] = field(default_factory=dict)
+    where: str = ""  # the config location that defines it, for error messages
+
+    def flags(self) -> str:
+        return cli_flags(self.options)
+
+    def argument(self) -> str:
+        """The run as ``cdln run-job --run NAME ARGUMENT`` takes it: the subcommand and its flags."""
+        return f"{self.command} {self.flags()}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """The runs one process trains (one after another), written under ``directory``."""
+
+    experiment: str
+    job_id: str
+    runs: tuple[Run, ...]
+    root: str
+    inputs: tuple[str, ...] = ()
+
+    @property
+    def directory(self) -> str:
+        return f"{self.root}/runs/{self.experiment}/{self.job_id}"
+
+    def run_dir(self, run: Run) -> str:
+        return f"{self.directory}/{run.name}"
+
+    def run_dirs(self) -> list[str]:
+        return [self.run_dir(run) for run in self.runs]
+
+    def arguments(self) -> str:
+        """``--run NAME 'COMMAND FLAGS'`` for every run: the job as ``cdln run-job`` takes it."""
+        return " ".join(f"--run {run.name} {shlex.quote(run.argument())}" for run in self.runs)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file (or folder) ``cdln <command> <options> --out <path>`` makes."""
+
+    path: str
+    command: str
+    options: Mapping[str, Any]
+    temporary: bool = False  # deleted once every job that reads it is done (MS operators)
+    inputs: tuple[str, ...] = ()
+
+    def flags(self) -> str:
+        return cli_flags(self.options)
+
+
+class GridError(ValueError):
+    """A job, run or file that the config does not define; the message lists what it does define."""
+
+
+class Grid:
+    """Every job, run and data file a (schema-validated) pipeline config asks for."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+        self.root = f"results/{config['output_root']}"
+        self._data: dict[str, DataFile] = {}
+        self._jobs: dict[str, dict[str, Job]] = {}
+        expanders = {
+            **dict.fromkeys(SYNTHETIC, self._synthetic_jobs),
+            **dict.fromkeys(ANALYSIS, self._analysis_jobs),
+            "movielens": self._movielens_jobs,
+            "nonlinear": self._nonlinear_jobs,
+        }
+        for name, expand in expanders.items():
+            if self.enabled(name):
+                self._jobs[name] = {job.job_id: job for job in expand(name)}
+
+    # ---- queries ----
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        return self.config["experiments"][name]
+
+    def enabled(self, name: str) -> bool:
+        sections = self.config.get("experiments", {})
+        return name in sections and sections[name].get("enabled", True) is not False
+
+    @property
+    def experiments(self) -> list[str]:
+        """Enabled experiments that train runs, in config order of the families above."""
+        return list(self._jobs)
+
+    def jobs(self, experiment: str | None = None) -> list[Job]:
+        names = self.experiments if experiment is None else [experiment]
+        return [job for name in names for job in self._jobs_of(name).values()]
+
+    def job(self, experiment: str, job_id: str) -> Job:
+        jobs = self._jobs_of(experiment)
+        if job_id not in jobs:
+            raise GridError(f"experiments.{experiment} defines no job {job_id!r}; its jobs: {sorted(jobs)}")
+        return jobs[job_id]
+
+    def runs(self, experiment: str | None = None) -> list[tuple[Job, Run]]:
+        return [(job, run) for job in self.jobs(experiment) for run in job.runs]
+
+    def run_dirs(self, experiment: str) -> list[str]:
+        return [job.run_dir(run) for job, run in self.runs(experiment)]
+
+    def job_dirs(self, experiment: str) -> list[str]:
+        return [job.directory for job in self.jobs(experiment)]
+
+    def data_files(self) -> list[DataFile]:
+        return list(self._data.values())
+
+    def data_file(self, path: str) -> DataFile:
+        if path not in self._data:
+            raise GridError(f"the config makes no data file {path!r}; it makes: {sorted(self._data)}")
+        return self._data[path]
+
+    def analysis_run_dirs(self, name: str) -> dict[str, str]:
+        """Task -> run directory of an analysis experiment (the notebook's ``run_dirs``); first seed."""
+        out: dict[str, str] = {}
+        for job, run in self.runs(name):
+            out.setdefault(run.keys["task"], job.run_dir(run))
+        return out
+
+    def scaling_options(self, gpu: bool) -> dict[str, Any]:
+        """``cdln bench --scaling`` options of the scaling section (``gpu_sizes`` when jobs use a GPU)."""
+        section = self.section("scaling")
+        sizes = section.get("gpu_sizes", section["sizes"]) if gpu else section["sizes"]
+        keys = ("tol_sizes", "r", "r_hat", "p", "lr", "n_inner", "max_outer", "tol")
+        return {
+            "sizes": sizes,
+            **{key: section[key] for key in keys},
+            "device": self.config["device"],
+            "dtypes": [self.config["dtype"]],
+        }
+
+    def _jobs_of(self, experiment: str) -> dict[str, Job]:
+        if experiment not in self._jobs:
+            raise GridError(f"no enabled experiment {experiment!r} trains runs; those that do: {self.experiments}")
+        return self._jobs[experiment]
+
+    def _add_data(self, data: DataFile) -> str:
+        known = self._data.setdefault(data.path, data)
+        if known != data:  # two sections ask for one file with different contents: a naming bug
+            raise GridError(f"{data.path} is asked for with two different settings: {known} and {data}")
+        return data.path
+
+    def _seeds(self, section: Mapping[str, Any]) -> list[int]:
+        return list(section.get("seeds") or self.config["seeds"])
+
+    # ---- synthetic experiments: panels x models x seeds ----
+
+    def _synthetic_jobs(self, name: str) -> Iterable[Job]:
+        section = self.section(name)
+        shared = {key: section[key] for key in RUN_KEYS if key in section}
+        alphas = alpha_values(section["alpha_sweep"]) if "alpha_sweep" in section else None
+        for panel, overrides in section["panels"].items():
+            settings = {**shared, **overrides}
+            for seed in self.config["seeds"]:
+                problem = self._add_data(self._synthetic_problem(settings, seed))
+                runs = []
+                for model in section["models"]:
+                    for suffix, alpha in self._alpha_variants(section, model, settings, alphas):
+                        options = self._train_options(settings, model, seed, alpha, problem)
+                        keys = {"experiment": name, "panel": panel, "model": model, "seed": seed}
+                        where = f"experiments.{name}.panels.{panel} ({model})"
+                        runs.append(Run(model + suffix, "train", options, keys, where))
+                yield Job(name, f"{panel}_seed{seed}", tuple(runs), self.root, (problem,))
+
+    @staticmethod
+    def _alpha_variants(
+        section: Mapping[str, Any], model: str, settings: Mapping[str, Any], alphas: list[float] | None
+    ) -> list[tuple[str, float | list[float] | None]]:
+        """(run-name suffix, alpha) per run of ``model``: one run, one per swept alpha, or one batch."""
+        if model != "cdln":
+            return [("", None)]
+        if alphas is None:
+            return [("", settings.get("alpha"))]
+        if section.get("batch_alphas", False):
+            return [("_alphabatch", alphas)]
+        return [(f"_alpha{fmt_number(a)}", a) for a in alphas]
+
+    def _synthetic_problem(self, settings: Mapping[str, Any], seed: int) -> DataFile:
+        task, d, r = settings["task"], settings["d"], settings["r"]
+        draw = {"mf": "full", "mc": f"p{fmt_number(settings.get('p', 0))}", "ms": f"m{settings.get('m', 0)}"}[task]
+        options = {"task": task, "d": d, "r": r, "p": settings.get("p"), "m": settings.get("m"), "data_seed": seed}
+        if task != "mc":
+            options["p"] = None
+        if task != "ms":
+            options["m"] = None
+        path = f"{self.root}/data/{task}/d{d}_r{r}_{draw}_seed{seed}.pt"
+        return DataFile(path, "make-problem", options, temporary=task == "ms")
+
+    def _train_options(
+        self, settings: Mapping[str, Any], model: str, seed: int, alpha: Any, problem: str
+    ) -> dict[str, Any]:
+        """``cdln train`` options of a synthetic run (its problem's shape and rank come from the file)."""
+        return {
+            "task": settings["task"],
+            "model": model,
+            "depth": settings.get("depth"),
+            "eps": settings.get("eps"),
+            "lr": settings["lr"],
+            "n_inner": settings["n_inner"],
+            "max_outer": settings["max_outer"],
+            "tol": settings["tol"],
+            "init_seed": seed,
+            "r_hat": settings.get("r_hat") if model in COMPRESSED_MODELS else None,
+            "bm_rank": settings.get("bm_rank") if model == "bm" else None,
+            "alpha": alpha,
+            "dtype": self.config["dtype"],
+            "device": self.config["device"],
+            "problem": problem,
+        }
+
+    # ---- subspace analysis: one original-DLN run with snapshots per task ----
+
+    def _analysis_jobs(self, name: str) -> Iterable[Job]:
+        section = self.section(name)
+        seed = section.get("seed", 0)
+        for task, settings in section["tasks"].items():
+            options = {
+                "task": task,
+                "model": "original",
+                "d": settings["d"],
+                "r": settings.get("r", section["r"]),
+                "p": settings.get("p"),
+                "m": settings.get("m"),
+                "depth": section["depth"],
+                "eps": section["eps"],
+                "lr": settings["lr"],
+                "n_inner": settings["n_inner"],
+                "max_outer": settings["max_outer"],
+                "tol": settings["tol"],
+                "data_seed": seed,
+                "init_seed": seed,
+                "device": self.config["device"],
+                "dtype": self.config["dtype"],
+                "snapshots": True,
+            }
+            keys = {"experiment": name, "task": task, "model": "original", "seed": seed}
+            run = Run("original", "train", options, keys, f"experiments.{name}.tasks.{task}")
+            yield Job(name, f"{task}_seed{seed}", (run,), self.root)
+
+    # ---- real data ----
+
+    def _movielens_jobs(self, name: str) -> Iterable[Job]:
+        section = self.section(name)
+        archive_inputs: tuple[str, ...] = ()
+        zip_path = section.get("zip_path")
+        if section.get("synthetic", False):
+            archive = DataFile(f"{self.root}/data/movielens/ml-100k-synthetic.zip", "movielens-synthetic", {"seed": 0})
+            zip_path = self._add_data(archive)
+            archive_inputs = (zip_path,)
+        for seed in self._seeds(section):
+            problem = DataFile(
+                f"{self.root}/data/movielens/split{seed}.pt",
+                "movielens-problem",
+                {
+                    "zip_path": zip_path,
+                    "resources": RESOURCES,
+                    "no_download": not section.get("download", True),
+                    "rank": section["r"],
+                    "test_fraction": section["test_fraction"],
+                    "split_seed": seed,
+                    "n_users": section.get("n_users"),
+                    "n_items": section.get("n_items"),
+                },
+                inputs=archive_inputs,
+            )
+            path = self._add_data(problem)
+            dln = {key: section[key] for key in ("depth", "eps", "lr", "n_inner", "max_outer")}
+            device = {"dtype": self.config["dtype"], "device": self.config["device"]}
+            trained = {"tol": 0.0, "init_seed": seed, **device, "problem": path}
+            options = {
+                "original": ("train", {"task": "mc", "model": "original", "width": section["width"], **dln, **trained}),
+                "cdln": (
+                    "train",
+                    {
+                        "task": "mc",
+                        "model": "cdln",
+                        "r_hat": section["r_hat"],
+                        "alpha": section["alpha"],
+                        **dln,
+                        **trained,
+                    },
+                ),
+                "altmin": (
+                    "altmin",
+                    {**{k: section["altmin"][k] for k in ("k", "iterations", "ridge")}, **device, "problem": path},
+                ),
+            }
+            keys = {"experiment": name, "seed": seed}
+            runs = tuple(
+                Run(model, command, values, {**keys, "model": model}, f"experiments.{name}")
+                for model, (command, values) in options.items()
+            )
+            yield Job(name, f"seed{seed}", runs, self.root, (path,))
+
+    def _nonlinear_jobs(self, name: str) -> Iterable[Job]:
+        section = self.section(name)
+        data_dir, inputs = section.get("data_dir"), ()
+        if section.get("synthetic", False):
+            standin = DataFile(
+                f"{self.root}/data/fashion-mnist-synthetic",
+                "fashion-mnist-synthetic",
+                {"n_train": 2000, "n_test": 500, "seed": 0},
+            )
+            data_dir = self._add_data(standin)
+            inputs = (data_dir,)
+        for seed in self._seeds(section):
+            runs = []
+            for model in section["models"]:
+                options = {
+                    "model": model,
+                    "init_seed": seed,
+                    "data_dir": data_dir,
+                    "resources": RESOURCES,
+                    "no_download": not section.get("download", True),
+                    "device": self.config["device"],
+                    **{key: section.get(key) for key in NONLINEAR_KEYS},
+                }
+                keys = {"experiment": name, "model": model, "seed": seed}
+                runs.append(Run(model, "nonlinear", options, keys, f"experiments.{name}"))
+            yield Job(name, f"seed{seed}", tuple(runs), self.root, inputs)
+
+
+# ---- the run-directory naming above, read back (tables are keyed by it) ----
+
+_SYNTHETIC_JOB = re.compile(r"^(?P<panel>.+)_seed(?P<seed>\d+)$")
+_SYNTHETIC_RUN = re.compile(r"^(?P<model>[a-z]+)(?:_alpha(?P<alpha>[0-9.e+-]+|batch))?$")
+
+
+def synthetic_run_keys(run_dir: str | Path) -> dict[str, Any]:
+    """``.../runs/<experiment>/<panel>_seed<seed>/<model>[_alpha<a>|_alphabatch]`` -> experiment,
+    panel, panel_id (``<panel>_alpha<a>`` for a swept alpha, ``<panel>_alphabatch`` for a batch), model, seed."""
+    run_dir = Path(run_dir)
+    job, run = _SYNTHETIC_JOB.match(run_dir.parent.name), _SYNTHETIC_RUN.match(run_dir.name)
+    if job is None or run is None:
+        raise ValueError(f"{run_dir}: not a synthetic run directory (<panel>_seed<seed>/<model>[_alpha<a>])")
+    panel = job["panel"]
+    return {
+        "experiment": run_dir.parent.parent.name,
+        "panel": panel,
+        "panel_id": panel if run["alpha"] is None else f"{panel}_alpha{run['alpha']}",
+        "model": run["model"],
+        "seed": int(job["seed"]),
+    }
+
+
+def real_data_seed(run_dir: str | Path) -> int:
+    """The seed of a real-data run, ``.../runs/<experiment>/seed<seed>/<model>``."""
+    match = re.fullmatch(r"seed(\d+)", Path(run_dir).parent.name)
+    if match is None:
+        raise ValueError(f"{run_dir}: not a real-data run directory (seed<seed>/<model>)")
+    return int(match[1])

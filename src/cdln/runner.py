@@ -1,0 +1,144 @@
+"""One training run: build the problem and the network a :class:`RunConfig` describes, train, record.
+
+:func:`train_run` returns a :class:`RunOutput` (record, curves, snapshots); :func:`run` also writes it
+as a run record (:mod:`cdln.records`). Neither changes the config it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cdln.analysis import SpectralSnapshots, stack_snapshots
+from cdln.config import ConfigError, RunConfig
+from cdln.devices import device_name, resolve_device
+from cdln.engine import ProgressFn, TrainResult, TrainSettings, train
+from cdln.networks import (
+    LinearNetwork,
+    burer_monteiro,
+    compressed_dln,
+    dln_param_count,
+    narrow_dln,
+    original_dln,
+    random_dln,
+    yaras_network,
+)
+from cdln.problems import Problem, ProblemSpec, load_problem, make_problem
+from cdln.records import make_record, write_run_record
+
+
+@dataclass
+class RunOutput:
+    """A finished run: its record, its tidy curves and (with snapshots) the analysis arrays."""
+
+    record: dict[str, Any]
+    curves: pd.DataFrame
+    snapshots: dict[str, np.ndarray] | None = None
+
+    def write(self, run_dir: str | Path) -> Path:
+        """Write the run record to ``run_dir`` atomically."""
+        return write_run_record(run_dir, self.record, self.curves, self.snapshots)
+
+
+def build_network(config: RunConfig, problem: Problem) -> LinearNetwork:
+    """The network ``config.model`` describes, on the CPU in float64, one member per seed/alpha."""
+    d_out, d_in = problem.shape
+    seeds = config.init_seed
+    if config.model == "original":
+        return original_dln(d_out, d_in, config.depth, config.eps, seeds, config.width)
+    if config.model == "narrow":
+        return narrow_dln(d_out, d_in, config.depth, config.eps, seeds, config.compressed_width)
+    if config.model == "bm":
+        return burer_monteiro(d_out, d_in, config.bm_rank or config.r, config.eps, seeds)
+    if config.model == "cdln":
+        alphas = [member["alpha"] for member in config.members()]
+        return compressed_dln(
+            problem.surrogate(), config.compressed_width, config.depth, config.eps, alphas, config.batch
+        )
+    # Yaras et al.: the gradient at the original DLN's initialisation (first init seed).
+    reference = random_dln("original", d_out, d_in, max(d_out, d_in), config.depth, config.eps, seeds[:1])
+    initial_gradient = problem.loss_grad(reference.end_to_end())[0]
+    return yaras_network(initial_gradient, config.compressed_width, config.depth, config.eps, config.gamma, len(seeds))
+
+
+def load_run_problem(config: RunConfig) -> tuple[RunConfig, Problem]:
+    """The run's problem on the CPU in float64 (its file, or a fresh draw), and the config resolved
+    against it: the problem is authoritative for the shape and the rank."""
+    config.validate()
+    if config.problem is None:
+        problem = make_problem(config.problem_spec())
+    else:
+        problem = load_problem(config.problem)
+        if problem.spec.task != config.task:
+            held = f"holds a {problem.spec.task!r} problem"
+            raise ConfigError(f"--problem {config.problem} {held} but --task is {config.task!r}")
+    resolved = config.with_problem(problem.spec)
+    resolved.validate()
+    return resolved, problem
+
+
+def train_run(config: RunConfig, progress: ProgressFn | None = None) -> RunOutput:
+    """Validate, build, train; the record and curves of the run (nothing is written)."""
+    config, cpu_problem = load_run_problem(config)
+    device = resolve_device(config.device)
+    network = build_network(config, cpu_problem).to(device, config.torch_dtype)
+    problem = cpu_problem.to(device, config.torch_dtype)
+    del cpu_problem
+    settings = TrainSettings(config.lr, config.n_inner, config.max_outer, config.tol)
+    snapshot = SpectralSnapshots(problem) if config.snapshots else None
+    result = train(network, problem, settings, snapshot=snapshot, progress=progress)
+    members = config.members()
+    curves = result.curves.assign(
+        model=config.model,
+        init_seed=[members[m]["init_seed"] for m in result.curves["member"]],
+        alpha=[members[m]["alpha"] for m in result.curves["member"]],
+    )
+    record = training_record(config, problem.spec, network, result, device)
+    return RunOutput(record, curves, stack_snapshots(result.snapshots) or None)
+
+
+def run(config: RunConfig, out_dir: str | Path | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Train one run (see :func:`train_run`) and, if ``out_dir``, write its record; returns the record."""
+    output = train_run(config, progress)
+    if out_dir is not None:
+        output.write(out_dir)
+    return output.record
+
+
+def training_record(
+    config: RunConfig, spec: ProblemSpec, network: LinearNetwork, result: TrainResult, device: torch.device
+) -> dict[str, Any]:
+    """The run record of a GD training run (:func:`cdln.records.make_record`, kind ``train``)."""
+    original_params = dln_param_count(spec.d_out, spec.d_in, config.width or max(spec.d_out, spec.d_in), config.depth)
+    final = result.curves.groupby("member").last()
+    members = config.members()
+    for entry in members:
+        i = entry["member"]
+        entry.update(
+            converged=result.converged[i],
+            stop_iteration=result.stop_iteration[i],
+            stop_seconds=result.stop_seconds[i],
+            final_train_loss=float(final.loc[i, "train_loss"]),
+            final_recovery_error=float(final.loc[i, "recovery_error"]),
+        )
+    iterations = int(result.curves["iteration"].max())
+    return make_record(
+        "train",
+        config=asdict(config),
+        problem=asdict(spec),
+        members=members,
+        parameters={"model": network.n_params(), "original_dln": original_params},
+        timing={
+            "seconds": result.seconds,
+            "warmup_seconds": result.warmup_seconds,
+            "iterations": iterations,
+            "seconds_per_iteration": result.seconds / max(1, iterations),
+            "batch": network.batch,
+        },
+        device={"type": device.type, "name": device_name(device), "dtype": config.dtype},
+    )
