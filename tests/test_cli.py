@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import pytest
@@ -203,3 +204,44 @@ def test_parser_builds_one_option_per_field():
     train = parser._subparsers._group_actions[0].choices["train"]  # argparse has no public accessor
     dests = {a.dest for a in train._actions}
     assert {f.name for f in dataclasses.fields(RunConfig)} <= dests
+
+
+def _job(tmp_path, *runs: tuple[str, list[str]]) -> list[str]:
+    args = ["run-job", "--out", str(tmp_path / "job"), "--quiet"]
+    for name, flags in runs:
+        args += ["--run", name, "train " + " ".join(a for a in flags if a != "--quiet")]
+    return args
+
+
+def test_run_job_trains_every_run_into_one_directory_with_its_manifest(tmp_path, capsys):
+    assert main(_job(tmp_path, ("first", TINY_MC), ("second", _with(TINY_MC, lr="1")))) == 0
+    job = tmp_path / "job"
+    assert sorted(p.name for p in job.iterdir()) == ["first", "job.json", "second"]
+    manifest = json.loads((job / "job.json").read_text())
+    assert [run["name"] for run in manifest["runs"]] == ["first", "second"]
+    assert (
+        read_run_record(job / "first")[0]["config"]["lr"] == 2.0
+        and read_run_record(job / "second")[0]["config"]["lr"] == 1.0
+    )
+    err = capsys.readouterr().err
+    assert f"{job}/first: cdln stopped at iteration 30" in err and f"wrote {job} (2 runs)" in err
+
+
+@pytest.mark.parametrize(
+    "second,message",
+    [
+        (_with(TINY_MC, lr="-1"), r"--run second: --lr must be a finite number > 0; got -1"),
+        ([*TINY_MC, "--learning-rate", "1"], r"--run second: unrecognized arguments: --learning-rate 1"),
+    ],
+)
+def test_run_job_checks_every_run_before_training_any(tmp_path, capsys, monkeypatch, second, message):
+    monkeypatch.setattr(cdln.runner, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    assert main(_job(tmp_path, ("first", TINY_MC), ("second", second))) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_job_failing_in_a_later_run_leaves_no_job_directory(tmp_path, capsys):
+    assert main(_job(tmp_path, ("first", TINY_MC), ("second", _with(TINY_MC, lr="1e6", eps="1")))) == 3
+    assert "training diverged" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

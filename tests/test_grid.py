@@ -1,0 +1,126 @@
+"""The run grid (cdln.pipeline.grid): the one expansion of a pipeline config into jobs, runs and files."""
+
+from __future__ import annotations
+
+import copy
+import shlex
+
+import pytest
+import yaml
+from conftest import REPO
+
+from cdln.cli.train import parse_job, resolve_config
+from cdln.pipeline.grid import Grid, GridError, alpha_values, cli_flags, real_data_seed, synthetic_run_keys
+
+PAPER = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+CI = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
+
+
+def test_paper_grid_by_hand():
+    """Jobs = panels x seeds; every model of a panel (every alpha of a sweep) is a run of its job."""
+    grid = Grid(PAPER)
+    seeds = len(PAPER["seeds"])
+    assert len(grid.jobs("mf")) == 3 * seeds and {len(job.runs) for job in grid.jobs("mf")} == {3}
+    assert [run.name for run in grid.jobs("mf")[0].runs] == ["original", "cdln", "bm"]
+    alphas = alpha_values(PAPER["experiments"]["ablation_alpha"]["alpha_sweep"])
+    assert len(alphas) == 38 and alphas[:3] == [0.5, 0.75, 1.0] and alphas[-1] == 9.75
+    sweep = grid.jobs("ablation_alpha")[0]
+    assert [run.name for run in sweep.runs][:3] == ["original", "cdln_alpha0.5", "cdln_alpha0.75"]
+    assert len(sweep.runs) == 1 + 38
+    assert [job.job_id for job in grid.jobs("incremental")] == ["mf_seed0", "mc_seed0", "ms_seed0"]
+    assert [job.job_id for job in grid.jobs("movielens")] == ["seed0", "seed1"]
+    assert [run.name for run in grid.jobs("movielens")[0].runs] == ["original", "cdln", "altmin"]
+
+
+def test_runs_of_one_job_share_one_problem_file_and_experiments_share_draws():
+    grid = Grid(PAPER)
+    for job in grid.jobs("mc") + grid.jobs("ablation_depth"):
+        assert {run.options["problem"] for run in job.runs} == set(job.inputs)
+    mc = {path for job in grid.jobs("mc") for path in job.inputs}
+    depth = {path for job in grid.jobs("ablation_depth") for path in job.inputs}
+    assert mc == depth  # the same (task, d, r, p, seed): drawn once, trained on by both experiments
+    ms = grid.data_file(grid.jobs("ms")[0].inputs[0])
+    assert ms.temporary and ms.command == "make-problem" and ms.options["m"] == 4000 and ms.options["p"] is None
+
+
+def test_every_run_parses_with_its_cdln_command():
+    """What the grid asks for, the CLI accepts: each job as ``cdln run-job`` parses it (the files it
+    reads do not exist here; the values themselves are checked by tests/test_config_validation.py)."""
+    for config in (PAPER, CI):
+        for job in Grid(config).jobs():
+            runs = [[run.name, run.argument()] for run in job.runs]
+            parsed = parse_job(runs, validate=False)
+            assert [name for name, _ in parsed] == [run.name for run in job.runs]
+
+
+def test_a_setting_reaches_the_run_config_by_one_path():
+    """alpha: config section -> run options -> flags -> the RunConfig the engine is given."""
+    config = copy.deepcopy(CI)
+    config["experiments"]["mc"]["alpha"] = 3.5
+    job = Grid(config).jobs("mc")[0]
+    cdln = next(run for run in job.runs if run.name == "cdln")
+    assert "--alpha 3.5" in cdln.flags()
+    ((_, args),) = parse_job([[cdln.name, cdln.argument()]], validate=False)
+    assert resolve_config(args).alpha == [3.5]
+    original = next(run for run in job.runs if run.name == "original")
+    assert "--alpha" not in original.flags()  # alpha belongs to the C-DLN only
+
+
+def test_batched_alpha_sweep_is_one_run_with_every_alpha():
+    job = Grid(CI).jobs("ablation_alpha")[0]
+    assert [run.name for run in job.runs] == ["original", "cdln_alphabatch"]
+    assert job.runs[1].options["alpha"] == alpha_values(CI["experiments"]["ablation_alpha"]["alpha_sweep"])
+
+
+def test_analysis_seed_is_the_configured_one():
+    """The seed of an analysis job comes from the config, in its id and in its flags alike."""
+    config = copy.deepcopy(CI)
+    config["experiments"]["incremental"]["seed"] = 1
+    grid = Grid(config)
+    job = grid.job("incremental", "mf_seed1")
+    flags = shlex.split(job.runs[0].flags())
+    assert flags[flags.index("--init-seed") + 1] == "1" and flags[flags.index("--data-seed") + 1] == "1"
+    with pytest.raises(GridError, match=r"experiments.incremental defines no job 'mf_seed0'; its jobs: \['mc_seed1'"):
+        grid.job("incremental", "mf_seed0")
+    assert grid.analysis_run_dirs("incremental")["mf"] == "results/ci/runs/incremental/mf_seed1/original"
+
+
+def test_unknown_names_are_refused_with_what_exists():
+    grid = Grid(CI)
+    with pytest.raises(GridError, match=r"no enabled experiment 'fig_magic' trains runs; those that do: \['mf'"):
+        grid.jobs("fig_magic")
+    with pytest.raises(GridError, match=r"makes no data file 'nope.pt'; it makes: \['results/ci/data/"):
+        grid.data_file("nope.pt")
+
+
+def test_disabled_experiments_have_no_jobs():
+    config = copy.deepcopy(CI)
+    config["experiments"]["ms"]["enabled"] = False
+    grid = Grid(config)
+    assert "ms" not in grid.experiments and all(not path.startswith("results/ci/data/ms") for path in grid._data)
+
+
+def test_one_file_asked_for_with_two_settings_is_a_naming_bug():
+    config = copy.deepcopy(CI)
+    config["experiments"]["ablation_depth"]["p"] = 0.4000001  # formats as p0.4 like ablation_alpha's p = 0.4
+    with pytest.raises(GridError, match=r"d32_r3_p0.4_seed0.pt is asked for with two different settings"):
+        Grid(config)
+
+
+def test_run_directory_names_read_back():
+    assert synthetic_run_keys("results/ci/runs/ablation_alpha/r3_seed1/cdln_alpha0.5") == {
+        "experiment": "ablation_alpha",
+        "panel": "r3",
+        "panel_id": "r3_alpha0.5",
+        "model": "cdln",
+        "seed": 1,
+    }
+    assert synthetic_run_keys("results/ci/runs/mf/r2_exact_seed0/bm")["panel"] == "r2_exact"
+    assert real_data_seed("results/ci/runs/movielens/seed3/altmin") == 3
+    with pytest.raises(ValueError, match="not a synthetic run directory"):
+        synthetic_run_keys("results/ci/runs/mf/r2/bm_seed0")
+
+
+def test_cli_flags_round_trip_through_shell_quoting():
+    flags = cli_flags({"title": "MF, r = 10 [config: ci]", "alpha": [0.5, 1], "quiet": True, "skip": None, "no": False})
+    assert shlex.split(flags) == ["--title", "MF, r = 10 [config: ci]", "--alpha", "0.5", "1", "--quiet"]
