@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cdln.config import RunConfig, build_network
+from cdln.engine import TrainSettings, train
 from cdln.networks import (
     burer_monteiro,
     compressed_dln,
@@ -73,6 +74,31 @@ def test_rectangular_original_and_narrow_dln_shapes_and_orthonormality():
 def test_burer_monteiro_is_depth_two_of_width_k():
     net = burer_monteiro(7, 6, 3, 1e-3, [0, 1, 2])
     assert net.depth == 2 and net.widths == [6, 3, 7] and net.batch == 3 and net.n_params() == 7 * 3 + 6 * 3
+
+
+@pytest.mark.parametrize("scale", [1e-2, 1.0])
+def test_burer_monteiro_init_scale(scale):
+    net = burer_monteiro(7, 6, 3, scale, [0, 1])
+    y_t, x = net.weights  # W_1 = Y^T (k, d_in), W_2 = X (d_out, k): each scale x orthonormal columns
+    for factor in (y_t.mT, x):
+        torch.testing.assert_close(factor.mT @ factor, scale**2 * EYE(3).expand(2, 3, 3), atol=1e-14, rtol=0)
+    # W(0) = X Y^T has k singular values scale^2: order one at scale 1, no plateau to escape.
+    torch.testing.assert_close(
+        torch.linalg.svdvals(net.end_to_end()[0])[:3], torch.full((3,), scale**2, dtype=torch.float64)
+    )
+    assert torch.equal(burer_monteiro(7, 6, 3, scale, [0]).weights[0][0] / scale, net.weights[0][0] / scale)
+    with pytest.raises(ValueError, match="init scale must be a finite number > 0"):
+        burer_monteiro(7, 6, 3, 0.0, [0])
+
+
+def test_burer_monteiro_at_scale_one_learns_from_the_first_iterations():
+    problem = make_problem(ProblemSpec("mf", 10, 10, 2, data_seed=0))
+    curves = {}
+    for scale in (1e-2, 1.0):
+        net = burer_monteiro(10, 10, 2, scale, [0])
+        curves[scale] = train(net, problem, TrainSettings(20.0, 1, 4)).curves.recovery_error.to_numpy()
+    assert curves[1.0][-1] < 0.5 * curves[1.0][0]  # falls at once (4 iterations)
+    assert curves[1e-2][-1] > 0.99 * curves[1e-2][0]  # the small start sits on its plateau
 
 
 def _surrogate(d_out=10, d_in=8, seed=0):

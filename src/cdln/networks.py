@@ -8,6 +8,7 @@ the C-DLN's discrepant rate alpha and the Yaras et al. gamma live there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -117,9 +118,16 @@ def narrow_dln(d_out: int, d_in: int, depth: int, eps: float, init_seeds: Sequen
     return random_dln("narrow", d_out, d_in, width, depth, eps, init_seeds)
 
 
-def burer_monteiro(d_out: int, d_in: int, k: int, eps: float, init_seeds: Sequence[int]) -> LinearNetwork:
-    """Baseline ``W = X Y^T`` with X (d_out, k), Y (d_in, k): a depth-2 DLN of width k."""
-    return random_dln("bm", d_out, d_in, k, 2, eps, init_seeds)
+def burer_monteiro(d_out: int, d_in: int, k: int, scale: float, init_seeds: Sequence[int]) -> LinearNetwork:
+    """Baseline ``W = X Y^T`` with X (d_out, k), Y (d_in, k): a depth-2 DLN of width k.
+
+    Each factor starts at ``scale x`` a random orthogonal matrix, so ``W(0)`` has k singular values
+    ``scale**2``. ``scale = eps`` is the small start of the DLNs (B-M then sits on a plateau first);
+    ``scale = 1`` is an order-one start, whose error falls from the first iteration.
+    """
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"Burer-Monteiro init scale must be a finite number > 0; got {scale}")
+    return random_dln("bm", d_out, d_in, k, 2, scale, init_seeds)
 
 
 def spectral_dln(
