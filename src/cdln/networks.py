@@ -238,7 +238,8 @@ def yaras_compressed_dln(
     - ``U = U_{L,1} = W(0) V / eps^L`` (d_out, 2r): the outer factors are at unit scale and built from
       ``W(0) = W_L(0) ... W_1(0)``;
     - the network ``W = U (eps I)^L V^T``: L + 2 factors ``V^T, eps I_{2r} (L times), U``, so its
-      end-to-end matrix at initialisation is ``W(0) V V^T`` (the original's, projected onto V);
+      end-to-end matrix at initialisation is ``W(0) V V^T`` (the original's, projected onto V;
+      ``U U^T W(0)`` when built on the transpose, below);
     - the two outer factors V^T and U step at ``gamma x`` the learning rate, the inner ones at 1x.
 
     Their code and theory have square layers. Rectangular targets (original width max(d_out, d_in)):
