@@ -10,7 +10,15 @@ from torch import nn
 
 from cdln.cli import main
 from cdln.data.fashion_mnist import load_fashion_mnist, synthetic_fashion_mnist, to_tensors
-from cdln.nonlinear import NonlinearConfig, block_surrogate, build_model, param_groups, train_classifier
+from cdln.nonlinear import (
+    MODELS,
+    NonlinearConfig,
+    ReluBlock,
+    block_surrogate,
+    build_model,
+    param_groups,
+    train_classifier,
+)
 
 CPU = torch.device("cpu")
 
@@ -31,9 +39,9 @@ def small(model: str = "cdln", **overrides) -> NonlinearConfig:
 
 def test_models_share_trunk_and_head_initialisation(data):
     x, y = data[0], data[1]
-    models = {name: build_model(small(name), x, y, 10)[0] for name in ("mlp", "dln", "cdln")}
+    models = {name: build_model(small(name), x, y, 10)[0] for name in MODELS}
     reference = models["mlp"].state_dict()
-    for name in ("dln", "cdln"):
+    for name in MODELS[1:]:
         state = models[name].state_dict()
         for key, value in reference.items():
             assert torch.equal(state[key], value), (name, key)
@@ -97,6 +105,72 @@ def test_cdln_outer_layers_step_at_alpha_times_lr(data):
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+def test_relu_blocks_shapes_init_and_no_bias(data):
+    x, y = data[0], data[1]
+    dln, info_dln = build_model(small("relu_dln", init_scale=0.7), x, y, 10)
+    cdln, info_cdln = build_model(small("relu_cdln", init_scale=0.7, depth=4), x, y, 10)
+    assert isinstance(dln.block, ReluBlock) and isinstance(cdln.block, ReluBlock)
+    assert [tuple(w.shape) for w in dln.block.layers] == [(48, 32), (48, 48), (32, 48)]
+    assert [tuple(w.shape) for w in cdln.block.layers] == [(20, 32), (20, 20), (20, 20), (32, 20)]
+    assert sum(p.numel() for p in cdln.block.parameters()) == 2 * 32 * 20 + 2 * 20 * 20  # bias-free
+    for weight in [*dln.block.layers, *cdln.block.layers]:  # init_scale x random orthogonal
+        k = min(weight.shape)
+        gram = weight @ weight.T if weight.shape[0] == k else weight.T @ weight
+        assert torch.allclose(gram, 0.49 * torch.eye(k, dtype=weight.dtype), atol=1e-12)
+    assert info_dln["widths"] == [32, 48, 48, 32] and info_cdln["widths"] == [32, 20, 20, 20, 32]
+    assert info_cdln["alpha_layer"] == "input" and "alpha_layer" not in info_dln
+
+
+def test_relu_block_puts_a_relu_after_every_layer(data):
+    model, _ = build_model(small("relu_cdln"), data[0], data[1], 10)
+    h = model.features(data[0][:50]).detach()
+    expected = h
+    for weight in model.block.layers:
+        expected = torch.clamp(expected @ weight.detach().T, min=0)
+    out = model.block(h).detach()
+    torch.testing.assert_close(out, expected)
+    linear = h
+    for weight in model.block.layers:
+        linear = linear @ weight.detach().T
+    assert (out >= 0).all() and not torch.allclose(out, linear)
+    torch.testing.assert_close(model(data[0][:50]), model.head(out))
+
+
+@pytest.mark.parametrize("alpha_layer", ["input", "bottleneck"])
+def test_relu_cdln_discrepant_rate_lands_on_one_layer(data, alpha_layer):
+    """One SGD step (no momentum): the chosen layer moves alpha x as far as with alpha = 1, the rest alike."""
+    x, y = data[0][:64], data[1][:64]
+    deltas = {}
+    for alpha in (1.0, 3.0):
+        config = small("relu_cdln", alpha=alpha, alpha_layer=alpha_layer, optimizer="sgd", momentum=0.0, lr=0.05)
+        model, _ = build_model(config, data[0], data[1], 10)
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        optimizer = torch.optim.SGD(param_groups(model, config), momentum=0.0)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        deltas[alpha] = {name: p.detach() - before[name] for name, p in model.named_parameters()}
+    chosen = {"input": {"trunk.0.weight", "trunk.0.bias"}, "bottleneck": {"block.layers.0"}}[alpha_layer]
+    for name, delta in deltas[1.0].items():
+        assert float(delta.abs().max()) > 0, name
+        ratio = 3.0 if name in chosen else 1.0
+        torch.testing.assert_close(deltas[3.0][name], ratio * delta, rtol=1e-10, atol=1e-15)
+
+
+def test_relu_dln_steps_every_layer_at_lr(data):
+    config = small("relu_dln", alpha=3.0, lr=0.01)
+    model, _ = build_model(config, data[0], data[1], 10)
+    groups = param_groups(model, config)
+    assert len(groups) == 1 and groups[0]["lr"] == 0.01
+    assert len(groups[0]["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("model", ["relu_dln", "relu_cdln"])
+def test_relu_block_models_learn(data, model):
+    record, curves = train_classifier(small(model, steps=60, alpha=2.0), data, CPU)
+    assert curves["test_accuracy"].iloc[-1] > 0.5  # 10 classes: chance is 0.1
+    assert record["block_init"]["block"] == model and record["parameters"]["block"] > 0
+
+
 def test_training_learns_and_is_reproducible(data):
     record, curves = train_classifier(small("mlp", steps=60), data, CPU)
     assert list(curves.columns[:6]) == ["member", "iteration", "seconds", "train_loss", "test_loss", "test_accuracy"]
@@ -117,6 +191,8 @@ def test_training_learns_and_is_reproducible(data):
         ({"depth": 1}, "--depth must be >= 2"),
         ({"lr": 0.0}, "--lr must be a finite number > 0"),
         ({"hidden": []}, "--hidden needs at least one width"),
+        ({"alpha_layer": "head"}, "--alpha-layer must be one of"),
+        ({"init_scale": -1.0}, "--init-scale must be a finite number > 0"),
     ],
 )
 def test_invalid_options_are_named(overrides, message):

@@ -8,7 +8,8 @@ the C-DLN's discrepant rate alpha and the Yaras et al. gamma live there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,9 +118,16 @@ def narrow_dln(d_out: int, d_in: int, depth: int, eps: float, init_seeds: Sequen
     return random_dln("narrow", d_out, d_in, width, depth, eps, init_seeds)
 
 
-def burer_monteiro(d_out: int, d_in: int, k: int, eps: float, init_seeds: Sequence[int]) -> LinearNetwork:
-    """Baseline ``W = X Y^T`` with X (d_out, k), Y (d_in, k): a depth-2 DLN of width k."""
-    return random_dln("bm", d_out, d_in, k, 2, eps, init_seeds)
+def burer_monteiro(d_out: int, d_in: int, k: int, scale: float, init_seeds: Sequence[int]) -> LinearNetwork:
+    """Baseline ``W = X Y^T`` with X (d_out, k), Y (d_in, k): a depth-2 DLN of width k.
+
+    Each factor starts at ``scale x`` a random orthogonal matrix, so ``W(0)`` has k singular values
+    ``scale**2``. ``scale = eps`` is the small start of the DLNs (B-M then sits on a plateau first);
+    ``scale = 1`` is an order-one start, whose error falls from the first iteration.
+    """
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"Burer-Monteiro init scale must be a finite number > 0; got {scale}")
+    return random_dln("bm", d_out, d_in, k, 2, scale, init_seeds)
 
 
 def spectral_dln(
@@ -165,7 +173,128 @@ def compressed_dln(
 def yaras_network(
     initial_gradient: Tensor, r_hat: int, depth: int, eps: float, gamma: float = 0.01, batch: int = 1
 ) -> LinearNetwork:
-    """Yaras et al. (2024) compression: outer factors from the top-``r_hat`` singular subspace of the
-    loss gradient at initialisation (``initial_gradient``, (d_out, d_in)), trained at ``gamma x`` rate."""
+    """Superseded: NOT Yaras et al.'s construction (use :func:`yaras_dln` / :func:`yaras_compressed_dln`).
+
+    An earlier reading of the spec: a C-DLN-shaped network (``eps V^T``, inner ``eps I``, ``eps U``)
+    whose U, V are the top-``r_hat`` singular vectors of the end-to-end loss gradient at
+    initialisation, outer layers at ``gamma x`` rate. Kept only because ``config.build_network``
+    still calls it; it is to be replaced there by ``yaras_dln(problem.loss_grad, ...)``.
+    """
     u, v = top_singular_vectors(-initial_gradient, r_hat)
     return spectral_dln("yaras", u, v, depth, eps, gamma, batch)
+
+
+def _check_eps_orthogonal(weights: list[Tensor], eps: float, what: str) -> None:
+    """Raise unless every layer is ``eps x`` a matrix with orthonormal rows or columns (each member)."""
+    for layer, weight in enumerate(weights):
+        small = min(weight.shape[-2:])
+        gram = weight @ weight.mT if weight.shape[-2] == small else weight.mT @ weight
+        eye = torch.eye(small, dtype=weight.dtype, device=weight.device)
+        if not torch.allclose(gram, eps**2 * eye, rtol=0, atol=1e-8 * eps**2):
+            raise ValueError(f"{what}: layer {layer + 1} is not eps x a (partial) orthogonal matrix with eps = {eps:g}")
+
+
+def yaras_subspace(initial_weights: list[Tensor], end_to_end_gradient: Tensor, rank: int, eps: float) -> Tensor:
+    """Yaras et al.'s ``V_{1,1}`` (B, d_in, 2 rank): the input-side subspace in which the first layer moves.
+
+    With the first-layer gradient at initialisation ``G_1 = (W_L ... W_2)^T G`` (G the loss gradient
+    w.r.t. the end-to-end matrix, (B, d_out, d_in)) and its top-``rank`` singular vectors
+    ``G_1 ~ U_g S V_g^T``, the first layer stays ``eps x`` an isometry on the invariant subspace
+    ``V_{1,2} = span(V_g)^perp`` intersected with ``(W_1(0)^T span(U_g) / eps)^perp`` (the gradient neither acts on it
+    nor maps into its image); ``V_{1,1}`` is its orthogonal complement,
+    ``span(V_g, W_1(0)^T U_g / eps)``, returned as an orthonormal basis. (Their code computes
+    ``V_{1,2}`` as that intersection and takes its complement; for a square ``W_1(0)`` this is the same
+    space, tests/test_networks.py checks it. For a rectangular ``W_1(0)`` the pull-back
+    ``W_1(0)^T U_g / eps`` is the same formula, now a projection of U_g onto the rows of W_1(0).)
+    """
+    if len(initial_weights) < 1:
+        raise ValueError("need the initial weights of at least one layer")
+    first = initial_weights[0]
+    width, d_in = first.shape[-2:]
+    if not 1 <= rank <= min(width, d_in) or 2 * rank > d_in:
+        raise ValueError(f"rank must be in [1, {min(width, d_in // 2)}] (2 x rank <= d_in = {d_in}); got {rank}")
+    upstream = product(list(initial_weights[1:])) if len(initial_weights) > 1 else None  # W_L ... W_2
+    first_grad = end_to_end_gradient if upstream is None else upstream.mT @ end_to_end_gradient  # (B, width, d_in)
+    u, _, vh = torch.linalg.svd(first_grad, full_matrices=False)
+    pulled_back = first.mT @ u[..., :rank] / eps  # (B, d_in, rank)
+    spanning = torch.cat([vh[..., :rank, :].mT, pulled_back], dim=-1)  # (B, d_in, 2 rank)
+    basis, _, _ = torch.linalg.svd(spanning, full_matrices=False)
+    return basis[..., : 2 * rank]
+
+
+def yaras_compressed_dln(
+    initial: LinearNetwork, end_to_end_gradient: Tensor, rank: int, eps: float, gamma: float | Sequence[float] = 0.01
+) -> LinearNetwork:
+    """Yaras et al.'s compressed network for an original DLN ``initial`` (2406.04112; Law of Parsimony).
+
+    Reading of their code (cjyaras/law-of-parsimony ``network.py``: ``compute_factor``,
+    ``compress_network``; the same two functions in soominkwon/comp-deep-nets ``network.py``; used with
+    ``dlr = 0.01`` in ``fig_compare_iteration_time.ipynb``): for an original DLN of depth L whose layers
+    are ``eps x`` (partial) orthogonal matrices, and ``end_to_end_gradient`` the loss gradient w.r.t.
+    its end-to-end matrix at initialisation, (B, d_out, d_in) (``rank`` = the target rank r),
+
+    - ``V = V_{1,1}`` (d_in, 2r) from :func:`yaras_subspace` (complement of the invariant subspace of
+      the first-layer gradient at initialisation);
+    - ``U = U_{L,1} = W(0) V / eps^L`` (d_out, 2r): the outer factors are at unit scale and built from
+      ``W(0) = W_L(0) ... W_1(0)``;
+    - the network ``W = U (eps I)^L V^T``: L + 2 factors ``V^T, eps I_{2r} (L times), U``, so its
+      end-to-end matrix at initialisation is ``W(0) V V^T`` (the original's, projected onto V;
+      ``U U^T W(0)`` when built on the transpose, below);
+    - the two outer factors V^T and U step at ``gamma x`` the learning rate, the inner ones at 1x.
+
+    Their code and theory have square layers. Rectangular targets (original width max(d_out, d_in)):
+    when d_out <= d_in the first original layer is square and the formulas above apply as they stand;
+    when d_out > d_in they are applied to the transposed network ``W^T = W_1^T ... W_L^T`` (whose first
+    layer, ``W_L^T``, is square): ``U = U_{L,1}`` from the last layer's gradient, ``V = W(0)^T U / eps^L``.
+    The factor built from W(0) then has columns of norm <= 1 (an orthonormal set mapped by an original
+    layer with orthonormal rows); for square targets both are orthonormal.
+    Building from the non-square side instead misses the directions the gradient opens outside the
+    range of ``W_1(0)``: with gamma = 0 on MF the network then no longer tracks the original DLN, which
+    it does (up to the eps^L complement ``W(0) (I - V V^T)``) for every shape this way; see
+    tests/test_networks.py.
+
+    One member per member of ``initial`` (its own W(0) and gradient); ``gamma`` is one value or one
+    per member.
+    """
+    weights = [w.to(torch.float64) for w in initial.weights]
+    _check_eps_orthogonal(weights, eps, "yaras_compressed_dln: the initial network")
+    gradient = end_to_end_gradient.to(torch.float64)
+    if gradient.ndim == 2:
+        gradient = gradient.unsqueeze(0).expand(initial.batch, -1, -1)
+    expected = (initial.batch, weights[-1].shape[-2], weights[0].shape[-1])
+    if tuple(gradient.shape) != expected:
+        raise ValueError(f"end_to_end_gradient must have shape {expected}; got {tuple(gradient.shape)}")
+    if gradient.shape[-2] > gradient.shape[-1]:  # d_out > d_in: build on the transpose, W^T = W_1^T ... W_L^T
+        u = yaras_subspace([w.mT for w in reversed(weights)], gradient.mT, rank, eps)
+        v = product(weights).mT @ u / eps**initial.depth
+    else:
+        v = yaras_subspace(weights, gradient, rank, eps)
+        u = product(weights) @ v / eps**initial.depth
+    batch, width = initial.batch, 2 * rank
+    inner = eps * torch.eye(width, dtype=torch.float64).expand(batch, width, width)
+    layers = [v.mT.contiguous()] + [inner.clone() for _ in range(initial.depth)] + [u]
+    outer = _per_member(gamma, batch, "outer-factor step multiplier gamma")
+    ones = torch.ones(batch, dtype=torch.float64)
+    scales = [outer] + [ones.clone() for _ in range(initial.depth)] + [outer.clone()]
+    return LinearNetwork("yaras", layers, scales)
+
+
+def yaras_dln(
+    loss_grad: Callable[[Tensor], Tensor],
+    d_out: int,
+    d_in: int,
+    depth: int,
+    eps: float,
+    init_seeds: Sequence[int],
+    rank: int,
+    gamma: float | Sequence[float] = 0.01,
+    width: int | None = None,
+) -> LinearNetwork:
+    """Yaras et al.'s network built from the original DLN of each init seed (:func:`original_dln`).
+
+    ``loss_grad`` maps end-to-end matrices (B, d_out, d_in) to the loss gradient, e.g.
+    ``problem.loss_grad`` of a CPU float64 problem. Width ``2 rank``, depth ``depth + 2``; see
+    :func:`yaras_compressed_dln`.
+    """
+    initial = original_dln(d_out, d_in, depth, eps, init_seeds, width)
+    return yaras_compressed_dln(initial, loss_grad(initial.end_to_end()), rank, eps, gamma)

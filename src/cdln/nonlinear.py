@@ -1,6 +1,6 @@
-"""The nonlinear experiment: an MLP classifier, alone or with a deep linear block before its head.
+"""The nonlinear experiment: an MLP classifier, alone or with a block (deep linear, or ReLU) before its head.
 
-Three models share one trunk and head (same shapes, same initial weights for a given seed):
+All models share one trunk and head (same shapes, same initial weights for a given seed):
 
 - ``mlp``:  x -> trunk (Linear-ReLU-...-Linear-ReLU, features of size f) -> head Linear(f, 10)
 - ``dln``:  trunk -> DLN block of ``depth`` linear layers f -> w -> ... -> w -> f -> head;
@@ -14,6 +14,20 @@ There is no target matrix here, so the C-DLN surrogate is the negative gradient 
 loss with respect to the block's end-to-end matrix at initialisation (the direction GD first
 moves it), on a seeded batch of ``surrogate_batch`` training examples. Because the head has 10
 outputs, that gradient has rank <= 10, which is why r_hat = 2 x 10 is the natural choice.
+
+Two more models are the authors' own construction (soominkwon/comp-deep-nets: ``network.py``
+``kwon_compress_network_cls`` builds the weights, ``compute_outputs(..., nonlinear=True)`` puts a ReLU
+after every layer but the last, ``solver.py`` ``train_cls`` trains them): a bottleneck of
+``depth`` bias-free layers inside the MLP, each followed by a ReLU, every layer
+``init_scale x`` a random orthogonal matrix (no spectral init):
+
+- ``relu_dln``:  trunk -> f -> w -> ... -> w -> f (ReLU after each) -> head, w = ``width``;
+- ``relu_cdln``: trunk -> f -> r_hat -> ... -> r_hat -> f (ReLU after each) -> head, the same block
+                 at the compressed width, with a discrepant rate: one layer steps at ``alpha x lr``.
+                 Which layer: ``alpha_layer="input"`` (default) is the network's first layer, the one
+                 ``train_cls`` labels ``'factor'`` (``['factor'] + (depth - 1) * ['weight']`` over the
+                 whole weight list, whose first entry is the input layer); ``"bottleneck"`` is the
+                 bottleneck's first layer (f -> r_hat) instead.
 
 Training: minibatch Adam (or SGD), cross-entropy, seeded sampling; every ``eval_every`` steps
 the test accuracy/loss is computed on the whole test set with the clock paused.
@@ -34,8 +48,9 @@ from cdln.devices import SyncTimer, device_name
 from cdln.networks import random_orthogonal, top_singular_vectors
 from cdln.records import make_record
 
-MODELS: tuple[str, ...] = ("mlp", "dln", "cdln")
+MODELS: tuple[str, ...] = ("mlp", "dln", "cdln", "relu_dln", "relu_cdln")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+ALPHA_LAYERS: tuple[str, ...] = ("input", "bottleneck")
 
 
 @dataclass
@@ -48,7 +63,9 @@ class NonlinearConfig:
     width: int = 512  # DLN block width w
     r_hat: int = 20  # C-DLN block width
     eps: float = 0.1  # block init scale
-    alpha: float = 1.0  # C-DLN outer-layer step multiplier
+    alpha: float = 1.0  # C-DLN outer-layer step multiplier; relu_cdln: the alpha_layer's multiplier
+    init_scale: float = 1.0  # relu_dln/relu_cdln: the ReLU bottleneck's init, init_scale x random orthogonal
+    alpha_layer: str = "input"  # relu_cdln: layer at alpha x lr, "input" (network's first) or "bottleneck"
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only
@@ -76,10 +93,12 @@ class NonlinearConfig:
             raise ValueError(f"--depth must be >= 2 for a linear block; got {self.depth}")
         if self.r_hat > self.hidden[-1]:
             raise ValueError(f"--r-hat must be <= the feature size {self.hidden[-1]}; got {self.r_hat}")
-        for name in ("eps", "alpha", "lr"):
+        if self.alpha_layer not in ALPHA_LAYERS:
+            raise ValueError(f"--alpha-layer must be one of {list(ALPHA_LAYERS)}; got {self.alpha_layer!r}")
+        for name in ("eps", "alpha", "lr", "init_scale"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"--{name} must be a finite number > 0; got {value}")
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0; got {value}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum must be in [0, 1); got {self.momentum}")
         if self.dtype not in ("float32", "float64"):
@@ -108,10 +127,23 @@ class LinearBlock(nn.Module):
         return product
 
 
-class Classifier(nn.Module):
-    """Trunk -> optional linear block -> head."""
+class ReluBlock(nn.Module):
+    """``depth`` bias-free linear layers, each followed by a ReLU: ``x -> relu(... relu(x W_1^T) ... W_L^T)``."""
 
-    def __init__(self, trunk: nn.Sequential, head: nn.Linear, block: LinearBlock | None = None) -> None:
+    def __init__(self, weights: list[Tensor]) -> None:
+        super().__init__()
+        self.layers = nn.ParameterList([nn.Parameter(w.clone()) for w in weights])
+
+    def forward(self, x: Tensor) -> Tensor:
+        for weight in self.layers:
+            x = torch.relu(x @ weight.T)
+        return x
+
+
+class Classifier(nn.Module):
+    """Trunk -> optional block (linear or ReLU) -> head."""
+
+    def __init__(self, trunk: nn.Sequential, head: nn.Linear, block: nn.Module | None = None) -> None:
         super().__init__()
         self.trunk, self.head, self.block = trunk, head, block
 
@@ -185,11 +217,32 @@ def build_model(
             "surrogate_batch": len(index),
             "surrogate_top_singular_values": singular[: config.r_hat].tolist(),
         }
+    elif config.model in ("relu_dln", "relu_cdln"):
+        inner = config.width if config.model == "relu_dln" else config.r_hat
+        dims = [f] + [inner] * (config.depth - 1) + [f]
+        weights = [
+            config.init_scale * random_orthogonal(o, i, block_generator)
+            for i, o in zip(dims[:-1], dims[1:], strict=True)
+        ]
+        model.block = ReluBlock(weights)
+        info = {
+            "block": config.model,
+            "init": f"init_scale * random orthogonal, init_scale={config.init_scale}; no bias; ReLU after every layer",
+            "widths": dims,
+        }
+        if config.model == "relu_cdln":
+            info["alpha_layer"] = config.alpha_layer
     return model, info
 
 
 def param_groups(model: Classifier, config: NonlinearConfig) -> list[dict[str, Any]]:
-    """Optimiser groups: the C-DLN's outer block layers step at ``alpha x lr``."""
+    """Optimiser groups: the C-DLN's outer block layers step at ``alpha x lr``; so does relu_cdln's
+    ``alpha_layer`` (the network's first layer, weight and bias, or the bottleneck's first layer)."""
+    if config.model == "relu_cdln" and model.block is not None:
+        first = list(model.trunk[0].parameters()) if config.alpha_layer == "input" else [model.block.layers[0]]
+        chosen = {id(p) for p in first}
+        rest = [p for p in model.parameters() if id(p) not in chosen]
+        return [{"params": rest, "lr": config.lr}, {"params": first, "lr": config.alpha * config.lr}]
     if config.model != "cdln" or model.block is None:
         return [{"params": list(model.parameters()), "lr": config.lr}]
     layers = list(model.block.layers)
