@@ -40,10 +40,11 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(cdln_command(*args), capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=timeout)
 
 
-# Tiny problems on which the C-DLN (depth 3, r_hat = 2r) recovers the target to < 1e-6 in ~0.3 s.
+# Tiny problems on which the C-DLN (depth 3, r_hat = 2r) recovers the target to < 1e-6 in ~0.3 s (MC: with
+# p = 0.6 some masks at d = 12 leave too few entries in a row to recover a rank-2 target, e.g. data seed 0).
 TINY = {
     "mf": dict(task="mf", d=10, r=2, lr=5.0),
-    "mc": dict(task="mc", d=12, r=2, p=0.6, lr=5.0),
+    "mc": dict(task="mc", d=12, r=2, p=0.7, lr=5.0),
     "ms": dict(task="ms", d=8, r=2, m=200, lr=10.0),
 }
 

@@ -67,7 +67,9 @@ def test_a_setting_reaches_the_run_config_by_one_path():
 
 
 def test_batched_alpha_sweep_is_one_run_with_every_alpha():
-    job = Grid(CI).jobs("ablation_alpha")[0]
+    config = copy.deepcopy(CI)
+    config["experiments"]["ablation_alpha"]["batch_alphas"] = True
+    job = Grid(config).jobs("ablation_alpha")[0]
     assert [run.name for run in job.runs] == ["original", "cdln_alphabatch"]
     assert job.runs[1].options["alpha"] == alpha_values(CI["experiments"]["ablation_alpha"]["alpha_sweep"])
 

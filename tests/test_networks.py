@@ -18,7 +18,6 @@ from cdln.networks import (
     top_singular_vectors,
     yaras_compressed_dln,
     yaras_dln,
-    yaras_network,
     yaras_subspace,
 )
 from cdln.problems import ProblemSpec, make_problem
@@ -251,7 +250,8 @@ def test_yaras_network_with_frozen_factors_tracks_the_original_dln_on_mf(d_out, 
     eps = 1e-2
     problem, initial, gradient = _yaras_setup(d_out, d_in, depth, eps)
     net = yaras_compressed_dln(initial, gradient, 2, eps, gamma=0.0)
-    old = yaras_network(gradient[0], 4, depth, eps, gamma=0.0)  # the superseded reading, for contrast
+    u, v = top_singular_vectors(-gradient[0], 4)  # an earlier, wrong reading, for contrast: a C-DLN-shaped
+    old = spectral_dln("yaras", u, v, depth, eps, 0.0)  # net on the end-to-end gradient's top subspace
     gaps, old_gaps, errors = [], [], []
     for _ in range(8):  # 8 x 100 iterations: through the plateau, the drop and the convergence
         settings = TrainSettings(5.0 if depth == 3 else 1.0, 100, 1)
@@ -280,16 +280,6 @@ def test_yaras_network_rejects_bad_arguments():
         yaras_compressed_dln(initial, gradient, 2, 0.1)  # eps does not match the initial network
     with pytest.raises(ValueError, match="end_to_end_gradient must have shape"):
         yaras_compressed_dln(initial, gradient[:, :5], 2, 1e-2)
-
-
-def test_old_yaras_network_uses_gradient_subspace_and_gamma():
-    gradient = _surrogate(seed=2)
-    net = yaras_network(gradient, 2, 3, 0.1, gamma=0.01, batch=2)
-    u, v = top_singular_vectors(-gradient, 2)
-    torch.testing.assert_close(net.end_to_end()[1], 0.1**3 * u @ v.T, atol=1e-15, rtol=1e-12)
-    assert torch.equal(net.lr_scales[0], torch.full((2,), 0.01, dtype=torch.float64))
-    assert torch.equal(net.lr_scales[1], torch.ones(2, dtype=torch.float64))
-    assert net.name == "yaras"
 
 
 def test_bad_network_arguments_are_rejected():

@@ -59,15 +59,18 @@ def test_paper_grid_dry_run_plans_exactly_the_grid() -> None:
         "run_job": len(grid.jobs()),
         "make_problem": sum(f.command in ("make-problem", "movielens-problem") and not f.temporary for f in files),
         "make_sensing_problem": sum(f.temporary for f in files),
-        "aggregate_synthetic": 5,
-        "plot_error_curves": 4,
+        "aggregate_synthetic": 6,
+        "plot_error_curves": 5,
         "plot_ablation_alpha": 1,
         "summary_table": 1,
+        "claims_table": 1,
     }
     assert {rule: counts.get(rule, 0) for rule in expected} == expected
-    # By hand, 3 seeds: mf 3 panels, mc 1, ms 3, ablation_alpha 1, ablation_depth 2 (one job per panel and
-    # seed); analysis 3 + 2 + 2 tasks; movielens 2 split seeds; nonlinear 3 seeds.
-    assert expected["run_job"] == 3 * (3 + 1 + 3 + 1 + 2) + 7 + 2 + 3
+    # By hand, 3 seeds: mf 3 panels, mc 1, ms 3, ablation_alpha 1, ablation_depth 2, baselines 1 (one job
+    # per panel and seed); analysis 3 + 2 + 2 tasks; movielens 2 split seeds; nonlinear 3 seeds.
+    assert expected["run_job"] == 3 * (3 + 1 + 3 + 1 + 2 + 1) + 7 + 2 + 3
+    # One claims job per figure with claims (MovieLens only when its archive is present).
+    assert counts["claims_figure"] in (11, 12)
     assert counts.get("all") == 1
 
 
@@ -85,8 +88,9 @@ def test_ci_grid_uses_its_own_root_and_replaces_the_paper_grid() -> None:
         "run_job": 6,  # 3 panels x 2 seeds, each job training the 3 models
         "aggregate_synthetic": 1,
         "plot_error_curves": 1,
+        "claims_figure": 1,  # the figure's target rechecks its claims
         "fig_mf": 1,
-        "total": 13,
+        "total": 14,
     }
 
 
@@ -99,8 +103,9 @@ def test_single_figure_target_builds_only_that_figure() -> None:
         "run_job": 2,
         "aggregate_synthetic": 1,
         "plot_error_curves": 1,
+        "claims_figure": 1,
         "fig_mc": 1,
-        "total": 7,
+        "total": 8,
     }
 
 

@@ -44,6 +44,15 @@ def test_reduced_grid_end_to_end_and_regression(tmp_path: Path) -> None:
     summary = root / "tables" / "summary.csv"
     check = check_regression(summary)
     assert check.returncode == 0, check.stderr
+    # Every claim that applies to the reduced grid holds (or is a known deviation).
+    claims = subprocess.run(
+        [sys.executable, "-m", "cdln", "claims", "check", "--table", str(root / "tables" / "claims.csv")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert claims.returncode == 0, claims.stderr
+    assert len(pd.read_csv(root / "tables" / "claims.csv")) >= 20
 
     # The self-contained report holds every figure the grid made and the summary table.
     report_file = root / "report.html"
@@ -51,7 +60,7 @@ def test_reduced_grid_end_to_end_and_regression(tmp_path: Path) -> None:
     assert report.returncode == 0, report.stderr[-5000:]
     html = report_file.read_text()
     figures = sorted(path.name for path in (root / "figures").glob("*.png"))
-    assert len(figures) >= 5 and "summary.csv" in html
+    assert len(figures) >= 5 and "summary.csv" in html and "claims.csv" in html
     assert [name for name in figures if name not in html] == []
 
     # The same check fails on this run's summary once a result is made wrong.

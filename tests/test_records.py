@@ -136,7 +136,7 @@ def test_run_record_contents(tmp_path):
     assert loaded == json.loads(json.dumps(record, default=str))
     assert loaded["config"]["alpha"] == [1.0, 2.0] and loaded["config"]["task"] == "mc"
     problem = {k: loaded["problem"][k] for k in ("task", "d_out", "d_in", "rank", "data_seed", "p", "m")}
-    assert problem == {"task": "mc", "d_out": 12, "d_in": 12, "rank": 2, "data_seed": 0, "p": 0.6, "m": None}
+    assert problem == {"task": "mc", "d_out": 12, "d_in": 12, "rank": 2, "data_seed": 0, "p": 0.7, "m": None}
     assert loaded["parameters"] == {"model": 2 * 12 * 4 + 4 * 4, "original_dln": 3 * 12 * 12}
     assert [m["alpha"] for m in loaded["members"]] == [1.0, 2.0]
     assert [m["init_seed"] for m in loaded["members"]] == [0, 0]

@@ -45,6 +45,7 @@ class RunConfig:
     width: int | None = None  # original DLN width; default max(d_out, d_in)
     r_hat: int | None = None  # cdln/narrow/yaras width; default 2r
     bm_rank: int | None = None  # Burer-Monteiro k; default r
+    bm_scale: float | None = None  # Burer-Monteiro init scale; default eps (1 = an order-one start)
     eps: float = 1e-2
     lr: float = 10.0
     alpha: list[float] = field(default_factory=lambda: [1.0])
@@ -81,8 +82,12 @@ class RunConfig:
         return [{"member": i, "init_seed": seeds[i], "alpha": alphas[i]} for i in range(self.batch)]
 
     def with_problem(self, spec: ProblemSpec) -> RunConfig:
-        """A copy whose shape and rank are those of a loaded problem (the problem file is authoritative)."""
-        return dataclasses.replace(self, d_out=spec.d_out, d_in=spec.d_in, r=spec.rank)
+        """A copy whose problem fields are those of the problem it trains on (a problem file is authoritative)."""
+        d = spec.d_out if spec.d_out == spec.d_in else self.d
+        return dataclasses.replace(
+            self, d=d, d_out=spec.d_out, d_in=spec.d_in, r=spec.rank, p=spec.p, m=spec.m,
+            spectrum=spec.spectrum, data_seed=spec.data_seed,
+        )  # fmt: skip
 
     def problem_spec(self) -> ProblemSpec:
         d_out, d_in = self.shape
@@ -106,6 +111,10 @@ class RunConfig:
             raise ConfigError(f"--r-hat must be in [1, {min(d_out, d_in)}]; got {self.compressed_width}")
         for name in ("eps", "lr", "gamma"):
             _positive(name, getattr(self, name))
+        if self.bm_scale is not None:
+            _positive("bm_scale", self.bm_scale)
+        if self.model == "yaras" and self.compressed_width % 2:
+            raise ConfigError(f"--r-hat must be even for yaras (2 x its rank); got {self.compressed_width}")
         if not self.alpha:
             raise ConfigError("--alpha needs at least one value")
         for value in self.alpha:
@@ -207,7 +216,7 @@ class RunConfig:
         return cls(**values)
 
 
-FLOAT_FIELDS: tuple[str, ...] = ("p", "eps", "lr", "gamma", "tol")
+FLOAT_FIELDS: tuple[str, ...] = ("p", "eps", "lr", "gamma", "tol", "bm_scale")
 
 
 def _maybe_float(value: Any) -> Any:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from cdln import seeding
+
 MODELS: tuple[str, ...] = ("original", "cdln", "narrow", "bm", "yaras")
 
 
@@ -101,7 +103,7 @@ def random_dln(
         raise ValueError(f"depth must be >= 1; got {depth}")
     members = []
     for seed in init_seeds:
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = seeding.generator(int(seed), "init")
         members.append([eps * random_orthogonal(o, i, generator) for o, i in _layer_shapes(d_out, d_in, width, depth)])
     weights = [torch.stack(layer) for layer in zip(*members, strict=True)]
     ones = torch.ones(len(init_seeds), dtype=torch.float64)
@@ -168,20 +170,6 @@ def compressed_dln(
     """The C-DLN: spectral init from the surrogate's top-``r_hat`` singular vectors, outer rate alpha."""
     u, v = top_singular_vectors(surrogate, r_hat)
     return spectral_dln("cdln", u, v, depth, eps, alpha, batch)
-
-
-def yaras_network(
-    initial_gradient: Tensor, r_hat: int, depth: int, eps: float, gamma: float = 0.01, batch: int = 1
-) -> LinearNetwork:
-    """Superseded: NOT Yaras et al.'s construction (use :func:`yaras_dln` / :func:`yaras_compressed_dln`).
-
-    An earlier reading of the spec: a C-DLN-shaped network (``eps V^T``, inner ``eps I``, ``eps U``)
-    whose U, V are the top-``r_hat`` singular vectors of the end-to-end loss gradient at
-    initialisation, outer layers at ``gamma x`` rate. Kept only because ``config.build_network``
-    still calls it; it is to be replaced there by ``yaras_dln(problem.loss_grad, ...)``.
-    """
-    u, v = top_singular_vectors(-initial_gradient, r_hat)
-    return spectral_dln("yaras", u, v, depth, eps, gamma, batch)
 
 
 def _check_eps_orthogonal(weights: list[Tensor], eps: float, what: str) -> None:

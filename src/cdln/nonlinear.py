@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from cdln import seeding
 from cdln.devices import SyncTimer, device_name
 from cdln.networks import random_orthogonal, top_singular_vectors
 from cdln.records import make_record
@@ -191,12 +192,12 @@ def build_model(
     config: NonlinearConfig, x_train: Tensor, y_train: Tensor, n_classes: int
 ) -> tuple[Classifier, dict[str, Any]]:
     """The model ``config.model`` (float64 on the CPU); also returns how its block was initialised."""
-    generator = torch.Generator().manual_seed(config.init_seed)
+    generator = seeding.generator(config.init_seed, "init")
     trunk, head = _trunk_and_head(x_train.shape[1], config.hidden, n_classes, generator)
     model = Classifier(trunk.double(), head.double())
     f = config.hidden[-1]
     info: dict[str, Any] = {"block": None}
-    block_generator = torch.Generator().manual_seed(config.init_seed + 1_000_003)  # separate stream: the trunk
+    block_generator = seeding.generator(config.init_seed, "block")  # separate stream: the trunk
     if config.model == "dln":  # stays identical across models
         dims = [f] + [config.width] * (config.depth - 1) + [f]
         weights = [
@@ -293,7 +294,7 @@ def train_classifier(
         optimizer: torch.optim.Optimizer = torch.optim.Adam(groups)
     else:
         optimizer = torch.optim.SGD(groups, momentum=config.momentum)
-    sampler = torch.Generator().manual_seed(config.init_seed + 2_000_003)
+    sampler = seeding.generator(config.init_seed, "batches")
     order = torch.randperm(len(x_train), generator=sampler)
     position = 0
 

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from cdln import seeding
+
 Task = Literal["mf", "mc", "ms"]
 TASKS: tuple[str, ...] = ("mf", "mc", "ms")
 SPECTRA: tuple[str, ...] = ("spread", "top")
@@ -224,7 +226,7 @@ PROBLEM_CLASSES: dict[str, type[Problem]] = {"mf": Factorization, "mc": Completi
 def make_problem(spec: ProblemSpec) -> Problem:
     """Draw a problem instance from ``spec`` on the CPU in float64 (seeded by ``spec.data_seed``)."""
     spec.validate()
-    generator = torch.Generator().manual_seed(spec.data_seed)
+    generator = seeding.generator(spec.data_seed, "data")
     target, *_ = low_rank_target(spec.d_out, spec.d_in, spec.rank, generator, spec.spectrum)
     n_entries = spec.d_out * spec.d_in
     if spec.task == "mf":

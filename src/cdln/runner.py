@@ -25,8 +25,7 @@ from cdln.networks import (
     dln_param_count,
     narrow_dln,
     original_dln,
-    random_dln,
-    yaras_network,
+    yaras_dln,
 )
 from cdln.problems import Problem, ProblemSpec, load_problem, make_problem
 from cdln.records import make_record, write_run_record
@@ -54,16 +53,16 @@ def build_network(config: RunConfig, problem: Problem) -> LinearNetwork:
     if config.model == "narrow":
         return narrow_dln(d_out, d_in, config.depth, config.eps, seeds, config.compressed_width)
     if config.model == "bm":
-        return burer_monteiro(d_out, d_in, config.bm_rank or config.r, config.eps, seeds)
+        scale = config.bm_scale if config.bm_scale is not None else config.eps
+        return burer_monteiro(d_out, d_in, config.bm_rank or config.r, scale, seeds)
     if config.model == "cdln":
         alphas = [member["alpha"] for member in config.members()]
         return compressed_dln(
             problem.surrogate(), config.compressed_width, config.depth, config.eps, alphas, config.batch
         )
-    # Yaras et al.: the gradient at the original DLN's initialisation (first init seed).
-    reference = random_dln("original", d_out, d_in, max(d_out, d_in), config.depth, config.eps, seeds[:1])
-    initial_gradient = problem.loss_grad(reference.end_to_end())[0]
-    return yaras_network(initial_gradient, config.compressed_width, config.depth, config.eps, config.gamma, len(seeds))
+    # Yaras et al.: built from each seed's original DLN and the loss gradient at its initialisation.
+    rank = config.compressed_width // 2
+    return yaras_dln(problem.loss_grad, d_out, d_in, config.depth, config.eps, seeds, rank, config.gamma, config.width)
 
 
 def load_run_problem(config: RunConfig) -> tuple[RunConfig, Problem]:

@@ -4,12 +4,14 @@ What runs where comes from one place, :class:`cdln.pipeline.grid.Grid`: rules on
 data files and tables together.
 """
 
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
 import yaml
+from cdln.pipeline.claims import load_claims, tables_read
 from cdln.pipeline.grid import ANALYSIS, SYNTHETIC, Grid, cli_flags
 
 GRID = Grid(config)
@@ -139,3 +141,31 @@ def real_data_figure(name: str, path: str, **report_args):
 def summary_real_data_tables() -> list[str]:
     names = experiment("summary").get("real_data", [])
     return [f"{ROOT}/tables/{name}.md" for name in names if experiment_enabled(name) and real_data_present(name)]
+
+
+# ---- the paper's claims (claims.smk) ----
+
+CLAIMS_FILE = config["claims"]["file"] if "claims" in config else None
+CLAIMS = load_claims(CLAIMS_FILE) if CLAIMS_FILE else []
+
+
+def claim_figures() -> list[str]:
+    """Figures with claims whose experiment is enabled (and, for real data, whose data is present)."""
+    figures = dict.fromkeys(claim.figure for claim in CLAIMS)
+    present = []
+    for figure in figures:
+        name = figure.removeprefix("fig_")
+        if experiment_enabled(name) and (name not in ("movielens", "nonlinear") or real_data_present(name)):
+            present.append(figure)
+    return present
+
+
+def claims_flags() -> str:
+    section = config["claims"]
+    return cli_flags(
+        {
+            "absolute": section.get("absolute", True),
+            "timing": section.get("timing", True),
+            "panels": json.dumps(section.get("panels", {}), sort_keys=True) if section.get("panels") else None,
+        }
+    )

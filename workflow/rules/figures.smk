@@ -13,6 +13,7 @@ CURVE_FIGURES = {
         "ablation_depth",
         ["train_loss:iteration", "recovery_error:iteration", "recovery_error:seconds"],
     ),
+    "fig_baselines": ("baselines", ["recovery_error:iteration", "recovery_error:seconds"]),
 }
 
 
@@ -32,7 +33,7 @@ rule plot_error_curves:
     log:
         f"{ROOT}/logs/figures/fig_{{experiment}}.log",
     wildcard_constraints:
-        experiment="mf|mc|ms|ablation_depth",
+        experiment="mf|mc|ms|ablation_depth|baselines",
     params:
         flags=lambda wc: cli_flags(
             {
@@ -76,7 +77,7 @@ rule plot_ablation_alpha:
         "{params.flags} > {log} 2>&1"
 
 
-for _name in ("mf", "mc", "ms", "ablation_depth", "ablation_alpha"):
+for _name in ("mf", "mc", "ms", "ablation_depth", "ablation_alpha", "baselines"):
     if experiment_enabled(_name):
         register_target(f"fig_{_name}", figure_files(f"fig_{_name}") + [f"{ROOT}/tables/{_name}_curves.csv"])
 
@@ -104,3 +105,8 @@ rule fig_ablation_alpha:
 rule fig_ablation_depth:
     input:
         final_targets("fig_ablation_depth"),
+
+
+rule fig_baselines:
+    input:
+        final_targets("fig_baselines"),

@@ -3,12 +3,14 @@
 - ``cdln aggregate {synthetic|movielens|nonlinear}``: job directories -> tidy tables;
 - ``cdln summary``: per-run tables -> the summary table (CSV + Markdown);
 - ``cdln check-regression``: a summary table against committed expectations (exit 1 on violations);
-- ``cdln plot <figure>``: a table -> PNG + PDF, in the one figure style.
+- ``cdln plot <figure>``: a table -> PNG + PDF, in the one figure style;
+- ``cdln claims {evaluate|gather|check}``: the paper's claims on a run's tables (:mod:`cdln.pipeline.claims`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -140,3 +142,62 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="error-curves: <error>:<x> per column, e.g. recovery_error:iteration recovery_error:seconds",
     )
     plot.set_defaults(handler=plot_command)
+    register_claims(commands)
+
+
+def claims_command(args: argparse.Namespace) -> int:
+    from cdln.pipeline import claims
+
+    if args.action == "evaluate":
+        rules = claims.load_claims(args.claims)
+        panels = json.loads(args.panels) if args.panels else {}
+        table = claims.evaluate(rules, args.figure, args.tables, panels, args.absolute, args.timing)
+        write_csv(args.out, table)
+        print(f"wrote {args.out}: {int(table['holds'].sum())} of {len(table)} claims hold", file=sys.stderr)
+        return ExitCode.OK
+    if args.action == "gather":
+        frames = [pd.read_csv(path, keep_default_na=False, dtype={"measured": str}) for path in args.tables]
+        table = pd.concat(frames, ignore_index=True)
+        table["holds"] = table["holds"].astype(str) == "True"
+        write_csv(args.csv, table)
+        write_text(args.markdown, claims.to_markdown(table, args.config_name))
+        print(
+            f"wrote {args.csv} and {args.markdown}: {int(table['holds'].sum())} of {len(table)} hold", file=sys.stderr
+        )
+        return ExitCode.OK
+    table = pd.read_csv(args.table, keep_default_na=False, dtype={"measured": str})
+    table["holds"] = table["holds"].astype(str) == "True"
+    failed = claims.violations(table)
+    if len(failed):
+        print(
+            f"CLAIMS: {len(failed)} of {len(table)} claim(s) do not hold (and are not known deviations):",
+            file=sys.stderr,
+        )
+        for row in failed.itertuples():
+            print(f"  {row.figure:<20} {row.id:<36} measured {row.measured:<12} {row.claim}", file=sys.stderr)
+        return ExitCode.CHECK_FAILED
+    print(f"OK: every claim of {args.table} holds or is a known deviation ({len(table)} claims)", file=sys.stderr)
+    return ExitCode.OK
+
+
+def register_claims(commands: argparse._SubParsersAction) -> None:
+    claims = commands.add_parser("claims", help="the paper's claims on this run's tables (config/claims.yaml)")
+    actions = claims.add_subparsers(dest="action", required=True)
+    evaluate = actions.add_parser("evaluate", help="one figure's claims -> CSV (figure, claim, paper, measured, holds)")
+    evaluate.add_argument("--claims", type=Path, required=True, help="claims file (config/claims.yaml)")
+    evaluate.add_argument("--figure", required=True, help="the figure whose claims to evaluate, e.g. fig_mf")
+    evaluate.add_argument("--tables", type=Path, required=True, help="the run's tables folder (results/<root>/tables)")
+    evaluate.add_argument("--out", type=Path, required=True, help="CSV to write")
+    evaluate.add_argument("--panels", default=None, help="JSON: experiment -> {paper panel: this grid's panel}")
+    evaluate.add_argument(
+        "--absolute", action="store_true", help="also the claims with the paper's absolute thresholds"
+    )
+    evaluate.add_argument("--timing", action="store_true", help="also the claims that read seconds")
+    gather = actions.add_parser("gather", help="per-figure claim CSVs -> one CSV and one Markdown table")
+    gather.add_argument("--csv", type=Path, required=True)
+    gather.add_argument("--markdown", type=Path, required=True)
+    gather.add_argument("--config-name", default="?", help="output root of the config that made the runs")
+    gather.add_argument("tables", type=Path, nargs="+", help="per-figure claim CSVs")
+    check = actions.add_parser("check", help="exit 1 when a claim does not hold and is not a known deviation")
+    check.add_argument("--table", type=Path, required=True, help="claims.csv (or one figure's)")
+    claims.set_defaults(handler=claims_command)

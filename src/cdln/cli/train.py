@@ -52,6 +52,7 @@ HELP: dict[str, str] = {
     "width": "width of the original DLN (default max(d_out, d_in))",
     "r_hat": "width of cdln/narrow/yaras networks, >= 1 (default 2r)",
     "bm_rank": "Burer-Monteiro width k (default r)",
+    "bm_scale": "Burer-Monteiro init scale, > 0 (default eps; 1 = an order-one start)",
     "eps": "initialisation scale, > 0",
     "lr": "GD step size eta, > 0",
     "alpha": "C-DLN outer-layer step multiplier(s), > 0; several values train as one batched sweep",

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cdln import seeding
 from cdln.data import DataFormatError, DataUnavailableError, download, md5sum
 from cdln.io import atomic_write
 from cdln.problems import Completion, ProblemSpec
@@ -169,7 +170,7 @@ def split_ratings(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, 
     n_test = round(test_fraction * n)
     if n_test < 1 or n_test >= n:
         raise ValueError(f"test_fraction {test_fraction} of {n} ratings leaves an empty train or test set")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    order = torch.randperm(n, generator=seeding.generator(seed, "split")).numpy()
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 

@@ -107,4 +107,5 @@ def _run_row(curves: pd.DataFrame, keys: dict, record: dict, member: dict, reach
         "reach_iteration": reach_iteration,
         "reach_seconds": reach_seconds,
         "device": record["device"]["type"],
+        "device_name": record["device"]["name"],
     }

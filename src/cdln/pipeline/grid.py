@@ -26,34 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SYNTHETIC = ("mf", "mc", "ms", "ablation_alpha", "ablation_depth")
+SYNTHETIC = ("mf", "mc", "ms", "ablation_alpha", "ablation_depth", "baselines")
 ANALYSIS = ("incremental", "invariance", "alignment")
 REAL_DATA = ("movielens", "nonlinear")
 # Keys of a synthetic section that are run settings (shared by its panels, overridden per panel).
 RUN_KEYS = (
-    "task",
-    "d",
-    "r",
-    "p",
-    "m",
-    "depth",
-    "r_hat",
-    "bm_rank",
-    "eps",
-    "lr",
-    "alpha",
-    "n_inner",
-    "max_outer",
-    "tol",
-)
-# What a synthetic problem file is drawn from (the rest are training settings).
-PROBLEM_KEYS = ("task", "d", "r", "p", "m")
+    "task", "d", "r", "p", "m", "depth", "r_hat", "bm_rank", "bm_scale", "eps", "lr", "alpha", "gamma", "n_inner",
+    "max_outer", "tol",
+)  # fmt: skip
 # Widths that belong to some models only.
 COMPRESSED_MODELS = ("cdln", "narrow", "yaras")
 # The FashionMNIST classifier's settings a nonlinear section passes on (`cdln nonlinear --help`).
 NONLINEAR_KEYS = (
-    "hidden", "depth", "width", "r_hat", "eps", "alpha", "optimizer", "lr", "momentum", "batch_size",
-    "steps", "eval_every", "surrogate_batch", "train_subset", "test_subset", "dtype",
+    "hidden", "depth", "width", "r_hat", "eps", "alpha", "init_scale", "alpha_layer", "optimizer", "lr", "momentum",
+    "batch_size", "steps", "eval_every", "surrogate_batch", "train_subset", "test_subset", "dtype",
 )  # fmt: skip
 RESOURCES = "resources"  # where users put data sets (resources/README.md)
 JOB_MANIFEST = "job.json"  # in every job directory: its runs, in the order they ran, and their arguments
@@ -254,8 +240,9 @@ class Grid:
                 problem = self._add_data(self._synthetic_problem(settings, seed))
                 runs = []
                 for model in section["models"]:
-                    for suffix, alpha in self._alpha_variants(section, model, settings, alphas):
-                        options = self._train_options(settings, model, seed, alpha, problem)
+                    model_settings = {**settings, **section.get("model_settings", {}).get(model, {})}
+                    for suffix, alpha in self._alpha_variants(section, model, model_settings, alphas):
+                        options = self._train_options(model_settings, model, seed, alpha, problem)
                         keys = {"experiment": name, "panel": panel, "model": model, "seed": seed}
                         where = f"experiments.{name}.panels.{panel} ({model})"
                         runs.append(Run(model + suffix, "train", options, keys, where))
@@ -301,6 +288,8 @@ class Grid:
             "init_seed": seed,
             "r_hat": settings.get("r_hat") if model in COMPRESSED_MODELS else None,
             "bm_rank": settings.get("bm_rank") if model == "bm" else None,
+            "bm_scale": settings.get("bm_scale") if model == "bm" else None,
+            "gamma": settings.get("gamma") if model == "yaras" else None,
             "alpha": alpha,
             "dtype": self.config["dtype"],
             "device": self.config["device"],
@@ -405,6 +394,7 @@ class Grid:
         for seed in self._seeds(section):
             runs = []
             for model in section["models"]:
+                settings = {**section, **section.get("model_settings", {}).get(model, {})}
                 options = {
                     "model": model,
                     "init_seed": seed,
@@ -412,7 +402,7 @@ class Grid:
                     "resources": RESOURCES,
                     "no_download": not section.get("download", True),
                     "device": self.config["device"],
-                    **{key: section.get(key) for key in NONLINEAR_KEYS},
+                    **{key: settings.get(key) for key in NONLINEAR_KEYS},
                 }
                 keys = {"experiment": name, "model": model, "seed": seed}
                 runs.append(Run(model, "nonlinear", options, keys, f"experiments.{name}"))

@@ -45,6 +45,7 @@ def movielens_rows(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "iterations": int(final["iteration"]),
                 "seconds": record["timing"]["seconds"],
                 "params": record["parameters"]["model"],
+                "device": record["device"]["name"],
             }
         )
     return pd.concat(curves, ignore_index=True), pd.DataFrame(rows)
@@ -69,6 +70,7 @@ def nonlinear_rows(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "seconds": record["timing"]["seconds"],
                 "params": record["parameters"]["total"],
                 "params_block": record["parameters"]["block"],
+                "device": record["device"]["name"],
             }
         )
     return pd.concat(curves, ignore_index=True), pd.DataFrame(rows)
@@ -81,7 +83,8 @@ def summarise(rows: pd.DataFrame, reference: str, ratio_name: str) -> pd.DataFra
     out = []
     for model, group in rows.groupby("model", sort=False):
         entry: dict[str, object] = {"model": model, "n_seeds": len(group)}
-        for column in group.columns.drop(["model", "seed"]):
+        entry["device"] = ", ".join(sorted(set(group["device"])))
+        for column in group.columns.drop(["model", "seed", "device"]):
             values = group[column].astype(float)
             entry[column] = values.mean()
             if column not in ("params", "params_block", "iterations") and len(group) > 1:

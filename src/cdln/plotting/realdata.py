@@ -19,9 +19,16 @@ from cdln.plotting import over_seeds, style
 
 MOVIELENS_MODELS = ("original", "cdln", "altmin")
 PAPER_MOVIELENS_ERROR = 0.54
-NONLINEAR_MODELS = ("mlp", "dln", "cdln")
-NONLINEAR_LABELS = {"mlp": "MLP", "dln": "MLP + DLN block", "cdln": "MLP + C-DLN block"}
-NONLINEAR_COLORS = {"mlp": "mlp", "dln": "original", "cdln": "cdln"}  # the matching model's colour
+NONLINEAR_MODELS = ("mlp", "dln", "cdln", "relu_dln", "relu_cdln")
+NONLINEAR_LABELS = {
+    "mlp": "MLP",
+    "dln": "MLP + DLN block",
+    "cdln": "MLP + C-DLN block",
+    "relu_dln": "MLP + ReLU bottleneck (authors', DLN)",
+    "relu_cdln": "MLP + ReLU bottleneck (authors', compressed)",
+}
+NONLINEAR_COLORS = {"mlp": "mlp", "dln": "original", "cdln": "cdln", "relu_dln": "original", "relu_cdln": "cdln"}
+NONLINEAR_DASHED = ("relu_dln", "relu_cdln")  # the authors' construction: same colours, dashed
 
 
 def plot_movielens(curves: pd.DataFrame, title: str = "MovieLens-100K") -> plt.Figure:
@@ -66,8 +73,9 @@ def plot_nonlinear(curves: pd.DataFrame, title: str = "FashionMNIST") -> plt.Fig
         stats = over_seeds(frame, "test_accuracy")
         finals.append(stats["mean"].iloc[-1])
         color = style.model_color(NONLINEAR_COLORS[model])
+        line = {"linestyle": "--"} if model in NONLINEAR_DASHED else {}
         for axis, x in ((left, stats["iteration"]), (right, stats["seconds"])):
-            style.band(axis, x, stats["mean"], stats["low"], stats["high"], color, label=NONLINEAR_LABELS[model])
+            style.band(axis, x, stats["mean"], stats["low"], stats["high"], color, NONLINEAR_LABELS[model], **line)
     if finals:
         left.set_ylim(max(0.0, min(finals) - 0.06), min(1.0, curves["test_accuracy"].max() + 0.01))
     left.set_ylabel("Test accuracy")

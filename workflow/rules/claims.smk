@@ -1,0 +1,61 @@
+"""The paper's claims on this run: each figure's target also writes the claims its tables support
+(ROOT/tables/claims/<figure>.csv), so rerunning one figure rechecks its claims; ``claims_table``
+gathers them all into tables/claims.csv and tables/claims.md (part of the default target and the report).
+Included before the figure rules, so each figure's target lists its claims file."""
+
+for _figure in claim_figures():
+    register_target(_figure, [f"{ROOT}/tables/claims/{_figure}.csv"])
+
+
+rule claims_figure:
+    """One figure's claims, evaluated on its tables (figure, claim, paper, measured, holds, device)."""
+    input:
+        claims=CLAIMS_FILE or [],
+        tables=lambda wc: [f"{ROOT}/tables/{name}" for name in tables_read(CLAIMS, wc.figure)],
+    output:
+        f"{ROOT}/tables/claims/{{figure}}.csv",
+    log:
+        f"{ROOT}/logs/claims/{{figure}}.log",
+    wildcard_constraints:
+        figure=r"fig_[a-z_]+",
+    params:
+        tables=lambda wc, output: Path(output[0]).parent.parent,
+        flags=claims_flags() if CLAIMS_FILE else "",
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "python3 -m cdln claims evaluate --claims {input.claims} --figure {wildcards.figure} --tables {params.tables} "
+        "{params.flags} --out {output} > {log} 2>&1"
+
+
+if CLAIMS:
+
+    rule claims_table:
+        """Every figure's claims in one table (CSV for the report, Markdown to read)."""
+        input:
+            [f"{ROOT}/tables/claims/{figure}.csv" for figure in claim_figures()],
+        output:
+            csv=report(
+                f"{ROOT}/tables/claims.csv",
+                caption="../report/claims.rst",
+                category="Claims",
+                labels={"table": "claims (CSV)"},
+            ),
+            markdown=f"{ROOT}/tables/claims.md",
+        log:
+            f"{ROOT}/logs/claims/claims.log",
+        params:
+            flags=cli_flags({"config_name": config["output_root"]}),
+        threads: 1
+        conda:
+            CONDA_ENV
+        shell:
+            "python3 -m cdln claims gather --csv {output.csv} --markdown {output.markdown} {params.flags} {input} "
+            "> {log} 2>&1"
+
+    register_target("claims_table", [f"{ROOT}/tables/claims.csv", f"{ROOT}/tables/claims.md"])
+
+    rule claims:
+        input:
+            final_targets("claims_table"),
