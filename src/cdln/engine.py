@@ -6,17 +6,28 @@ sweep of prefix products, one problem gradient and one backward sweep, about 3(L
 products and no autograd bookkeeping; it is O(L d^3) for the original DLN and O(d^2 r_hat) for
 the C-DLN. Runs in a batch (stacked weights) share every problem pass (the MS operator once).
 
-Speed (``cdln bench`` measures it against the time of the matrix products alone): every product
-and the MF/MC loss gradient are written into preallocated buffers (:class:`Workspace`), the
-update is one fused ``_foreach_addcmul_`` call, ``n_inner`` steps run per Python call, CPU
-batches step in cache-sized chunks (:func:`chunk_size`) and members that stop are dropped from
-the stacked weights. None of this changes a member's arithmetic (tests/test_engine_autograd.py).
+Two implementations of a step (:func:`step_path` picks one; :func:`gd_steps` runs it):
+
+- ``torch`` (any device, every problem): every product and the MF/MC loss gradient are written into
+  preallocated buffers (:class:`Workspace`), the update is one fused ``_foreach_addcmul_`` call,
+  ``n_inner`` steps run per Python call, CPU batches step in cache-sized chunks (:func:`chunk_size`).
+- ``native-dense`` / ``native-sampled`` (CPU, MF/MC, float32/64, when :mod:`cdln.native` can build its
+  C kernels): ``n_inner`` whole steps per call in compiled code, no per-step Python or allocation, the
+  layer updates fused into the BLAS products. ``native-sampled`` (MC) forms only the observed entries
+  of the end-to-end product (the loss gradient is zero elsewhere) and does the gradient's products
+  sparse-dense, O(n_observed k + d k^2) per step instead of O(d^2 k) (k = the last layer's input
+  width); it is chosen when the observed fraction is below :func:`sampled_max_density`.
+
+Members that stop are dropped from the stacked weights. A member's arithmetic does not depend on the
+batch: it trains bitwise the same in a batch as alone on every path (MS: to rounding, see below).
+Paths differ from each other by rounding only (tests/test_engine_autograd.py, tests/test_native.py).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,9 +36,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from cdln import native
 from cdln.devices import SyncTimer
 from cdln.networks import LinearNetwork, product
-from cdln.problems import Problem, Sensing
+from cdln.problems import Completion, Factorization, Problem, Sensing
 
 SnapshotFn = Callable[[int, LinearNetwork, Tensor], dict[str, np.ndarray]]
 ProgressFn = Callable[[str], None]
@@ -80,21 +92,48 @@ class Workspace:
     time of batched runs; writing every product into these buffers avoids that.
     ``prefixes[l]`` = W_{l+1} ... W_1 (B, n_{l+1}, d_in); ``upstreams[l]`` = (W_L ... W_{l+1})^T G
     (B, n_l, d_in) for l >= 1; ``grads[l]`` has the shape of ``weights[l]``; ``loss_grad`` (B, d_out, d_in).
+    The torch path's buffers are allocated on first use (the native path needs none of them: it keeps
+    its own scratch in ``native_plan``).
     """
 
     def __init__(self, weights: list[Tensor]) -> None:
-        batch, d_in = weights[0].shape[0], weights[0].shape[-1]
-        new = functools.partial(torch.empty, dtype=weights[0].dtype, device=weights[0].device)
-        self.prefixes = [new(batch, w.shape[-2], d_in) for w in weights[1:]]
-        self.upstreams = [new(batch, w.shape[-1], d_in) for w in weights[2:]]
-        self.grads = [torch.empty_like(w) for w in weights]
-        self.loss_grad = new(batch, weights[-1].shape[-2], d_in)
+        self.shapes = [tuple(w.shape) for w in weights]
+        self.dtype, self.device = weights[0].dtype, weights[0].device
+        self._buffers: dict[str, list[Tensor]] | None = None
+        self.native_plan: tuple[Problem, str, native.NativeSteps] | None = None
+
+    def _torch_buffers(self) -> dict[str, list[Tensor]]:
+        if self._buffers is None:
+            batch, d_in = self.shapes[0][0], self.shapes[0][-1]
+            new = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
+            self._buffers = {
+                "prefixes": [new(batch, shape[-2], d_in) for shape in self.shapes[1:]],
+                "upstreams": [new(batch, shape[-1], d_in) for shape in self.shapes[2:]],
+                "grads": [new(*shape) for shape in self.shapes],
+                "loss_grad": [new(batch, self.shapes[-1][-2], d_in)],
+            }
+        return self._buffers
+
+    @property
+    def prefixes(self) -> list[Tensor]:
+        return self._torch_buffers()["prefixes"]
+
+    @property
+    def upstreams(self) -> list[Tensor]:
+        return self._torch_buffers()["upstreams"]
+
+    @property
+    def grads(self) -> list[Tensor]:
+        return self._torch_buffers()["grads"]
+
+    @property
+    def loss_grad(self) -> Tensor:
+        return self._torch_buffers()["loss_grad"][0]
 
     def fits(self, weights: list[Tensor]) -> bool:
-        if len(self.grads) != len(weights):
+        if len(self.shapes) != len(weights) or (weights[0].dtype, weights[0].device) != (self.dtype, self.device):
             return False
-        pairs = zip(self.grads, weights, strict=True)
-        return all((g.shape, g.dtype, g.device) == (w.shape, w.dtype, w.device) for g, w in pairs)
+        return all(tuple(w.shape) == shape for w, shape in zip(weights, self.shapes, strict=True))
 
 
 def layer_gradients(weights: list[Tensor], problem: Problem, workspace: Workspace | None = None) -> list[Tensor]:
@@ -137,17 +176,93 @@ def chunk_size(weights: list[Tensor], problem: Problem) -> int:
     return max(1, min(batch, CACHE_BYTES // per_member))
 
 
+# Native MC steps: the sampled one costs ~c_s n_observed k, the dense one ~c_d d_out d_in k (k = the last
+# layer's input width), so the sampled step pays below an observed fraction c_d / c_s. Its pass over the
+# observed entries is load-bound and slower per FLOP than a dense GEMM, the more so when a row of width k
+# no longer fits in vector registers (k > 32 float64) and when the [P^T | U^T] panel (2 d_in k numbers)
+# outgrows the L2 cache (CACHE_BYTES). Crossovers measured on one core (scratch/sampled_crossover*.py,
+# d = 100 and 400, L = 3): k = 20: p ~ 0.7-0.75; k = 100 (panel in L2): p ~ 0.4-0.45; k = 400 (panel
+# beyond L2): p ~ 0.2. The thresholds sit a little below them.
+SAMPLED_MAX_DENSITY = {"registers": 0.6, "cache": 0.4, "memory": 0.2}
+
+
+def sampled_max_density(weights: list[Tensor]) -> float:
+    """Observed fraction below which the sampled MC step is the cheaper one (see SAMPLED_MAX_DENSITY)."""
+    k, d_in, itemsize = weights[-1].shape[-1], weights[0].shape[-1], weights[0].element_size()
+    if k * itemsize <= 256:  # 8 AVX2 registers hold the row
+        return SAMPLED_MAX_DENSITY["registers"]
+    return SAMPLED_MAX_DENSITY["cache" if 2 * d_in * k * itemsize <= CACHE_BYTES else "memory"]
+
+
+PATHS = ("torch", "native-dense", "native-sampled")
+# Force a path (tests, benchmarks): None = :func:`step_path` decides; also ``$CDLN_ENGINE_PATH``.
+PATH_OVERRIDE: str | None = None
+
+
+def step_path(weights: list[Tensor], problem: Problem) -> str:
+    """The implementation :func:`gd_steps` uses for these weights on ``problem`` (see the module docstring).
+
+    ``native-*`` needs a CPU, an MF or MC problem, float32/64 contiguous weights and built native kernels;
+    ``native-sampled`` also MC, depth >= 2 and an observed fraction below :func:`sampled_max_density`.
+    The choice depends on shapes, density, dtype and device only, never on the batch size.
+    """
+    forced = PATH_OVERRIDE or os.environ.get("CDLN_ENGINE_PATH") or None
+    if forced is not None and forced not in PATHS:
+        raise ValueError(f"engine path must be one of {list(PATHS)}; got {forced!r}")
+    if forced == "torch":
+        return "torch"
+    tensors = problem.tensors().values()
+    same = all(t.device == weights[0].device and t.dtype in (weights[0].dtype, torch.bool) for t in tensors)
+    if not isinstance(problem, Factorization | Completion) or not same or not native.supports(weights):
+        if forced is not None:
+            reason = native.why_unavailable(weights[0].dtype) or "needs CPU, MF/MC, contiguous float32/64 weights"
+            raise ValueError(f"engine path {forced!r} is not available here: {reason}")
+        return "torch"
+    can_sample = isinstance(problem, Completion) and len(weights) >= 2
+    if forced is not None:
+        if forced == "native-sampled" and not can_sample:
+            raise ValueError("engine path 'native-sampled' needs an MC problem and depth >= 2")
+        return forced
+    if can_sample and problem.n_observed < sampled_max_density(weights) * problem.mask.numel():
+        return "native-sampled"
+    return "native-dense"
+
+
+def _native_steps(
+    weights: list[Tensor], problem: Problem, path: str, workspace: Workspace | None
+) -> native.NativeSteps:
+    """The compiled plan for ``path`` (kept in ``workspace`` when given, for the next call)."""
+    if workspace is not None and workspace.native_plan is not None:
+        owner, owner_path, plan = workspace.native_plan
+        if owner is problem and owner_path == path and plan.fits(weights):
+            return plan
+    if isinstance(problem, Completion):
+        csr = problem.observed_entries() if path == "native-sampled" else None
+        plan = native.NativeSteps(weights, problem.target, problem._observed, 0.0, csr)
+    else:
+        plan = native.NativeSteps(weights, problem.target, None, problem._scale)
+    if workspace is not None and workspace.fits(weights):
+        workspace.native_plan = (problem, path, plan)
+    return plan
+
+
 def gd_steps(
     weights: list[Tensor],
     neg_steps: list[Tensor],
     problem: Problem,
     n_steps: int,
     workspace: Workspace | None = None,
+    path: str | None = None,
 ) -> None:
     """Take ``n_steps`` GD steps in place; ``neg_steps[l]`` = -(lr * scale * active), shape (B, 1, 1).
 
-    ``workspace`` (optional, for the full batch) saves allocating buffers on every call.
+    ``workspace`` (optional, for the full batch) saves allocating buffers on every call. ``path``:
+    one of :data:`PATHS`, default :func:`step_path`'s choice.
     """
+    path = path or step_path(weights, problem)
+    if path != "torch":
+        _native_steps(weights, problem, path, workspace).run(weights, neg_steps, n_steps)
+        return
     batch, chunk = weights[0].shape[0], chunk_size(weights, problem)
     for start in range(0, batch, chunk):
         part = weights if chunk >= batch else [w[start : start + chunk] for w in weights]

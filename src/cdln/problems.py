@@ -153,7 +153,7 @@ class Completion(Problem):
     def __init__(self, spec: ProblemSpec, target: Tensor, mask: Tensor, heldout: Tensor | None = None) -> None:
         self.spec, self.target, self.mask = spec, target, mask.bool()
         self.heldout = None if heldout is None else heldout.bool()
-        observed = int(self.mask.sum())
+        observed = self.n_observed = int(self.mask.sum())
         unobserved = self.mask.numel() - observed
         if observed == 0:
             raise ValueError("matrix completion needs at least one observed entry")
@@ -172,6 +172,18 @@ class Completion(Problem):
 
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
         return torch.sub(end_to_end, self.target, out=out).mul_(self._observed)
+
+    def observed_entries(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The observed set in CSR form, row by row: ``row_ptr`` (d_out + 1,) and ``cols`` (n_observed,)
+        int64, the target's values there and the loss weights there (``1 / n_observed``), in the
+        target's dtype and device. The loss gradient is zero off this set (the sampled engine step)."""
+        if getattr(self, "_csr", None) is None:
+            rows, cols = self.mask.nonzero(as_tuple=True)  # row-major order
+            counts = torch.bincount(rows, minlength=self.mask.shape[0])
+            row_ptr = torch.zeros(self.mask.shape[0] + 1, dtype=torch.long, device=self.mask.device)
+            torch.cumsum(counts, 0, out=row_ptr[1:])
+            self._csr = (row_ptr, cols.contiguous(), self.target[rows, cols], self._observed[rows, cols])
+        return self._csr
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * ((end_to_end - self.target).square() * self._observed).sum(dim=(-2, -1))
