@@ -111,12 +111,12 @@ static i64 max_inner(int depth, const i64 *dims) {
 /* Scratch elements the kernels need for one member (reused across members). */
 static i64 padded(i64 k) { return (k + VW - 1) / VW * VW; }
 
-i64 FN(work_size)(int depth, const i64 *dims, int sampled) {
+i64 FN(work_size)(int depth, const i64 *dims, int sampled, i64 nnz) {
     const i64 d_in = dims[0];
     i64 size = 2 * max_inner(depth, dims) * d_in; /* upstream ping-pong */
     for (int l = 1; l < depth - (sampled ? 1 : 0); l++) size += dims[l + 1] * d_in; /* prefixes */
-    if (sampled) /* [P^T | U^T] rows, a row (accumulator), the row's dot products */
-        size += 2 * d_in * padded(dims[depth - 1]) + padded(dims[depth - 1]) + d_in;
+    if (sampled) /* [P^T | U^T] rows, a row accumulator, the dot products at the observed entries */
+        size += 2 * d_in * padded(dims[depth - 1]) + padded(dims[depth - 1]) + nnz;
     else if (depth == 1) size += dims[1] * d_in; /* G (E is W_0 itself) */
     return size;
 }
@@ -257,14 +257,14 @@ DEFINE_PASS(6)
 DEFINE_PASS(7)
 DEFINE_PASS(8)
 
-/* Wider rows (k > 8 VW): two sweeps over the row's observed entries, in blocks of at most 8 vectors of the row
+/* Wider rows (k > 8 VW): two sweeps over the observed entries, each in blocks of at most 8 vectors of a row
    held in registers: first the dot products (e[q] accumulates block by block), then, with g known, the
    accumulator and U^T updates. */
 #define DEFINE_BLOCK(NV)                                                                                            \
     static void dots_##NV(const real *row, i64 q0, i64 q1, const i64 *cols, const real *ptu, i64 stride, i64 off, \
                           real *e) {                                                                                \
         vreal w[NV];                                                                                                \
-        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) w[v] = VLOAD(row + off + v * VW);                      \
+        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) w[v] = VLOAD(row + v * VW);                            \
         for (i64 q = q0; q < q1; q++) {                                                                             \
             const real *pj = ptu + cols[q] * stride + off;                                                          \
             vreal d0 = VZERO(), d1 = VZERO();                                                                       \
@@ -281,7 +281,7 @@ DEFINE_PASS(8)
                            const real *g, real s) {                                                                 \
         vreal w[NV], acc[NV];                                                                                       \
         _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) {                                                      \
-            w[v] = VLOAD(row + off + v * VW);                                                                       \
+            w[v] = VLOAD(row + v * VW);                                                                             \
             acc[v] = VZERO();                                                                                       \
         }                                                                                                           \
         for (i64 q = q0; q < q1; q++) {                                                                             \
@@ -293,7 +293,7 @@ DEFINE_PASS(8)
             }                                                                                                       \
         }                                                                                                           \
         const vreal step = VSET1(s);                                                                                \
-        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) VSTORE(row + off + v * VW, VFMA(step, acc[v], w[v])); \
+        _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) VSTORE(row + v * VW, VFMA(step, acc[v], w[v]));       \
     }
 DEFINE_BLOCK(1)
 DEFINE_BLOCK(2)
@@ -310,24 +310,29 @@ static const dots_t DOTS[9] = {NULL, dots_1, dots_2, dots_3, dots_4, dots_5, dot
 static const axpys_t AXPYS[9] = {NULL, axpys_1, axpys_2, axpys_3, axpys_4, axpys_5, axpys_6, axpys_7, axpys_8};
 
 static void observed_pass_blocked(i64 d_out, i64 k, const i64 *row_ptr, const i64 *cols, const real *target,
-                                  const real *obs, real *top, real *ptu, real *row, real *e, real s_top) {
-    const i64 kp = padded(k), stride = 2 * kp, block = 8 * VW;
-    for (i64 i = 0; i < d_out; i++) {
-        real *wi = top + i * k;
-        const i64 q0 = row_ptr[i], q1 = row_ptr[i + 1];
-        memcpy(row, wi, k * sizeof(real));
-        memset(row + k, 0, (kp - k) * sizeof(real));
-        memset(e, 0, (q1 - q0) * sizeof(real));
-        for (i64 off = 0; off < kp; off += block) {
-            const i64 nv = (kp - off < block ? kp - off : block) / VW;
-            DOTS[nv](row, q0, q1, cols, ptu, stride, off, e);
+                                  const real *obs, real *top, real *ptu, real *e, real s_top) {
+    /* Blocks of the row outermost: each sweep over the rows touches one 8-vector slice of the [P^T | U^T]
+       panel, which stays in cache when the whole panel does not (wide rows: the original DLN). */
+    const i64 kp = padded(k), stride = 2 * kp, block = 8 * VW, nnz = row_ptr[d_out];
+    real row[8 * VW];
+    memset(e, 0, nnz * sizeof(real));
+    for (i64 off = 0; off < kp; off += block) {
+        const i64 nv = (kp - off < block ? kp - off : block) / VW, valid = (k - off < block ? k - off : block);
+        memset(row, 0, sizeof row);
+        for (i64 i = 0; i < d_out; i++) {
+            memcpy(row, top + i * k + off, valid * sizeof(real));
+            DOTS[nv](row, row_ptr[i], row_ptr[i + 1], cols, ptu, stride, off, e + row_ptr[i]);
         }
-        for (i64 q = q0; q < q1; q++) e[q - q0] = (e[q - q0] - target[q]) * obs[q];
-        for (i64 off = 0; off < kp; off += block) {
-            const i64 nv = (kp - off < block ? kp - off : block) / VW;
-            AXPYS[nv](row, q0, q1, cols, ptu, stride, kp, off, e, s_top);
+    }
+    for (i64 q = 0; q < nnz; q++) e[q] = (e[q] - target[q]) * obs[q];
+    for (i64 off = 0; off < kp; off += block) {
+        const i64 nv = (kp - off < block ? kp - off : block) / VW, valid = (k - off < block ? k - off : block);
+        memset(row, 0, sizeof row);
+        for (i64 i = 0; i < d_out; i++) {
+            memcpy(row, top + i * k + off, valid * sizeof(real));
+            AXPYS[nv](row, row_ptr[i], row_ptr[i + 1], cols, ptu, stride, kp, off, e + row_ptr[i], s_top);
+            memcpy(top + i * k + off, row, valid * sizeof(real)); /* this slice of row i is not read again */
         }
-        memcpy(wi, row, k * sizeof(real));
     }
 }
 #endif
@@ -344,7 +349,7 @@ static void observed_pass(i64 d_out, i64 k, const i64 *row_ptr, const i64 *cols,
     case 6: observed_pass_6(d_out, k, row_ptr, cols, target, obs, top, ptu, s_top); return;
     case 7: observed_pass_7(d_out, k, row_ptr, cols, target, obs, top, ptu, s_top); return;
     case 8: observed_pass_8(d_out, k, row_ptr, cols, target, obs, top, ptu, s_top); return;
-    default: observed_pass_blocked(d_out, k, row_ptr, cols, target, obs, top, ptu, acc, e, s_top); return;
+    default: observed_pass_blocked(d_out, k, row_ptr, cols, target, obs, top, ptu, e, s_top); return;
     }
 #else
     (void)e;

@@ -180,7 +180,7 @@ def _library(dtype: torch.dtype) -> ctypes.CDLL:
     s = SUFFIX[dtype]
     real_p, ptr = ctypes.POINTER(CTYPE[dtype]), ctypes.c_void_p
     dims_p = ctypes.POINTER(i64)
-    getattr(lib, f"cdln_{s}_work_size").argtypes = [ctypes.c_int, dims_p, ctypes.c_int]
+    getattr(lib, f"cdln_{s}_work_size").argtypes = [ctypes.c_int, dims_p, ctypes.c_int, i64]
     getattr(lib, f"cdln_{s}_work_size").restype = i64
     dense = getattr(lib, f"cdln_{s}_dense_steps")
     dense.argtypes = [ctypes.c_int, dims_p, i64, ctypes.POINTER(ptr), real_p, ptr, ptr, CTYPE[dtype], ptr, i64, ptr]
@@ -241,7 +241,8 @@ class NativeSteps:
         self.dims = (i64 * len(dims))(*dims)
         self.sampled = csr is not None
         s = SUFFIX[dtype]
-        size = getattr(self.lib, f"cdln_{s}_work_size")(self.depth, self.dims, int(self.sampled))
+        nnz = int(csr[0][-1]) if self.sampled else 0
+        size = getattr(self.lib, f"cdln_{s}_work_size")(self.depth, self.dims, int(self.sampled), nnz)
         self.work = torch.empty(int(size), dtype=dtype)
         self.scale = scale
         self._keep = [t.contiguous() for t in ([target] if obs is None else [target, obs])]
