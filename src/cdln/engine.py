@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor
 
 from cdln import native
-from cdln.devices import SyncTimer
+from cdln.devices import SyncTimer, synchronize
 from cdln.networks import LinearNetwork, product
 from cdln.problems import Completion, Factorization, Problem, Sensing
 
@@ -136,6 +137,31 @@ class Workspace:
         return all(tuple(w.shape) == shape for w, shape in zip(weights, self.shapes, strict=True))
 
 
+def forward_products(weights: list[Tensor], workspace: Workspace) -> Tensor:
+    """Fill ``workspace.prefixes`` (W_{l+1} ... W_1) and return the end-to-end matrix W_L ... W_1."""
+    prefixes = [weights[0], *workspace.prefixes]  # prefixes[l] = W_{l+1} ... W_1 (0-based l)
+    for layer in range(1, len(weights)):
+        torch.bmm(weights[layer], prefixes[layer - 1], out=prefixes[layer])
+    return prefixes[-1]
+
+
+def backward_products(weights: list[Tensor], loss_grad: Tensor, workspace: Workspace) -> list[Tensor]:
+    """Layer gradients from G = dLoss/dW (B, d_out, d_in), after :func:`forward_products` filled the
+    prefixes; the results live in ``workspace.grads``."""
+    grads = workspace.grads
+    if len(weights) == 1:
+        grads[0].copy_(loss_grad)
+        return grads
+    # upstream = (W_L ... W_{l+1})^T G, starting at l = L; the last one is the first layer's gradient.
+    prefixes = [weights[0], *workspace.prefixes]
+    upstream = loss_grad
+    targets = [grads[0], *workspace.upstreams]
+    for layer in range(len(weights) - 1, 0, -1):
+        torch.bmm(upstream, prefixes[layer - 1].mT, out=grads[layer])
+        upstream = torch.bmm(weights[layer].mT, upstream, out=targets[layer - 1])
+    return grads
+
+
 def layer_gradients(weights: list[Tensor], problem: Problem, workspace: Workspace | None = None) -> list[Tensor]:
     """Closed-form gradients of ``problem``'s training loss w.r.t. each layer, same shapes.
 
@@ -143,20 +169,8 @@ def layer_gradients(weights: list[Tensor], problem: Problem, workspace: Workspac
     """
     if workspace is None or not workspace.fits(weights):
         workspace = Workspace(weights)
-    prefixes = [weights[0], *workspace.prefixes]  # prefixes[l] = W_{l+1} ... W_1 (0-based l)
-    for layer in range(1, len(weights)):
-        torch.bmm(weights[layer], prefixes[layer - 1], out=prefixes[layer])
-    grads = workspace.grads
-    if len(weights) == 1:
-        grads[0].copy_(problem.loss_grad(prefixes[-1], out=workspace.loss_grad))
-        return grads
-    # upstream = (W_L ... W_{l+1})^T G, starting at l = L; the last one is the first layer's gradient.
-    upstream = problem.loss_grad(prefixes[-1], out=workspace.loss_grad)
-    targets = [grads[0], *workspace.upstreams]
-    for layer in range(len(weights) - 1, 0, -1):
-        torch.bmm(upstream, prefixes[layer - 1].mT, out=grads[layer])
-        upstream = torch.bmm(weights[layer].mT, upstream, out=targets[layer - 1])
-    return grads
+    end_to_end = forward_products(weights, workspace)
+    return backward_products(weights, problem.loss_grad(end_to_end, out=workspace.loss_grad), workspace)
 
 
 # Batch members are independent, so a CPU batch steps in chunks whose working set (the d_out x d_in
@@ -363,3 +377,181 @@ def train(
     write_back()
     curves = pd.DataFrame(rows, columns=["member", "iteration", "seconds", "train_loss", "recovery_error"])
     return TrainResult(curves, stop_iteration, stop_seconds, converged, timer.elapsed, warmup_seconds, snapshots)
+
+
+@dataclass(eq=False)
+class _Lockstep:
+    """One network's state in :func:`train_many`."""
+
+    index: int
+    network: LinearNetwork
+    live: list[int]
+    work: list[Tensor]
+    steps: list[Tensor]
+    workspace: Workspace
+    rows: list[tuple[int, int, float, float, float]] = field(default_factory=list)
+    seconds: float = 0.0  # own work plus its share of the shared passes
+    warmup_seconds: float = 0.0
+
+    def neg_steps(self, lr: float) -> list[Tensor]:
+        index = torch.tensor(self.live, dtype=torch.long, device=self.work[0].device)
+        return [(-lr * scale.index_select(0, index)).view(-1, 1, 1) for scale in self.network.lr_scales]
+
+    def write_back(self) -> None:
+        if self.work is not self.network.weights:
+            index = torch.tensor(self.live, dtype=torch.long, device=self.work[0].device)
+            for full, part in zip(self.network.weights, self.work, strict=True):
+                full.index_copy_(0, index, part)
+
+
+def train_many(
+    networks: list[LinearNetwork],
+    problem: Problem,
+    settings: TrainSettings,
+    progress: ProgressFn | None = None,
+) -> list[TrainResult]:
+    """Train several networks (any shapes and batch sizes; modified in place) on one problem by full-batch
+    GD in lockstep, sharing every pass over the MS operator: each step stacks the networks' end-to-end
+    matrices into one (sum of live members, d_out, d_in) loss-gradient call, and each checkpoint into one
+    training-loss call. E.g. the original DLN and the C-DLN of one seed pay one operator pass per step
+    between them instead of two.
+
+    Each network's members stop on their own (below ``settings.tol``, checked at checkpoints) and are
+    dropped; a network with no live member drops out of the lockstep. A member's iterates are those of
+    training it alone, up to the rounding of the shared product (as in a batch; see :func:`train`).
+
+    Seconds (``TrainResult.seconds``, ``stop_seconds``, the curves' ``seconds``): each network's own work
+    (its products and update, its recovery error) is timed on its own, device-synchronised; the time of a
+    shared pass is split among the networks in proportion to the live members each put into it. So the
+    networks' seconds add up to the lockstep's wall time, and a network's seconds are what it cost in the
+    shared run, not what it would cost alone. The warm-up step (on copies) is split the same way.
+
+    Only MS has a pass worth sharing: for MF and MC each network is trained on its own by :func:`train`
+    (on its fastest path), one after the other.
+    """
+    if not isinstance(problem, Sensing):
+        return [train(network, problem, settings, progress=progress) for network in networks]
+    device = networks[0].weights[0].device
+    states = [
+        _Lockstep(k, net, list(range(net.batch)), net.weights, [], Workspace(net.weights))
+        for k, net in enumerate(networks)
+    ]
+    for state in states:
+        state.steps = state.neg_steps(settings.lr)
+
+    def clock() -> float:
+        synchronize(device)
+        return time.perf_counter()
+
+    def share(seconds: float, active: list[_Lockstep]) -> None:
+        members = sum(len(s.live) for s in active)
+        for s in active:
+            s.seconds += seconds * len(s.live) / members
+
+    def step(active: list[_Lockstep], works: list[list[Tensor]], buffers: list[Workspace], shared: Tensor) -> None:
+        offset = 0
+        slices = []
+        for state, work, workspace in zip(active, works, buffers, strict=True):
+            start = clock()
+            batch = work[0].shape[0]
+            shared[offset : offset + batch].copy_(forward_products(work, workspace))
+            slices.append(slice(offset, offset + batch))
+            offset += batch
+            state.seconds += clock() - start
+        start = clock()
+        grad = problem.loss_grad(shared)
+        share(clock() - start, active)
+        for state, work, workspace, part in zip(active, works, buffers, slices, strict=True):
+            start = clock()
+            torch._foreach_addcmul_(work, backward_products(work, grad[part], workspace), state.steps)
+            state.seconds += clock() - start
+
+    def stacked(active: list[_Lockstep]) -> Tensor:
+        d_out, d_in = problem.shape
+        total = sum(len(s.live) for s in active)
+        return torch.empty(total, d_out, d_in, dtype=active[0].work[0].dtype, device=device)
+
+    # Warm-up: one lockstep step on copies (first-call costs), split like the rest.
+    warm = [[w.clone() for w in s.work] for s in states]
+    for state in states:
+        state.seconds = 0.0
+    step(states, warm, [Workspace(w) for w in warm], stacked(states))
+    for state in states:
+        state.warmup_seconds, state.seconds = state.seconds, 0.0
+    del warm
+
+    results: list[TrainResult | None] = [None] * len(states)
+    stops = [
+        ([settings.max_iterations] * s.network.batch, [math.nan] * s.network.batch, [False] * s.network.batch)
+        for s in states
+    ]
+
+    def checkpoint(iteration: int, active: list[_Lockstep]) -> list[_Lockstep]:
+        ends = []
+        for state in active:
+            start = clock()
+            ends.append(product(state.work))
+            state.seconds += clock() - start
+        start = clock()
+        losses = problem.train_loss(torch.cat(ends)).tolist()
+        share(clock() - start, active)
+        still = []
+        offset = 0
+        for state, end in zip(active, ends, strict=True):
+            start = clock()
+            mine, offset = losses[offset : offset + len(state.live)], offset + len(state.live)
+            errors = problem.recovery_error(end).tolist()
+            stop_iteration, stop_seconds, converged = stops[state.index]
+            keep = []
+            for k, member in enumerate(state.live):
+                if not math.isfinite(mine[k]):
+                    raise DivergenceError(iteration, member, settings.lr)
+                state.rows.append((member, iteration, state.seconds, mine[k], errors[k]))
+                if mine[k] < settings.tol or iteration == settings.max_iterations:
+                    converged[member] = mine[k] < settings.tol
+                    stop_iteration[member], stop_seconds[member] = iteration, state.seconds
+                else:
+                    keep.append(k)
+            if len(keep) < len(state.live):
+                state.write_back()
+                index = torch.tensor(keep, dtype=torch.long, device=device)
+                state.work = [w.index_select(0, index) for w in state.work]
+                state.live = [state.live[k] for k in keep]
+                if state.live:
+                    state.workspace, state.steps = Workspace(state.work), state.neg_steps(settings.lr)
+            state.seconds += clock() - start
+            if state.live:
+                still.append(state)
+            if progress is not None:
+                progress(
+                    f"[{state.network.name}] iter {iteration:>8d}/{settings.max_iterations}  {state.seconds:8.2f}s  "
+                    f"loss {min(mine):.3e}  recovery {min(errors):.3e}  active {len(state.live)}"
+                )
+        return still
+
+    active = checkpoint(0, states)
+    shared = stacked(active) if active else None
+    for outer in range(1, settings.max_outer + 1):
+        if not active:
+            break
+        for _ in range(settings.n_inner):
+            step(active, [s.work for s in active], [s.workspace for s in active], shared)
+        before = [len(s.live) for s in active]
+        now_active = checkpoint(outer * settings.n_inner, active)
+        if [len(s.live) for s in now_active] != before or len(now_active) != len(active):
+            active = now_active
+            shared = stacked(active) if active else None
+    for index, state in enumerate(states):
+        state.write_back()
+        columns = ["member", "iteration", "seconds", "train_loss", "recovery_error"]
+        curves = pd.DataFrame(state.rows, columns=columns).sort_values(["iteration", "member"], kind="stable")
+        stop_iteration, stop_seconds, converged = stops[index]
+        results[index] = TrainResult(
+            curves.reset_index(drop=True),
+            stop_iteration,
+            stop_seconds,
+            converged,
+            state.seconds,
+            state.warmup_seconds,
+        )
+    return [r for r in results if r is not None]
