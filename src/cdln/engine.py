@@ -6,7 +6,7 @@ sweep of prefix products, one problem gradient and one backward sweep, about 3(L
 products and no autograd bookkeeping; it is O(L d^3) for the original DLN and O(d^2 r_hat) for
 the C-DLN. Runs in a batch (stacked weights) share every problem pass (the MS operator once).
 
-Two implementations of a step (:func:`step_path` picks one; :func:`gd_steps` runs it):
+Implementations of a step (:func:`step_path` picks one; :func:`gd_steps` runs it):
 
 - ``torch`` (any device, every problem): every product and the MF/MC loss gradient are written into
   preallocated buffers (:class:`Workspace`), the update is one fused ``_foreach_addcmul_`` call,
@@ -17,6 +17,11 @@ Two implementations of a step (:func:`step_path` picks one; :func:`gd_steps` run
   of the end-to-end product (the loss gradient is zero elsewhere) and does the gradient's products
   sparse-dense, O(n_observed k + d k^2) per step instead of O(d^2 k) (k = the last layer's input
   width); it is chosen when the observed fraction is below :func:`sampled_max_density`.
+- ``cuda-graph`` (CUDA): the torch path's ``n_inner`` steps captured once into a CUDA graph
+  (:class:`CapturedSteps`, kept in the :class:`Workspace`) and replayed with one launch per call.
+
+:func:`train_many` steps networks of different shapes in lockstep on one problem, sharing each pass over
+the MS operator.
 
 Members that stop are dropped from the stacked weights. A member's arithmetic does not depend on the
 batch: it trains bitwise the same in a batch as alone on every path (MS: to rounding, see below).
@@ -102,6 +107,7 @@ class Workspace:
         self.dtype, self.device = weights[0].dtype, weights[0].device
         self._buffers: dict[str, list[Tensor]] | None = None
         self.native_plan: tuple[Problem, str, native.NativeSteps] | None = None
+        self.graphs: dict[int, CapturedSteps] = {}  # cuda-graph path: captured loops by step count
 
     def _torch_buffers(self) -> dict[str, list[Tensor]]:
         if self._buffers is None:
@@ -208,7 +214,7 @@ def sampled_max_density(weights: list[Tensor]) -> float:
     return SAMPLED_MAX_DENSITY["cache" if 2 * d_in * k * itemsize <= CACHE_BYTES else "memory"]
 
 
-PATHS = ("torch", "native-dense", "native-sampled")
+PATHS = ("torch", "native-dense", "native-sampled", "cuda-graph")
 # Force a path (tests, benchmarks): None = :func:`step_path` decides; also ``$CDLN_ENGINE_PATH``.
 PATH_OVERRIDE: str | None = None
 
@@ -216,7 +222,9 @@ PATH_OVERRIDE: str | None = None
 def step_path(weights: list[Tensor], problem: Problem) -> str:
     """The implementation :func:`gd_steps` uses for these weights on ``problem`` (see the module docstring).
 
-    ``native-*`` needs a CPU, an MF or MC problem, float32/64 contiguous weights and built native kernels;
+    ``cuda-graph`` is the torch path captured into a CUDA graph (CUDA tensors; ``CDLN_CUDA_GRAPHS=0``
+    turns it off). ``native-*`` needs a CPU, an MF or MC problem, float32/64 contiguous weights and built
+    native kernels;
     ``native-sampled`` also MC, depth >= 2 and an observed fraction below :func:`sampled_max_density`.
     The choice depends on shapes, density, dtype and device only, never on the batch size.
     """
@@ -225,6 +233,12 @@ def step_path(weights: list[Tensor], problem: Problem) -> str:
         raise ValueError(f"engine path must be one of {list(PATHS)}; got {forced!r}")
     if forced == "torch":
         return "torch"
+    if weights[0].device.type == "cuda" or forced == "cuda-graph":
+        if weights[0].device.type != "cuda":
+            raise ValueError("engine path 'cuda-graph' needs CUDA tensors")
+        if forced not in (None, "cuda-graph"):
+            raise ValueError(f"engine path {forced!r} is not available on CUDA (CPU kernels)")
+        return "cuda-graph" if cuda_graphs_enabled() else "torch"
     tensors = problem.tensors().values()
     same = all(t.device == weights[0].device and t.dtype in (weights[0].dtype, torch.bool) for t in tensors)
     if not isinstance(problem, Factorization | Completion) or not same or not native.supports(weights):
@@ -260,6 +274,95 @@ def _native_steps(
     return plan
 
 
+def cuda_graphs_enabled() -> bool:
+    """Whether CUDA runs use the captured loop (``CDLN_CUDA_GRAPHS`` is not ``0``)."""
+    return os.environ.get("CDLN_CUDA_GRAPHS", "1") != "0"
+
+
+def _capture(run: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """Record ``run``'s GPU work into a CUDA graph (nothing executes); returns the graph's replay."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
+def _warm_up(run: Callable[[], None], device: torch.device) -> None:
+    """Run once on a side stream before capturing (cuBLAS handles and workspaces, allocator pools)."""
+    if device.type != "cuda":
+        run()
+        return
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+
+
+class CapturedSteps:
+    """``n_steps`` GD steps of the torch path recorded once into a CUDA graph and replayed with one launch.
+
+    A small GPU step is bound by kernel launches (~10 per step); the graph replays all ``10 n_steps`` of them
+    without the CPU. The graph reads and writes the very tensors it was captured with (``weights`` in place,
+    ``neg_steps``, the workspace buffers, the problem's tensors), so a replay is valid only for those:
+    :meth:`matches` checks their storage. Capture runs one warm-up step on a side stream first and then
+    restores the weights, so building it does not move them. The replayed kernels are the eager ones:
+    same arithmetic as the torch path.
+    """
+
+    def __init__(
+        self, weights: list[Tensor], neg_steps: list[Tensor], problem: Problem, n_steps: int, workspace: Workspace
+    ) -> None:
+        self.n_steps, self.problem = n_steps, problem  # holding the problem keeps its id unique
+        self.key = self._key(weights, neg_steps, problem)
+        device = weights[0].device
+
+        def steps(count: int) -> Callable[[], None]:
+            def run() -> None:
+                for _ in range(count):
+                    torch._foreach_addcmul_(weights, layer_gradients(weights, problem, workspace), neg_steps)
+
+            return run
+
+        saved = [w.clone() for w in weights]
+        _warm_up(steps(1), device)
+        for weight, before in zip(weights, saved, strict=True):
+            weight.copy_(before)
+        synchronize(device)
+        self.replay = _capture(steps(n_steps), device)
+
+    @staticmethod
+    def _key(weights: list[Tensor], neg_steps: list[Tensor], problem: Problem) -> tuple:
+        tensors = [*weights, *neg_steps]
+        return (id(problem), *((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors))
+
+    def matches(self, weights: list[Tensor], neg_steps: list[Tensor], problem: Problem, n_steps: int) -> bool:
+        return n_steps == self.n_steps and self._key(weights, neg_steps, problem) == self.key
+
+
+def _captured_steps(
+    weights: list[Tensor], neg_steps: list[Tensor], problem: Problem, n_steps: int, workspace: Workspace
+) -> CapturedSteps:
+    """The captured loop for these tensors and step count, from ``workspace`` or captured now (and kept there)."""
+    captured = workspace.graphs.get(n_steps)
+    if captured is None or not captured.matches(weights, neg_steps, problem, n_steps):
+        captured = workspace.graphs[n_steps] = CapturedSteps(weights, neg_steps, problem, n_steps, workspace)
+    return captured
+
+
+def prepare_steps(
+    weights: list[Tensor], neg_steps: list[Tensor], problem: Problem, n_steps: int, workspace: Workspace
+) -> str:
+    """Build what :func:`gd_steps` will need for these arguments (the CUDA graph, the native plan and its
+    kernels) without stepping, so that a timed run excludes it; returns the path."""
+    path = step_path(weights, problem)
+    if path == "cuda-graph":
+        _captured_steps(weights, neg_steps, problem, n_steps, workspace)
+    elif path != "torch":
+        _native_steps(weights, problem, path, workspace)
+    return path
+
+
 def gd_steps(
     weights: list[Tensor],
     neg_steps: list[Tensor],
@@ -270,10 +373,16 @@ def gd_steps(
 ) -> None:
     """Take ``n_steps`` GD steps in place; ``neg_steps[l]`` = -(lr * scale * active), shape (B, 1, 1).
 
-    ``workspace`` (optional, for the full batch) saves allocating buffers on every call. ``path``:
-    one of :data:`PATHS`, default :func:`step_path`'s choice.
+    ``workspace`` (optional, for the full batch) saves allocating buffers on every call, and keeps the
+    native plan or the CUDA graph for the next call (the ``cuda-graph`` path needs it: without one the
+    steps run eagerly). ``path``: one of :data:`PATHS`, default :func:`step_path`'s choice.
     """
     path = path or step_path(weights, problem)
+    if path == "cuda-graph":
+        if workspace is not None and workspace.fits(weights):
+            _captured_steps(weights, neg_steps, problem, n_steps, workspace).replay()
+            return
+        path = "torch"  # no workspace to keep a graph in: a one-off capture would not pay; same kernels eagerly
     if path != "torch":
         _native_steps(weights, problem, path, workspace).run(weights, neg_steps, n_steps)
         return
@@ -296,7 +405,8 @@ def train(
     """Train ``network`` (modified in place) on ``problem`` by full-batch GD.
 
     ``network`` and ``problem`` must share device and dtype. Wall-clock seconds are
-    device-synchronised, exclude one warm-up step (on a copy) and exclude snapshot work.
+    device-synchronised, exclude one warm-up step (on a copy), the building of the step's CUDA graph or
+    native plan (a member drop re-captures the graph inside the timed run) and snapshot work.
     A member that stops (below ``tol``) is written back to ``network`` and dropped from the
     stacked weights, so the rest of the batch no longer pays for it; every member's arithmetic
     is the same as if it had trained alone. Raises :class:`DivergenceError` on a non-finite
@@ -320,6 +430,9 @@ def train(
     warmup = SyncTimer(device)
     warmup.start()
     gd_steps([w.clone() for w in work], neg_steps(), problem, 1)
+    workspace = Workspace(work)
+    steps = neg_steps()
+    prepare_steps(work, steps, problem, settings.n_inner, workspace)  # CUDA graph capture, native plan
     warmup_seconds = warmup.elapsed
 
     rows: list[tuple[int, int, float, float, float]] = []
@@ -328,8 +441,6 @@ def train(
     stop_seconds = [math.nan] * batch
     converged = [False] * batch
     timer = SyncTimer(device)
-    workspace = Workspace(work)
-    steps = neg_steps()
 
     def checkpoint(iteration: int) -> None:
         nonlocal work, live, workspace, steps
