@@ -86,7 +86,9 @@ def test_step_flops_count_the_engine_products():
 
 def test_gemm_rate_and_hardware_reference():
     rate = jb.gemm_rate(n=64, repeats=2)
-    assert math.isfinite(rate) and rate > 0
+    assert math.isfinite(rate) and rate > 0 and jb.gemm_rate(n=64, repeats=1, library="numpy") > 0
+    with pytest.raises(ValueError, match="library"):
+        jb.gemm_rate(n=8, library="cublas")
     problem = _problem("mf")
     weights = original_dln(9, 7, 3, 0.1, [0]).weights
     assert jb.hardware_reference_seconds(weights, problem, rate) == jb.step_flops(weights, problem) / rate

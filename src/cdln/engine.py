@@ -24,8 +24,9 @@ Implementations of a step (:func:`step_path` picks one; :func:`gd_steps` runs it
 the MS operator.
 
 Members that stop are dropped from the stacked weights. A member's arithmetic does not depend on the
-batch: it trains bitwise the same in a batch as alone on every path (MS: to rounding, see below).
-Paths differ from each other by rounding only (tests/test_engine_autograd.py, tests/test_native.py).
+batch: it trains bitwise the same in a batch as alone on every path (MS: to rounding, as the batch shares
+one operator product). Paths differ from each other by rounding only (tests/test_engine_autograd.py,
+tests/test_native.py).
 """
 
 from __future__ import annotations

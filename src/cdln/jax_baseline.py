@@ -395,20 +395,45 @@ def step_flops(weights: list[Tensor], problem: Problem, sampled: bool = False) -
     return batch * total
 
 
-def gemm_rate(n: int = 2000, repeats: int = 3, dtype: torch.dtype = torch.float64) -> float:
-    """FLOP/s of a large ``n x n x n`` CPU GEMM (``torch.mm`` into a preallocated output) at the current
-    torch thread count: the median of ``repeats`` timed products after one warm-up. The hardware
-    reference of issue #13 is :func:`step_flops` divided by this rate."""
+def gemm_rate(n: int = 2000, repeats: int = 3, dtype: torch.dtype = torch.float64, library: str = "torch") -> float:
+    """FLOP/s of a large ``n x n x n`` CPU GEMM into a preallocated output: the median of ``repeats`` timed
+    products after one warm-up, at the current thread count. ``library``: ``"torch"`` (``torch.mm``: MKL in
+    the PyPI wheels) or ``"numpy"`` (``np.matmul``: numpy's OpenBLAS, which the native engine path calls).
+    The hardware reference of issue #13 is :func:`step_flops` divided by this rate."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=generator, dtype=dtype)
     b = torch.randn(n, n, generator=generator, dtype=dtype)
     out = torch.empty(n, n, dtype=dtype)
-    torch.mm(a, b, out=out)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        times.append(time.perf_counter() - start)
+    if library == "torch":
+
+        def product() -> None:
+            torch.mm(a, b, out=out)
+
+    elif library == "numpy":
+        a_np, b_np, out_np = a.numpy(), b.numpy(), out.numpy()
+
+        def product() -> None:
+            np.matmul(a_np, b_np, out=out_np)
+
+    else:
+        raise ValueError(f"library must be 'torch' or 'numpy'; got {library!r}")
+    set_threads = None
+    if library == "numpy":  # hold numpy's OpenBLAS to torch's thread count, as the native kernels do
+        from cdln.native import blas
+
+        found = blas(dtype, "openblas")
+        set_threads = found.set_threads if found is not None else None
+    previous = set_threads(torch.get_num_threads()) if set_threads is not None else None
+    try:
+        product()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+    finally:
+        if set_threads is not None and previous is not None and previous > 0:
+            set_threads(previous)
     return 2.0 * n**3 / statistics.median(times)
 
 

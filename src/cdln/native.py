@@ -5,7 +5,8 @@ arithmetic: each torch call costs 2-6 us from Python, and torch's MKL runs a 100
 product at ~31 GFLOP/s on this project's AMD machine where the OpenBLAS that numpy ships runs it at
 ~37. The C kernels run ``n_steps`` whole GD steps per call (one ctypes call per checkpoint), fuse the
 loss gradient into one pass and the layer updates into the BLAS products (beta = 1), and call the
-fastest BLAS found: numpy's bundled OpenBLAS, else the MKL inside torch. For MC they also offer the
+OpenBLAS bundled with numpy when there is one (the faster of the two here at these sizes), else the MKL
+inside torch. For MC they also offer the
 sampled step (only the observed entries of the end-to-end product; see the C source).
 
 The source is compiled once per machine with the system C compiler (``$CC``, else ``cc``/``gcc``/
@@ -26,6 +27,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +118,7 @@ class Blas:
     name: str
     address: int
     kind: int
-    set_threads: object | None = None
+    set_threads: Callable[[int], int] | None = None
 
 
 def _openblas(dtype: torch.dtype) -> Blas | None:
@@ -139,11 +141,30 @@ def _openblas(dtype: torch.dtype) -> Blas | None:
             (f"cblas_{letter}gemm", 1),
         ):
             if hasattr(lib, symbol):
-                setter = getattr(lib, "openblas_set_num_threads_local", None)
-                if setter is not None:
-                    setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
                 address = ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value
-                return Blas(f"openblas ({path.name}:{symbol})", address, kind, setter)
+                return Blas(f"openblas ({path.name}:{symbol})", address, kind, _thread_setter(lib))
+    return None
+
+
+def _thread_setter(lib: ctypes.CDLL) -> Callable[[int], int] | None:
+    """``set(n) -> previous`` for OpenBLAS's thread count: the calling thread's own setting where the build
+    has ``openblas_set_num_threads_local``, else the global one (restored after each kernel call)."""
+    local = getattr(lib, "openblas_set_num_threads_local", None)
+    if local is not None:
+        local.argtypes, local.restype = [ctypes.c_int], ctypes.c_int
+        return local
+    for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
+        setter = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+        getter = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+        if setter is not None and getter is not None:
+            setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
+
+            def set_threads(n: int, setter=setter, getter=getter) -> int:
+                previous = getter()
+                setter(n)
+                return previous
+
+            return set_threads
     return None
 
 
