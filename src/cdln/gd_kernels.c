@@ -1,6 +1,6 @@
 /* Compiled inner loops of full-batch GD on deep linear networks (MF, MC), built by cdln.native.
 
-   Compiled twice, with -DREAL=double -DSFX=d and with -DREAL=float -DSFX=s. Every matrix is
+   Compiled twice, with -DREAL=double -DSFX=d and with -DREAL=float -DSFX=s -DREAL_IS_FLOAT=1. Every matrix is
    row-major; layer l of batch member b lives at weights[l] + b * dims[l+1] * dims[l] (the
    (B, n_out, n_in) stacking of cdln.networks). Members are stepped one after another, each
    through all n_steps steps (its working set stays in cache), with the same arithmetic whatever
@@ -16,8 +16,12 @@
    them (beta = 1).
    sampled_steps (MC, depth >= 2): the loss gradient is zero off the observed set, so only the
    observed entries of E = W_{L-1} P_{L-2} are formed, and G's products with P_{L-2}^T and W_{L-1}^T
-   are sparse-dense; all three in one pass over the observed entries (CSR: row_ptr, cols), O(nnz k)
-   with k = dims[L-1], instead of the dense O(d_out d_in k). The rest of the step is dense.
+   are sparse-dense; all three in one pass over the observed entries (CSR: row_ptr, cols; two sweeps
+   for rows wider than 8 vectors), O(nnz k) with k = dims[L-1], instead of the dense O(d_out d_in k).
+   The rest of the step is dense.
+
+   Rounding: the paths sum in different orders (and BLAS and the compiler may fuse multiply-adds), so
+   they agree with each other and with the torch path to rounding, not bitwise (tests/test_native.py).
 
    gemm_kind: 0 = CBLAS with 64-bit ints (OpenBLAS ILP64, as numpy ships it), 1 = CBLAS with
    32-bit ints, 2 = Fortran BLAS with 32-bit ints (MKL LP64, as torch ships it). */
@@ -38,7 +42,6 @@ typedef int64_t i64;
 #define CAT2(a, b) a##b
 #define CAT(a, b) CAT2(a, b)
 #define FN(name) CAT(CAT(cdln_, SFX), CAT(_, name))
-
 
 /* Vector helpers for the observed-entries pass (AVX2 + FMA when the compiler targets it). */
 #if defined(__AVX2__) && defined(__FMA__)

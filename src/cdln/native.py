@@ -89,7 +89,7 @@ def _build(dtype: torch.dtype) -> Path:
             b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_signature().encode()])
         )
         name = f"gd_kernels_{SUFFIX[dtype]}_{key.hexdigest()[:16]}.so"
-        for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"cdln-{os.getuid()}"):
+        for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"cdln-{getattr(os, 'getuid', lambda: 0)()}"):
             target = folder / name
             if target.is_file():
                 return target
@@ -248,11 +248,20 @@ def supports(weights: list[Tensor]) -> bool:
 class NativeSteps:
     """GD steps of networks with fixed shapes on one MF/MC problem, by the compiled kernels.
 
-    ``sampled`` (MC, depth >= 2) selects the observed-entries step; the problem's tensors must be on
-    the CPU in the weights' dtype. ``run(weights, neg_steps, n)`` takes n steps in place.
+    Dense step: G = (E - target) * obs (MC: ``obs`` = mask / n_observed) or (E - target) * scale (``obs``
+    None, MF). ``csr`` (MC, depth >= 2: :meth:`~cdln.problems.Completion.observed_entries`) selects the
+    sampled step instead. The problem's tensors must be on the CPU in the weights' dtype.
+    ``run(weights, neg_steps, n)`` takes n steps in place.
     """
 
-    def __init__(self, weights: list[Tensor], target: Tensor, obs: Tensor | None, scale: float, csr=None) -> None:
+    def __init__(
+        self,
+        weights: list[Tensor],
+        target: Tensor,
+        obs: Tensor | None,
+        scale: float,
+        csr: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    ) -> None:
         self.dtype = dtype = weights[0].dtype
         self.lib = _library(dtype)
         self.blas = blas(dtype)
