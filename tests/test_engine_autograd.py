@@ -4,7 +4,8 @@ The engine computes layer gradients in closed form into preallocated buffers, up
 fused call, steps large CPU batches in cache-sized chunks and drops members once they stop; none
 of that may change the arithmetic: gradients and trajectories match ``torch.autograd`` on the
 problem's own training loss to 1e-10 (float64), and a member trains bitwise the same in a batch as
-alone (MF, MC; MS to rounding, where the batch shares one operator product).
+alone (MF, MC; MS to rounding, where the batch shares one operator product). Trajectory and batching
+tests run on every engine path (torch, and the compiled native dense/sampled steps where they apply).
 """
 
 from __future__ import annotations
@@ -12,13 +13,35 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdln import engine
+from cdln import engine, native
 from cdln.bench import kernels as bench
 from cdln.engine import TrainSettings, Workspace, gd_steps, layer_gradients, train
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
 from cdln.problems import Problem, ProblemSpec, make_problem
 
 TASK_OPTIONS = {"mf": {}, "mc": {"p": 0.5}, "ms": {"m": 150}}
+NATIVE = native.available()
+ENGINE_PATHS = [
+    "torch",
+    pytest.param("native-dense", marks=pytest.mark.skipif(not NATIVE, reason=f"{native.why_unavailable()}")),
+    pytest.param("native-sampled", marks=pytest.mark.skipif(not NATIVE, reason=f"{native.why_unavailable()}")),
+]
+
+
+@pytest.fixture(params=ENGINE_PATHS)
+def engine_path(request, monkeypatch):
+    """Run the test with the engine forced onto one path (native paths only where the task allows them)."""
+    monkeypatch.setattr(engine, "PATH_OVERRIDE", request.param)
+    return request.param
+
+
+def _skip_unless_path_applies(path: str, task: str) -> None:
+    if path.startswith("native") and task == "ms":
+        pytest.skip("no native step for MS")
+    if path == "native-sampled" and task != "mc":
+        pytest.skip("the sampled step is for MC")
+
+
 SHAPES = [(10, 10), (12, 7), (6, 11)]  # square and both rectangular orientations
 
 
@@ -79,7 +102,8 @@ def test_closed_form_gradients_match_autograd(task, model, depth, d_out, d_in):
 @pytest.mark.parametrize("task,lr", [("mf", 2.0), ("mc", 1.0), ("ms", 3.0)])  # stable for every depth at eps 0.3
 @pytest.mark.parametrize("model", ["original", "cdln"])
 @pytest.mark.parametrize("depth", [2, 3, 4])
-def test_trajectories_match_autograd_gd(task, lr, model, depth):
+def test_trajectories_match_autograd_gd(task, lr, model, depth, engine_path):
+    _skip_unless_path_applies(engine_path, task)
     problem = _problem(task, 9, 7)
     network = _network(model, problem, depth, batch=2, eps=0.3)
     n_inner, n_outer = 10, 6
@@ -127,8 +151,11 @@ def _train_alone_and_batched(problem: Problem, model: str, batch: int, settings:
 
 @pytest.mark.parametrize("task,lr", [("mf", 5.0), ("mc", 4.0), ("ms", 5.0)])
 @pytest.mark.parametrize("model", ["original", "cdln"])
-@pytest.mark.parametrize("cache_bytes", [engine.CACHE_BYTES, 1])  # 1: every member its own chunk
-def test_batched_members_train_as_if_alone(task, lr, model, cache_bytes, monkeypatch):
+@pytest.mark.parametrize("cache_bytes", [engine.CACHE_BYTES, 1])  # 1: every member its own chunk (torch path)
+def test_batched_members_train_as_if_alone(task, lr, model, cache_bytes, monkeypatch, engine_path):
+    _skip_unless_path_applies(engine_path, task)
+    if engine_path != "torch" and cache_bytes != engine.CACHE_BYTES:
+        pytest.skip("chunking is the torch path's")
     monkeypatch.setattr(engine, "CACHE_BYTES", cache_bytes)
     problem = _problem(task, 10, 10)
     # tol chosen so that members stop at different checkpoints: exercises dropping stopped members.
@@ -160,11 +187,11 @@ def test_chunked_steps_equal_whole_batch_steps(monkeypatch):
     network = _network("cdln", problem, 3, batch=5)
     steps = [(-5.0 * s).view(-1, 1, 1) for s in network.lr_scales]
     whole = [w.clone() for w in network.weights]
-    gd_steps(whole, steps, problem, 30)
+    gd_steps(whole, steps, problem, 30, path="torch")
     monkeypatch.setattr(engine, "CACHE_BYTES", 1)
     assert engine.chunk_size(network.weights, problem) == 1
     chunked = [w.clone() for w in network.weights]
-    gd_steps(chunked, steps, problem, 30)
+    gd_steps(chunked, steps, problem, 30, path="torch")
     assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
     assert not torch.equal(whole[0], network.weights[0]), "the steps must have moved the weights"
 

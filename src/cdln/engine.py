@@ -6,17 +6,35 @@ sweep of prefix products, one problem gradient and one backward sweep, about 3(L
 products and no autograd bookkeeping; it is O(L d^3) for the original DLN and O(d^2 r_hat) for
 the C-DLN. Runs in a batch (stacked weights) share every problem pass (the MS operator once).
 
-Speed (``cdln bench`` measures it against the time of the matrix products alone): every product
-and the MF/MC loss gradient are written into preallocated buffers (:class:`Workspace`), the
-update is one fused ``_foreach_addcmul_`` call, ``n_inner`` steps run per Python call, CPU
-batches step in cache-sized chunks (:func:`chunk_size`) and members that stop are dropped from
-the stacked weights. None of this changes a member's arithmetic (tests/test_engine_autograd.py).
+Implementations of a step (:func:`step_path` picks one; :func:`gd_steps` runs it):
+
+- ``torch`` (any device, every problem): every product and the MF/MC loss gradient are written into
+  preallocated buffers (:class:`Workspace`), the update is one fused ``_foreach_addcmul_`` call,
+  ``n_inner`` steps run per Python call, CPU batches step in cache-sized chunks (:func:`chunk_size`).
+- ``native-dense`` / ``native-sampled`` (CPU, MF/MC, float32/64, when :mod:`cdln.native` can build its
+  C kernels): ``n_inner`` whole steps per call in compiled code, no per-step Python or allocation, the
+  layer updates fused into the BLAS products. ``native-sampled`` (MC) forms only the observed entries
+  of the end-to-end product (the loss gradient is zero elsewhere) and does the gradient's products
+  sparse-dense, O(n_observed k + d k^2) per step instead of O(d^2 k) (k = the last layer's input
+  width); it is chosen when the observed fraction is below :func:`sampled_max_density`.
+- ``cuda-graph`` (CUDA): the torch path's ``n_inner`` steps captured once into a CUDA graph
+  (:class:`CapturedSteps`, kept in the :class:`Workspace`) and replayed with one launch per call.
+
+:func:`train_many` steps networks of different shapes in lockstep on one problem, sharing each pass over
+the MS operator.
+
+Members that stop are dropped from the stacked weights. A member's arithmetic does not depend on the
+batch: it trains bitwise the same in a batch as alone on every path (MS: to rounding, as the batch shares
+one operator product). Paths differ from each other by rounding only (tests/test_engine_autograd.py,
+tests/test_native.py).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,9 +43,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from cdln.devices import SyncTimer
+from cdln import native
+from cdln.devices import SyncTimer, synchronize
 from cdln.networks import LinearNetwork, product
-from cdln.problems import Problem, Sensing
+from cdln.problems import Completion, Factorization, Problem, Sensing
 
 SnapshotFn = Callable[[int, LinearNetwork, Tensor], dict[str, np.ndarray]]
 ProgressFn = Callable[[str], None]
@@ -80,21 +99,74 @@ class Workspace:
     time of batched runs; writing every product into these buffers avoids that.
     ``prefixes[l]`` = W_{l+1} ... W_1 (B, n_{l+1}, d_in); ``upstreams[l]`` = (W_L ... W_{l+1})^T G
     (B, n_l, d_in) for l >= 1; ``grads[l]`` has the shape of ``weights[l]``; ``loss_grad`` (B, d_out, d_in).
+    The torch path's buffers are allocated on first use (the native path needs none of them: it keeps
+    its own scratch in ``native_plan``).
     """
 
     def __init__(self, weights: list[Tensor]) -> None:
-        batch, d_in = weights[0].shape[0], weights[0].shape[-1]
-        new = functools.partial(torch.empty, dtype=weights[0].dtype, device=weights[0].device)
-        self.prefixes = [new(batch, w.shape[-2], d_in) for w in weights[1:]]
-        self.upstreams = [new(batch, w.shape[-1], d_in) for w in weights[2:]]
-        self.grads = [torch.empty_like(w) for w in weights]
-        self.loss_grad = new(batch, weights[-1].shape[-2], d_in)
+        self.shapes = [tuple(w.shape) for w in weights]
+        self.dtype, self.device = weights[0].dtype, weights[0].device
+        self._buffers: dict[str, list[Tensor]] | None = None
+        self.native_plan: tuple[Problem, str, native.NativeSteps] | None = None
+        self.graphs: dict[int, CapturedSteps] = {}  # cuda-graph path: captured loops by step count
+
+    def _torch_buffers(self) -> dict[str, list[Tensor]]:
+        if self._buffers is None:
+            batch, d_in = self.shapes[0][0], self.shapes[0][-1]
+            new = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
+            self._buffers = {
+                "prefixes": [new(batch, shape[-2], d_in) for shape in self.shapes[1:]],
+                "upstreams": [new(batch, shape[-1], d_in) for shape in self.shapes[2:]],
+                "grads": [new(*shape) for shape in self.shapes],
+                "loss_grad": [new(batch, self.shapes[-1][-2], d_in)],
+            }
+        return self._buffers
+
+    @property
+    def prefixes(self) -> list[Tensor]:
+        return self._torch_buffers()["prefixes"]
+
+    @property
+    def upstreams(self) -> list[Tensor]:
+        return self._torch_buffers()["upstreams"]
+
+    @property
+    def grads(self) -> list[Tensor]:
+        return self._torch_buffers()["grads"]
+
+    @property
+    def loss_grad(self) -> Tensor:
+        return self._torch_buffers()["loss_grad"][0]
 
     def fits(self, weights: list[Tensor]) -> bool:
-        if len(self.grads) != len(weights):
+        if len(self.shapes) != len(weights) or (weights[0].dtype, weights[0].device) != (self.dtype, self.device):
             return False
-        pairs = zip(self.grads, weights, strict=True)
-        return all((g.shape, g.dtype, g.device) == (w.shape, w.dtype, w.device) for g, w in pairs)
+        return all(tuple(w.shape) == shape for w, shape in zip(weights, self.shapes, strict=True))
+
+
+def forward_products(weights: list[Tensor], workspace: Workspace) -> Tensor:
+    """Fill ``workspace.prefixes`` (W_{l+1} ... W_1) and return the end-to-end matrix W_L ... W_1."""
+    prefixes = [weights[0], *workspace.prefixes]  # prefixes[l] = W_{l+1} ... W_1 (0-based l)
+    for layer in range(1, len(weights)):
+        torch.bmm(weights[layer], prefixes[layer - 1], out=prefixes[layer])
+    return prefixes[-1]
+
+
+def backward_products(weights: list[Tensor], loss_grad: Tensor, workspace: Workspace) -> list[Tensor]:
+    """Layer gradients from G = dLoss/dW (B, d_out, d_in), after :func:`forward_products` filled the
+    prefixes; the results live in ``workspace.grads``."""
+    grads = workspace.grads
+    if len(weights) == 1:
+        grads[0].copy_(loss_grad)
+        return grads
+    # upstream = (W_L ... W_{l+1})^T G, starting at l = L; the last one is the first layer's gradient.
+    prefixes = [weights[0], *workspace.prefixes]
+    upstream = loss_grad
+    targets = [grads[0], *workspace.upstreams]
+    for layer in range(len(weights) - 1, 0, -1):
+        torch.bmm(upstream, prefixes[layer - 1].mT, out=grads[layer])
+        upstream = torch.bmm(weights[layer].mT, upstream, out=targets[layer - 1])
+    return grads
 
 
 def layer_gradients(weights: list[Tensor], problem: Problem, workspace: Workspace | None = None) -> list[Tensor]:
@@ -104,20 +176,8 @@ def layer_gradients(weights: list[Tensor], problem: Problem, workspace: Workspac
     """
     if workspace is None or not workspace.fits(weights):
         workspace = Workspace(weights)
-    prefixes = [weights[0], *workspace.prefixes]  # prefixes[l] = W_{l+1} ... W_1 (0-based l)
-    for layer in range(1, len(weights)):
-        torch.bmm(weights[layer], prefixes[layer - 1], out=prefixes[layer])
-    grads = workspace.grads
-    if len(weights) == 1:
-        grads[0].copy_(problem.loss_grad(prefixes[-1], out=workspace.loss_grad))
-        return grads
-    # upstream = (W_L ... W_{l+1})^T G, starting at l = L; the last one is the first layer's gradient.
-    upstream = problem.loss_grad(prefixes[-1], out=workspace.loss_grad)
-    targets = [grads[0], *workspace.upstreams]
-    for layer in range(len(weights) - 1, 0, -1):
-        torch.bmm(upstream, prefixes[layer - 1].mT, out=grads[layer])
-        upstream = torch.bmm(weights[layer].mT, upstream, out=targets[layer - 1])
-    return grads
+    end_to_end = forward_products(weights, workspace)
+    return backward_products(weights, problem.loss_grad(end_to_end, out=workspace.loss_grad), workspace)
 
 
 # Batch members are independent, so a CPU batch steps in chunks whose working set (the d_out x d_in
@@ -137,17 +197,196 @@ def chunk_size(weights: list[Tensor], problem: Problem) -> int:
     return max(1, min(batch, CACHE_BYTES // per_member))
 
 
+# Native MC steps: the sampled one costs ~c_s n_observed k, the dense one ~c_d d_out d_in k (k = the last
+# layer's input width), so the sampled step pays below an observed fraction c_d / c_s. Its pass over the
+# observed entries is load-bound and slower per FLOP than a dense GEMM, the more so when a row of width k
+# no longer fits in vector registers (k > 32 float64) and when the [P^T | U^T] panel (2 d_in k numbers)
+# outgrows the L2 cache (CACHE_BYTES). Crossovers measured on one core (scratch/sampled_crossover*.py,
+# d = 100 and 400, L = 3): k = 20: p ~ 0.7-0.75; k = 100 (panel in L2): p ~ 0.4-0.45; k = 400 (panel
+# beyond L2): p ~ 0.2. The thresholds sit a little below them.
+SAMPLED_MAX_DENSITY = {"registers": 0.6, "cache": 0.4, "memory": 0.2}
+
+
+def sampled_max_density(weights: list[Tensor]) -> float:
+    """Observed fraction below which the sampled MC step is the cheaper one (see SAMPLED_MAX_DENSITY)."""
+    k, d_in, itemsize = weights[-1].shape[-1], weights[0].shape[-1], weights[0].element_size()
+    if k * itemsize <= 256:  # 8 AVX2 registers hold the row
+        return SAMPLED_MAX_DENSITY["registers"]
+    return SAMPLED_MAX_DENSITY["cache" if 2 * d_in * k * itemsize <= CACHE_BYTES else "memory"]
+
+
+PATHS = ("torch", "native-dense", "native-sampled", "cuda-graph")
+# Force a path (tests, benchmarks): None = :func:`step_path` decides; also ``$CDLN_ENGINE_PATH``.
+PATH_OVERRIDE: str | None = None
+
+
+def step_path(weights: list[Tensor], problem: Problem) -> str:
+    """The implementation :func:`gd_steps` uses for these weights on ``problem`` (see the module docstring).
+
+    ``cuda-graph`` is the torch path captured into a CUDA graph (CUDA tensors; ``CDLN_CUDA_GRAPHS=0``
+    turns it off). ``native-*`` needs a CPU, an MF or MC problem, float32/64 contiguous weights and built
+    native kernels;
+    ``native-sampled`` also MC, depth >= 2 and an observed fraction below :func:`sampled_max_density`.
+    The choice depends on shapes, density, dtype and device only, never on the batch size.
+    """
+    forced = PATH_OVERRIDE or os.environ.get("CDLN_ENGINE_PATH") or None
+    if forced is not None and forced not in PATHS:
+        raise ValueError(f"engine path must be one of {list(PATHS)}; got {forced!r}")
+    if forced == "torch":
+        return "torch"
+    if weights[0].device.type == "cuda" or forced == "cuda-graph":
+        if weights[0].device.type != "cuda":
+            raise ValueError("engine path 'cuda-graph' needs CUDA tensors")
+        if forced not in (None, "cuda-graph"):
+            raise ValueError(f"engine path {forced!r} is not available on CUDA (CPU kernels)")
+        return "cuda-graph" if cuda_graphs_enabled() else "torch"
+    tensors = problem.tensors().values()
+    same = all(t.device == weights[0].device and t.dtype in (weights[0].dtype, torch.bool) for t in tensors)
+    if not isinstance(problem, Factorization | Completion) or not same or not native.supports(weights):
+        if forced is not None:
+            reason = native.why_unavailable(weights[0].dtype) or "needs CPU, MF/MC, contiguous float32/64 weights"
+            raise ValueError(f"engine path {forced!r} is not available here: {reason}")
+        return "torch"
+    can_sample = isinstance(problem, Completion) and len(weights) >= 2
+    if forced is not None:
+        if forced == "native-sampled" and not can_sample:
+            raise ValueError("engine path 'native-sampled' needs an MC problem and depth >= 2")
+        return forced
+    if can_sample and problem.n_observed < sampled_max_density(weights) * problem.mask.numel():
+        return "native-sampled"
+    return "native-dense"
+
+
+def _native_steps(
+    weights: list[Tensor], problem: Problem, path: str, workspace: Workspace | None
+) -> native.NativeSteps:
+    """The compiled plan for ``path`` (kept in ``workspace`` when given, for the next call)."""
+    if workspace is not None and workspace.native_plan is not None:
+        owner, owner_path, plan = workspace.native_plan
+        if owner is problem and owner_path == path and plan.fits(weights):
+            return plan
+    if isinstance(problem, Completion):
+        csr = problem.observed_entries() if path == "native-sampled" else None
+        plan = native.NativeSteps(weights, problem.target, problem._observed, 0.0, csr)
+    else:
+        plan = native.NativeSteps(weights, problem.target, None, problem._scale)
+    if workspace is not None and workspace.fits(weights):
+        workspace.native_plan = (problem, path, plan)
+    return plan
+
+
+def cuda_graphs_enabled() -> bool:
+    """Whether CUDA runs use the captured loop (``CDLN_CUDA_GRAPHS`` is not ``0``)."""
+    return os.environ.get("CDLN_CUDA_GRAPHS", "1") != "0"
+
+
+def _capture(run: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """Record ``run``'s GPU work into a CUDA graph (nothing executes); returns the graph's replay."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
+def _warm_up(run: Callable[[], None], device: torch.device) -> None:
+    """Run once on a side stream before capturing (cuBLAS handles and workspaces, allocator pools)."""
+    if device.type != "cuda":
+        run()
+        return
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+
+
+class CapturedSteps:
+    """``n_steps`` GD steps of the torch path recorded once into a CUDA graph and replayed with one launch.
+
+    A small GPU step is bound by kernel launches (~10 per step); the graph replays all ``10 n_steps`` of them
+    without the CPU. The graph reads and writes the very tensors it was captured with (``weights`` in place,
+    ``neg_steps``, the workspace buffers, the problem's tensors), so a replay is valid only for those:
+    :meth:`matches` checks their storage. Capture runs one warm-up step on a side stream first and then
+    restores the weights, so building it does not move them. The replayed kernels are the eager ones:
+    same arithmetic as the torch path.
+    """
+
+    def __init__(
+        self, weights: list[Tensor], neg_steps: list[Tensor], problem: Problem, n_steps: int, workspace: Workspace
+    ) -> None:
+        self.n_steps, self.problem = n_steps, problem  # holding the problem keeps its id unique
+        self.key = self._key(weights, neg_steps, problem)
+        device = weights[0].device
+
+        def steps(count: int) -> Callable[[], None]:
+            def run() -> None:
+                for _ in range(count):
+                    torch._foreach_addcmul_(weights, layer_gradients(weights, problem, workspace), neg_steps)
+
+            return run
+
+        saved = [w.clone() for w in weights]
+        _warm_up(steps(1), device)
+        for weight, before in zip(weights, saved, strict=True):
+            weight.copy_(before)
+        synchronize(device)
+        self.replay = _capture(steps(n_steps), device)
+
+    @staticmethod
+    def _key(weights: list[Tensor], neg_steps: list[Tensor], problem: Problem) -> tuple:
+        tensors = [*weights, *neg_steps]
+        return (id(problem), *((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors))
+
+    def matches(self, weights: list[Tensor], neg_steps: list[Tensor], problem: Problem, n_steps: int) -> bool:
+        return n_steps == self.n_steps and self._key(weights, neg_steps, problem) == self.key
+
+
+def _captured_steps(
+    weights: list[Tensor], neg_steps: list[Tensor], problem: Problem, n_steps: int, workspace: Workspace
+) -> CapturedSteps:
+    """The captured loop for these tensors and step count, from ``workspace`` or captured now (and kept there)."""
+    captured = workspace.graphs.get(n_steps)
+    if captured is None or not captured.matches(weights, neg_steps, problem, n_steps):
+        captured = workspace.graphs[n_steps] = CapturedSteps(weights, neg_steps, problem, n_steps, workspace)
+    return captured
+
+
+def prepare_steps(
+    weights: list[Tensor], neg_steps: list[Tensor], problem: Problem, n_steps: int, workspace: Workspace
+) -> str:
+    """Build what :func:`gd_steps` will need for these arguments (the CUDA graph, the native plan and its
+    kernels) without stepping, so that a timed run excludes it; returns the path."""
+    path = step_path(weights, problem)
+    if path == "cuda-graph":
+        _captured_steps(weights, neg_steps, problem, n_steps, workspace)
+    elif path != "torch":
+        _native_steps(weights, problem, path, workspace)
+    return path
+
+
 def gd_steps(
     weights: list[Tensor],
     neg_steps: list[Tensor],
     problem: Problem,
     n_steps: int,
     workspace: Workspace | None = None,
+    path: str | None = None,
 ) -> None:
     """Take ``n_steps`` GD steps in place; ``neg_steps[l]`` = -(lr * scale * active), shape (B, 1, 1).
 
-    ``workspace`` (optional, for the full batch) saves allocating buffers on every call.
+    ``workspace`` (optional, for the full batch) saves allocating buffers on every call, and keeps the
+    native plan or the CUDA graph for the next call (the ``cuda-graph`` path needs it: without one the
+    steps run eagerly). ``path``: one of :data:`PATHS`, default :func:`step_path`'s choice.
     """
+    path = path or step_path(weights, problem)
+    if path == "cuda-graph":
+        if workspace is not None and workspace.fits(weights):
+            _captured_steps(weights, neg_steps, problem, n_steps, workspace).replay()
+            return
+        path = "torch"  # no workspace to keep a graph in: a one-off capture would not pay; same kernels eagerly
+    if path != "torch":
+        _native_steps(weights, problem, path, workspace).run(weights, neg_steps, n_steps)
+        return
     batch, chunk = weights[0].shape[0], chunk_size(weights, problem)
     for start in range(0, batch, chunk):
         part = weights if chunk >= batch else [w[start : start + chunk] for w in weights]
@@ -167,7 +406,8 @@ def train(
     """Train ``network`` (modified in place) on ``problem`` by full-batch GD.
 
     ``network`` and ``problem`` must share device and dtype. Wall-clock seconds are
-    device-synchronised, exclude one warm-up step (on a copy) and exclude snapshot work.
+    device-synchronised, exclude one warm-up step (on a copy), the building of the step's CUDA graph or
+    native plan (a member drop re-captures the graph inside the timed run) and snapshot work.
     A member that stops (below ``tol``) is written back to ``network`` and dropped from the
     stacked weights, so the rest of the batch no longer pays for it; every member's arithmetic
     is the same as if it had trained alone. Raises :class:`DivergenceError` on a non-finite
@@ -191,6 +431,9 @@ def train(
     warmup = SyncTimer(device)
     warmup.start()
     gd_steps([w.clone() for w in work], neg_steps(), problem, 1)
+    workspace = Workspace(work)
+    steps = neg_steps()
+    prepare_steps(work, steps, problem, settings.n_inner, workspace)  # CUDA graph capture, native plan
     warmup_seconds = warmup.elapsed
 
     rows: list[tuple[int, int, float, float, float]] = []
@@ -199,8 +442,6 @@ def train(
     stop_seconds = [math.nan] * batch
     converged = [False] * batch
     timer = SyncTimer(device)
-    workspace = Workspace(work)
-    steps = neg_steps()
 
     def checkpoint(iteration: int) -> None:
         nonlocal work, live, workspace, steps
@@ -248,3 +489,181 @@ def train(
     write_back()
     curves = pd.DataFrame(rows, columns=["member", "iteration", "seconds", "train_loss", "recovery_error"])
     return TrainResult(curves, stop_iteration, stop_seconds, converged, timer.elapsed, warmup_seconds, snapshots)
+
+
+@dataclass(eq=False)
+class _Lockstep:
+    """One network's state in :func:`train_many`."""
+
+    index: int
+    network: LinearNetwork
+    live: list[int]
+    work: list[Tensor]
+    steps: list[Tensor]
+    workspace: Workspace
+    rows: list[tuple[int, int, float, float, float]] = field(default_factory=list)
+    seconds: float = 0.0  # own work plus its share of the shared passes
+    warmup_seconds: float = 0.0
+
+    def neg_steps(self, lr: float) -> list[Tensor]:
+        index = torch.tensor(self.live, dtype=torch.long, device=self.work[0].device)
+        return [(-lr * scale.index_select(0, index)).view(-1, 1, 1) for scale in self.network.lr_scales]
+
+    def write_back(self) -> None:
+        if self.work is not self.network.weights:
+            index = torch.tensor(self.live, dtype=torch.long, device=self.work[0].device)
+            for full, part in zip(self.network.weights, self.work, strict=True):
+                full.index_copy_(0, index, part)
+
+
+def train_many(
+    networks: list[LinearNetwork],
+    problem: Problem,
+    settings: TrainSettings,
+    progress: ProgressFn | None = None,
+) -> list[TrainResult]:
+    """Train several networks (any shapes and batch sizes; modified in place) on one problem by full-batch
+    GD in lockstep, sharing every pass over the MS operator: each step stacks the networks' end-to-end
+    matrices into one (sum of live members, d_out, d_in) loss-gradient call, and each checkpoint into one
+    training-loss call. E.g. the original DLN and the C-DLN of one seed pay one operator pass per step
+    between them instead of two.
+
+    Each network's members stop on their own (below ``settings.tol``, checked at checkpoints) and are
+    dropped; a network with no live member drops out of the lockstep. A member's iterates are those of
+    training it alone, up to the rounding of the shared product (as in a batch; see :func:`train`).
+
+    Seconds (``TrainResult.seconds``, ``stop_seconds``, the curves' ``seconds``): each network's own work
+    (its products and update, its recovery error) is timed on its own, device-synchronised; the time of a
+    shared pass is split among the networks in proportion to the live members each put into it. So the
+    networks' seconds add up to the lockstep's wall time, and a network's seconds are what it cost in the
+    shared run, not what it would cost alone. The warm-up step (on copies) is split the same way.
+
+    Only MS has a pass worth sharing: for MF and MC each network is trained on its own by :func:`train`
+    (on its fastest path), one after the other.
+    """
+    if not isinstance(problem, Sensing):
+        return [train(network, problem, settings, progress=progress) for network in networks]
+    device = networks[0].weights[0].device
+    states = [
+        _Lockstep(k, net, list(range(net.batch)), net.weights, [], Workspace(net.weights))
+        for k, net in enumerate(networks)
+    ]
+    for state in states:
+        state.steps = state.neg_steps(settings.lr)
+
+    def clock() -> float:
+        synchronize(device)
+        return time.perf_counter()
+
+    def share(seconds: float, active: list[_Lockstep]) -> None:
+        members = sum(len(s.live) for s in active)
+        for s in active:
+            s.seconds += seconds * len(s.live) / members
+
+    def step(active: list[_Lockstep], works: list[list[Tensor]], buffers: list[Workspace], shared: Tensor) -> None:
+        offset = 0
+        slices = []
+        for state, work, workspace in zip(active, works, buffers, strict=True):
+            start = clock()
+            batch = work[0].shape[0]
+            shared[offset : offset + batch].copy_(forward_products(work, workspace))
+            slices.append(slice(offset, offset + batch))
+            offset += batch
+            state.seconds += clock() - start
+        start = clock()
+        grad = problem.loss_grad(shared)
+        share(clock() - start, active)
+        for state, work, workspace, part in zip(active, works, buffers, slices, strict=True):
+            start = clock()
+            torch._foreach_addcmul_(work, backward_products(work, grad[part], workspace), state.steps)
+            state.seconds += clock() - start
+
+    def stacked(active: list[_Lockstep]) -> Tensor:
+        d_out, d_in = problem.shape
+        total = sum(len(s.live) for s in active)
+        return torch.empty(total, d_out, d_in, dtype=active[0].work[0].dtype, device=device)
+
+    # Warm-up: one lockstep step on copies (first-call costs), split like the rest.
+    warm = [[w.clone() for w in s.work] for s in states]
+    for state in states:
+        state.seconds = 0.0
+    step(states, warm, [Workspace(w) for w in warm], stacked(states))
+    for state in states:
+        state.warmup_seconds, state.seconds = state.seconds, 0.0
+    del warm
+
+    results: list[TrainResult | None] = [None] * len(states)
+    stops = [
+        ([settings.max_iterations] * s.network.batch, [math.nan] * s.network.batch, [False] * s.network.batch)
+        for s in states
+    ]
+
+    def checkpoint(iteration: int, active: list[_Lockstep]) -> list[_Lockstep]:
+        ends = []
+        for state in active:
+            start = clock()
+            ends.append(product(state.work))
+            state.seconds += clock() - start
+        start = clock()
+        losses = problem.train_loss(torch.cat(ends)).tolist()
+        share(clock() - start, active)
+        still = []
+        offset = 0
+        for state, end in zip(active, ends, strict=True):
+            start = clock()
+            mine, offset = losses[offset : offset + len(state.live)], offset + len(state.live)
+            errors = problem.recovery_error(end).tolist()
+            stop_iteration, stop_seconds, converged = stops[state.index]
+            keep = []
+            for k, member in enumerate(state.live):
+                if not math.isfinite(mine[k]):
+                    raise DivergenceError(iteration, member, settings.lr)
+                state.rows.append((member, iteration, state.seconds, mine[k], errors[k]))
+                if mine[k] < settings.tol or iteration == settings.max_iterations:
+                    converged[member] = mine[k] < settings.tol
+                    stop_iteration[member], stop_seconds[member] = iteration, state.seconds
+                else:
+                    keep.append(k)
+            if len(keep) < len(state.live):
+                state.write_back()
+                index = torch.tensor(keep, dtype=torch.long, device=device)
+                state.work = [w.index_select(0, index) for w in state.work]
+                state.live = [state.live[k] for k in keep]
+                if state.live:
+                    state.workspace, state.steps = Workspace(state.work), state.neg_steps(settings.lr)
+            state.seconds += clock() - start
+            if state.live:
+                still.append(state)
+            if progress is not None:
+                progress(
+                    f"[{state.network.name}] iter {iteration:>8d}/{settings.max_iterations}  {state.seconds:8.2f}s  "
+                    f"loss {min(mine):.3e}  recovery {min(errors):.3e}  active {len(state.live)}"
+                )
+        return still
+
+    active = checkpoint(0, states)
+    shared = stacked(active) if active else None
+    for outer in range(1, settings.max_outer + 1):
+        if not active:
+            break
+        for _ in range(settings.n_inner):
+            step(active, [s.work for s in active], [s.workspace for s in active], shared)
+        before = [len(s.live) for s in active]
+        now_active = checkpoint(outer * settings.n_inner, active)
+        if [len(s.live) for s in now_active] != before or len(now_active) != len(active):
+            active = now_active
+            shared = stacked(active) if active else None
+    for index, state in enumerate(states):
+        state.write_back()
+        columns = ["member", "iteration", "seconds", "train_loss", "recovery_error"]
+        curves = pd.DataFrame(state.rows, columns=columns).sort_values(["iteration", "member"], kind="stable")
+        stop_iteration, stop_seconds, converged = stops[index]
+        results[index] = TrainResult(
+            curves.reset_index(drop=True),
+            stop_iteration,
+            stop_seconds,
+            converged,
+            state.seconds,
+            state.warmup_seconds,
+        )
+    return [r for r in results if r is not None]

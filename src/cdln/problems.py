@@ -155,7 +155,7 @@ class Completion(Problem):
     def __init__(self, spec: ProblemSpec, target: Tensor, mask: Tensor, heldout: Tensor | None = None) -> None:
         self.spec, self.target, self.mask = spec, target, mask.bool()
         self.heldout = None if heldout is None else heldout.bool()
-        observed = int(self.mask.sum())
+        observed = self.n_observed = int(self.mask.sum())
         unobserved = self.mask.numel() - observed
         if observed == 0:
             raise ValueError("matrix completion needs at least one observed entry")
@@ -174,6 +174,18 @@ class Completion(Problem):
 
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
         return torch.sub(end_to_end, self.target, out=out).mul_(self._observed)
+
+    def observed_entries(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The observed set in CSR form, row by row: ``row_ptr`` (d_out + 1,) and ``cols`` (n_observed,)
+        int64, the target's values there and the loss weights there (``1 / n_observed``), in the
+        target's dtype and device. The loss gradient is zero off this set (the sampled engine step)."""
+        if getattr(self, "_csr", None) is None:
+            rows, cols = self.mask.nonzero(as_tuple=True)  # row-major order
+            counts = torch.bincount(rows, minlength=self.mask.shape[0])
+            row_ptr = torch.zeros(self.mask.shape[0] + 1, dtype=torch.long, device=self.mask.device)
+            torch.cumsum(counts, 0, out=row_ptr[1:])
+            self._csr = (row_ptr, cols.contiguous(), self.target[rows, cols], self._observed[rows, cols])
+        return self._csr
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * ((end_to_end - self.target).square() * self._observed).sum(dim=(-2, -1))
@@ -202,9 +214,38 @@ class Sensing(Problem):
         flat = end_to_end.reshape(end_to_end.shape[0], -1)  # (B, d_out*d_in)
         return flat @ self.operator.T - self.measurements  # (B, m): one pass over the operator
 
+    # CPU: one fused pass over the operator in row blocks of about BLOCK_BYTES, each block read from
+    # memory once for A_b w and again from the L3 cache for A_b^T r_b. Measured at d = 200, m = 4000 (one
+    # core, scratch/ms_passes.py): B = 1 104 ms vs 115 ms for two full passes, B = 2 165 ms vs 225 ms (MKL
+    # runs the full (2, d^2) x (d^2, m) product at the cost of two B = 1 products; in blocks it does not).
+    BLOCK_BYTES = 4 << 20
+
+    def block_rows(self) -> int:
+        """Operator rows per block of the fused pass (all of them off the CPU: two full passes there)."""
+        m, n = self.operator.shape
+        if self.operator.device.type != "cpu":
+            return m
+        return max(1, min(m, self.BLOCK_BYTES // (n * self.operator.element_size())))
+
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
-        # The operator products dominate; ``out`` is not worth threading through them.
-        return (self._residual(end_to_end) @ self.operator).reshape(end_to_end.shape)
+        batch = end_to_end.shape[0]
+        flat = end_to_end.reshape(batch, -1)
+        rows = self.block_rows()
+        m = self.operator.shape[0]
+        if rows >= m:
+            grad = self._residual(end_to_end) @ self.operator  # two passes over the operator
+            return grad.reshape(end_to_end.shape) if out is None else out.copy_(grad.reshape(end_to_end.shape))
+        grad = flat.new_empty(flat.shape) if out is None else out.reshape(batch, -1)
+        residual = flat.new_empty(batch, rows)
+        for start in range(0, m, rows):
+            block = self.operator[start : start + rows]
+            r = residual[:, : block.shape[0]]
+            torch.addmm(self.measurements[start : start + rows], flat, block.T, beta=-1, out=r)  # A_b w - y_b
+            if start == 0:
+                torch.mm(r, block, out=grad)
+            else:
+                grad.addmm_(r, block)  # += A_b^T r_b, the block still in cache
+        return grad.reshape(end_to_end.shape)
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * self._residual(end_to_end).square().sum(dim=-1)

@@ -1,0 +1,99 @@
+"""The compiled-loop (JAX) baseline: optional import, same iterates as the engine, timing helpers, FLOPs.
+
+Timings are only checked for being positive and finite, never against each other.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+from cdln import jax_baseline as jb
+from cdln.networks import compressed_dln, original_dln
+from cdln.problems import ProblemSpec, make_problem
+
+needs_jax = pytest.mark.skipif(not jb.jax_available(), reason="JAX is not installed (optional baseline)")
+
+
+def _problem(task: str, d_out: int = 9, d_in: int = 7):
+    return make_problem(
+        ProblemSpec(task, d_out, d_in, 2, 0, 0.5 if task == "mc" else None, 60 if task == "ms" else None)
+    )
+
+
+def test_missing_jax_raises_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", None)  # makes `import jax` raise ImportError
+    assert not jb.jax_available()
+    with pytest.raises(jb.JaxUnavailableError, match="pip install jax"):
+        jb.require_jax()
+    problem = _problem("mc")
+    with pytest.raises(ImportError):
+        jb.build_jax_loop(original_dln(9, 7, 3, 0.1, [0]), problem, 1.0, 5)
+
+
+@needs_jax
+@pytest.mark.parametrize("task,lr", [("mf", 2.0), ("mc", 1.0), ("ms", 3.0)])
+@pytest.mark.parametrize("model", ["original", "cdln"])
+@pytest.mark.parametrize("gradient", ["autodiff", "closed_form"])
+def test_jax_iterates_match_the_engine(task, lr, model, gradient):
+    problem = _problem(task)
+    if model == "original":
+        network = original_dln(9, 7, 3, 0.3, [0, 1])
+    else:  # the discrepant rate alpha on the outer layers, two members with different alphas
+        network = compressed_dln(problem.surrogate(), 4, 3, 0.3, [1.0, 2.5], batch=2)
+    before = [w.clone() for w in network.weights]
+    difference = jb.iterate_difference(network, problem, lr, 100, gradient)
+    assert difference < 1e-10
+    assert all(torch.equal(a, b) for a, b in zip(before, network.weights, strict=True)), "network must not change"
+    moved = jb.jax_weights(jb.build_jax_loop(network, problem, lr, 100, gradient), 1)
+    assert float((moved[0] - network.weights[0]).abs().max()) > 1e-3, "the comparison must not be vacuous"
+
+
+@needs_jax
+def test_jax_loop_timing_and_comparison_report_numbers():
+    problem = _problem("mc", 12, 12)
+    network = compressed_dln(problem.surrogate(), 4, 3, 0.1, 2.0)
+    loop = jb.build_jax_loop(network, problem, 1.0, 10)
+    assert loop.compile_seconds > 0 and loop.first_call_seconds > 0
+    timing = jb.time_jax_loop(loop, repeats=2, target_seconds=0.0)
+    assert all(math.isfinite(v) and v > 0 for v in timing.values())
+    comparison = jb.compare_engine_and_jax(
+        network, problem, 1.0, n_inner=10, repeats=2, target_seconds=0.0, engine_paths=(None, "torch")
+    )
+    names = {"engine", "engine[torch]", "jax_autodiff", "jax_closed_form"}
+    assert set(comparison.seconds_per_iteration) == names == set(comparison.cpu_seconds_per_iteration)
+    assert all(v > 0 for v in comparison.seconds_per_iteration.values())
+    assert set(comparison.compile_seconds) == {"jax_autodiff", "jax_closed_form"}
+    assert comparison.ratio("engine", "jax_autodiff") > 0
+
+
+def test_step_flops_count_the_engine_products():
+    problem = make_problem(ProblemSpec("mc", 100, 100, 10, 0, 0.3))
+    original = original_dln(100, 100, 3, 1e-2, [0])
+    compressed = compressed_dln(problem.surrogate(), 20, 3, 1e-2)
+    assert jb.step_flops(original.weights, problem) == 6 * 2 * 100**3
+    # C-DLN: P = W2 W1 (20x20x100), E = W3 P (100x20x100) and their two backward products each
+    assert jb.step_flops(compressed.weights, problem) == 3 * 2 * (20 * 20 * 100 + 100 * 20 * 100)
+    observed = problem.n_observed
+    assert jb.step_flops(compressed.weights, problem, sampled=True) == 3 * 2 * (20 * 20 * 100 + observed * 20)
+    ms = make_problem(ProblemSpec("ms", 6, 5, 2, 0, m=30))
+    net = original_dln(6, 5, 2, 0.1, [0, 1])
+    assert jb.step_flops(net.weights, ms) == 2 * (3 * 2 * 6 * 6 * 5 + 2 * 2 * 30 * 30)
+
+
+def test_gemm_rate_and_hardware_reference():
+    rate = jb.gemm_rate(n=64, repeats=2)
+    assert math.isfinite(rate) and rate > 0 and jb.gemm_rate(n=64, repeats=1, library="numpy") > 0
+    with pytest.raises(ValueError, match="library"):
+        jb.gemm_rate(n=8, library="cublas")
+    problem = _problem("mf")
+    weights = original_dln(9, 7, 3, 0.1, [0]).weights
+    assert jb.hardware_reference_seconds(weights, problem, rate) == jb.step_flops(weights, problem) / rate
+
+
+def test_busy_threads_reports_shares():
+    shares = jb.busy_threads(lambda: sum(i * i for i in range(200_000)), min_share=0.0)
+    assert shares and all(0 <= v <= 1 for v in shares.values())
