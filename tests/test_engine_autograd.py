@@ -159,7 +159,7 @@ def test_batched_members_train_as_if_alone(task, lr, model, cache_bytes, monkeyp
     monkeypatch.setattr(engine, "CACHE_BYTES", cache_bytes)
     problem = _problem(task, 10, 10)
     # tol chosen so that members stop at different checkpoints: exercises dropping stopped members.
-    settings = TrainSettings(lr, 25, 40, tol=1e-7)
+    settings = TrainSettings(lr, 25, 200, tol=1e-7)
     batched, result, alone = _train_alone_and_batched(problem, model, 3, settings)
     assert len(set(result.stop_iteration)) > 1 or model == "original", "members should stop at different times"
     exact = task != "ms"  # MS: the batch shares one operator product, whose rounding depends on B

@@ -184,3 +184,27 @@ def test_portable_build_without_march_native(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert os.listdir(tmp_path), "the build must land in CDLN_CACHE_DIR"
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("m", [200, 203])  # a multiple of the kernel's 4-row groups, and not
+def test_one_pass_sensing_gradient_equals_two_passes(dtype, tol, m):
+    """The native MS gradient A^T (A w - y) in one pass over A equals the two-pass product, and a network's
+    gradient is bitwise the same in a batch of 3 (networks go in pairs) as alone."""
+    problem = make_problem(ProblemSpec("ms", 9, 7, 2, data_seed=0, m=m)).to("cpu", dtype)
+    w = torch.randn(3, 9, 7, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    flat = w.reshape(3, -1)
+    reference = (flat @ problem.operator.T - problem.measurements) @ problem.operator
+    got = native.sensing_grad(problem.operator, problem.measurements, flat, torch.empty_like(flat))
+    assert float((got - reference).norm() / reference.norm()) < tol
+    for b in range(3):
+        alone = native.sensing_grad(problem.operator, problem.measurements, flat[b : b + 1], torch.empty_like(flat[:1]))
+        assert torch.equal(alone[0], got[b])
+    assert torch.equal(problem.loss_grad(w).reshape(3, -1), got)  # what the engine calls
+
+
+def test_one_pass_sensing_gradient_refuses_mixed_tensors():
+    problem = make_problem(ProblemSpec("ms", 4, 4, 1, data_seed=0, m=20))
+    flat = torch.zeros(1, 16, dtype=torch.float32)
+    with pytest.raises(ValueError, match="one dtype"):
+        native.sensing_grad(problem.operator, problem.measurements, flat, flat.clone())

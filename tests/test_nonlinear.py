@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from cdln import seeding
 from cdln.cli import main
 from cdln.data.fashion_mnist import load_fashion_mnist, synthetic_fashion_mnist, to_tensors
 from cdln.nonlinear import (
@@ -85,7 +86,7 @@ def test_cdln_block_is_spectral_from_the_surrogate(data):
     assert torch.allclose(first @ first.T, 0.01 * torch.eye(20, dtype=first.dtype), atol=1e-12)
     assert torch.allclose(inner, 0.1 * torch.eye(20, dtype=inner.dtype))
     # The top singular directions of the init's end-to-end block are those of the surrogate.
-    generator = torch.Generator().manual_seed(config.init_seed + 1_000_003)
+    generator = seeding.generator(config.init_seed, "block")  # the stream build_model draws the batch from
     index = torch.randperm(len(data[0]), generator=generator)[: config.surrogate_batch]
     surrogate = block_surrogate(model, data[0][index], data[1][index])
     u, s, vh = torch.linalg.svd(surrogate)

@@ -13,7 +13,7 @@ from cdln.pipeline.aggregate import collect
 from cdln.pipeline.grid import cli_flags
 
 ALPHAS = [0.75, 2.0]
-TINY_MC = dict(task="mc", d=12, r=2, p=0.6, r_hat=4, lr=10.0, n_inner=20, max_outer=100, tol=1e-10, device="cpu")
+TINY_MC = dict(task="mc", d=12, r=2, p=0.7, r_hat=4, lr=5.0, n_inner=20, max_outer=100, tol=1e-10, device="cpu")
 
 
 def run_job(job_dir: Path, runs: dict[str, dict]) -> Path:

@@ -147,7 +147,7 @@ def test_two_processes_give_bitwise_identical_records(tmp_path):
         "1",
         "2",
         "--lr",
-        "5",
+        "3",
         "--n-inner",
         "20",
         "--max-outer",

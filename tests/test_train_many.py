@@ -22,10 +22,12 @@ def _pair(problem):
     ]
 
 
-@pytest.mark.parametrize("block_bytes", [None, 8 * 8 * 8 * 7])  # default, and 7-row blocks of the fused pass
+# The native one-pass kernel (default where it builds), and torch's fused pass in 7-row blocks.
+@pytest.mark.parametrize("block_bytes", [None, 8 * 8 * 8 * 7])
 def test_each_network_trains_as_if_alone(block_bytes, monkeypatch):
     problem = make_problem(ProblemSpec("ms", 8, 8, 2, data_seed=0, m=200))
     if block_bytes is not None:
+        monkeypatch.setenv("CDLN_NATIVE", "0")
         monkeypatch.setattr(type(problem), "BLOCK_BYTES", block_bytes)
         assert problem.block_rows() == 7
     settings = TrainSettings(lr=5.0, n_inner=20, max_outer=15, tol=1e-7)  # members stop at 120-300

@@ -394,3 +394,86 @@ int FN(sampled_steps)(int depth, const i64 *dims, i64 batch, real **weights, con
     }
     return 0;
 }
+
+/* MS: the loss gradient G_b = A^T (A w_b - y) of `batch` flattened end-to-end matrices w_b (n = d_out d_in
+   numbers each; G is (batch, n)), in ONE pass over the (m, n) operator A, four rows at a time: their
+   residuals r[i][b] = <A_i, w_b> - y_i (the rows read from memory), then G_b += sum_i r[i][b] A_i (the
+   rows again, from cache). A step is bound by reading A; `(A w - y)` then `A^T r` read it twice. Networks
+   go two at a time through register-blocked loops: each chunk of w_b or G_b is loaded once per 4 rows. */
+
+/* out[r * batch + b] = <x_r, w_b> - y_r for `rows` (1..4) rows x_r (row stride n) and `nb` (1..2) networks w_b
+   (stride n). Every (row, network) sum has its own accumulator and runs in one order whatever the other rows
+   and networks, so a network's gradient is bitwise the same in a batch as alone. Called with constant `rows`,
+   so the compiler specialises it. */
+static inline void residuals(const real *x, const real *w, const real *y, i64 n, int rows, int nb, real *out,
+                             i64 batch) {
+    i64 j = 0;
+    real s[4][2] = {{0}};
+#if VEC_KERNELS
+    vreal acc[4][2];
+    for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = VZERO();
+    for (; j + VW <= n; j += VW) {
+        const vreal w0 = VLOAD(w + j), w1 = nb > 1 ? VLOAD(w + n + j) : VZERO();
+        for (int r = 0; r < rows; r++) {
+            const vreal a = VLOAD(x + r * n + j);
+            acc[r][0] = VFMA(a, w0, acc[r][0]);
+            acc[r][1] = VFMA(a, w1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < rows; r++) s[r][0] = VHSUM(acc[r][0]), s[r][1] = VHSUM(acc[r][1]);
+#endif
+    for (; j < n; j++)
+        for (int r = 0; r < rows; r++) {
+            s[r][0] += x[r * n + j] * w[j];
+            if (nb > 1) s[r][1] += x[r * n + j] * w[n + j];
+        }
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < nb; b++) out[r * batch + b] = s[r][b] - y[r];
+}
+
+/* g_b += sum_{r < rows} c[r * batch + b] x_r for `nb` (1..2) networks g_b (stride n): each chunk of g is loaded
+   and stored once per `rows` rows; the rows are added in order, whatever the batch. */
+static inline void updates(const real *x, i64 n, int rows, int nb, const real *c, i64 batch, real *g) {
+    i64 j = 0;
+#if VEC_KERNELS
+    vreal c0[4], c1[4];
+    for (int r = 0; r < rows; r++) c0[r] = VSET1(c[r * batch]), c1[r] = VSET1(nb > 1 ? c[r * batch + 1] : 0);
+    for (; j + VW <= n; j += VW) {
+        vreal g0 = VLOAD(g + j), g1 = nb > 1 ? VLOAD(g + n + j) : VZERO();
+        for (int r = 0; r < rows; r++) {
+            const vreal a = VLOAD(x + r * n + j);
+            g0 = VFMA(a, c0[r], g0);
+            g1 = VFMA(a, c1[r], g1);
+        }
+        VSTORE(g + j, g0);
+        if (nb > 1) VSTORE(g + n + j, g1);
+    }
+#endif
+    for (; j < n; j++)
+        for (int r = 0; r < rows; r++) {
+            g[j] += c[r * batch] * x[r * n + j];
+            if (nb > 1) g[n + j] += c[r * batch + 1] * x[r * n + j];
+        }
+}
+
+/* r: 4 * batch scratch. */
+int FN(sensing_grad)(const real *a, const real *y, const real *w, real *g, real *r, i64 m, i64 n, i64 batch) {
+    if (batch < 1) return 1;
+    memset(g, 0, sizeof(real) * batch * n);
+    for (i64 i = 0; i < m; i += 4) {
+        const real *x = a + i * n;
+        if (i + 4 <= m) {
+            for (i64 b = 0; b < batch; b += 2)
+                residuals(x, w + b * n, y + i, n, 4, batch - b > 1 ? 2 : 1, r + b, batch);
+            for (i64 b = 0; b < batch; b += 2) updates(x, n, 4, batch - b > 1 ? 2 : 1, r + b, batch, g + b * n);
+        } else { /* the last rows, one at a time */
+            for (i64 q = i; q < m; q++)
+                for (i64 b = 0; b < batch; b += 2) {
+                    const int nb = batch - b > 1 ? 2 : 1;
+                    residuals(a + q * n, w + b * n, y + q, n, 1, nb, r + b, batch);
+                    updates(a + q * n, n, 1, nb, r + b, batch, g + b * n);
+                }
+        }
+    }
+    return 0;
+}

@@ -209,9 +209,28 @@ def _library(dtype: torch.dtype) -> ctypes.CDLL:
     sampled = getattr(lib, f"cdln_{s}_sampled_steps")
     sampled.argtypes = [ctypes.c_int, dims_p, i64, ctypes.POINTER(ptr), real_p, ptr, ptr, ptr, ptr, ptr, i64, ptr]
     sampled.argtypes += [ctypes.c_int]
-    for fn in (dense, sampled):
+    sensing = getattr(lib, f"cdln_{s}_sensing_grad")
+    sensing.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64]
+    for fn in (dense, sampled, sensing):
         fn.restype = ctypes.c_int
     return lib
+
+
+def sensing_grad(operator: Tensor, measurements: Tensor, flat: Tensor, out: Tensor) -> Tensor:
+    """MS loss gradient ``out[b] = A^T (A flat[b] - y)`` in one pass over the operator ``A`` (m, n)
+    (``gd_kernels.c``: ``sensing_grad``); ``flat`` and ``out`` are (B, n), all CPU, contiguous, one float
+    dtype. A network's result does not depend on the batch (each one's sums run in one order)."""
+    dtype = operator.dtype
+    tensors = (operator, measurements, flat, out)
+    if any(t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+        raise ValueError("sensing_grad needs CPU tensors of one dtype, contiguous")
+    (m, n), batch = operator.shape, flat.shape[0]
+    scratch = torch.empty(4 * batch, dtype=dtype)
+    fn = getattr(_library(dtype), f"cdln_{SUFFIX[dtype]}_sensing_grad")
+    pointers = [t.data_ptr() for t in (operator, measurements, flat, out, scratch)]
+    if fn(*pointers, m, n, batch) != 0:
+        raise RuntimeError("native sensing_grad failed")
+    return out
 
 
 def why_unavailable(dtype: torch.dtype = torch.float64) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from cdln import seeding
+from cdln import native, seeding
 
 Task = Literal["mf", "mc", "ms"]
 TASKS: tuple[str, ...] = ("mf", "mc", "ms")
@@ -215,9 +215,9 @@ class Sensing(Problem):
         return flat @ self.operator.T - self.measurements  # (B, m): one pass over the operator
 
     # CPU: one fused pass over the operator in row blocks of about BLOCK_BYTES, each block read from
-    # memory once for A_b w and again from the L3 cache for A_b^T r_b. Measured at d = 200, m = 4000 (one
-    # core, scratch/ms_passes.py): B = 1 104 ms vs 115 ms for two full passes, B = 2 165 ms vs 225 ms (MKL
-    # runs the full (2, d^2) x (d^2, m) product at the cost of two B = 1 products; in blocks it does not).
+    # memory once for A_b w and again from the cache for A_b^T r_b: by the native kernel when it can run
+    # (cdln.native.sensing_grad), else by torch's addmm per block. The step is bound by reading the
+    # operator; two full passes (A w - y, then A^T r) read it twice. `cdln bench --sections shared` times it.
     BLOCK_BYTES = 4 << 20
 
     def block_rows(self) -> int:
@@ -230,12 +230,15 @@ class Sensing(Problem):
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
         batch = end_to_end.shape[0]
         flat = end_to_end.reshape(batch, -1)
+        grad = flat.new_empty(flat.shape) if out is None else out.reshape(batch, -1)
+        if self._native(flat, grad):
+            native.sensing_grad(self.operator, self.measurements, flat.contiguous(), grad)
+            return grad.reshape(end_to_end.shape)
         rows = self.block_rows()
         m = self.operator.shape[0]
         if rows >= m:
-            grad = self._residual(end_to_end) @ self.operator  # two passes over the operator
-            return grad.reshape(end_to_end.shape) if out is None else out.copy_(grad.reshape(end_to_end.shape))
-        grad = flat.new_empty(flat.shape) if out is None else out.reshape(batch, -1)
+            grad.copy_(self._residual(end_to_end) @ self.operator)  # two passes over the operator
+            return grad.reshape(end_to_end.shape)
         residual = flat.new_empty(batch, rows)
         for start in range(0, m, rows):
             block = self.operator[start : start + rows]
@@ -246,6 +249,12 @@ class Sensing(Problem):
             else:
                 grad.addmm_(r, block)  # += A_b^T r_b, the block still in cache
         return grad.reshape(end_to_end.shape)
+
+    def _native(self, flat: Tensor, grad: Tensor) -> bool:
+        """Whether the native one-pass kernel can compute this gradient (CPU, float32/64, contiguous)."""
+        tensors = (self.operator, self.measurements, grad)
+        same = all(t.dtype == flat.dtype and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+        return same and native.enabled() and native.available(flat.dtype)
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * self._residual(end_to_end).square().sum(dim=-1)

@@ -1,7 +1,8 @@
 """One training run: build the problem and the network a :class:`RunConfig` describes, train, record.
 
 :func:`train_run` returns a :class:`RunOutput` (record, curves, snapshots); :func:`run` also writes it
-as a run record (:mod:`cdln.records`). Neither changes the config it is given.
+as a run record (:mod:`cdln.records`). Neither changes the config it is given. :func:`train_in_lockstep`
+trains several runs on one sensing problem together, sharing each pass over its operator.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from cdln.analysis import SpectralSnapshots, stack_snapshots
 from cdln.config import ConfigError, RunConfig
 from cdln.devices import device_name, resolve_device
-from cdln.engine import ProgressFn, TrainResult, TrainSettings, train
+from cdln.engine import ProgressFn, TrainResult, TrainSettings, train, train_many
 from cdln.networks import (
     LinearNetwork,
     burer_monteiro,
@@ -27,7 +28,7 @@ from cdln.networks import (
     original_dln,
     yaras_dln,
 )
-from cdln.problems import Problem, ProblemSpec, load_problem, make_problem
+from cdln.problems import Problem, ProblemSpec, Sensing, load_problem, make_problem
 from cdln.records import make_record, write_run_record
 
 
@@ -88,9 +89,8 @@ def train_run(config: RunConfig, progress: ProgressFn | None = None) -> RunOutpu
     network = build_network(config, cpu_problem).to(device, config.torch_dtype)
     problem = cpu_problem.to(device, config.torch_dtype)
     del cpu_problem
-    settings = TrainSettings(config.lr, config.n_inner, config.max_outer, config.tol)
     snapshot = SpectralSnapshots(problem) if config.snapshots else None
-    result = train(network, problem, settings, snapshot=snapshot, progress=progress)
+    result = train(network, problem, settings_of(config), snapshot=snapshot, progress=progress)
     members = config.members()
     curves = result.curves.assign(
         model=config.model,
@@ -99,6 +99,50 @@ def train_run(config: RunConfig, progress: ProgressFn | None = None) -> RunOutpu
     )
     record = training_record(config, problem.spec, network, result, device)
     return RunOutput(record, curves, stack_snapshots(result.snapshots) or None)
+
+
+def settings_of(config: RunConfig) -> TrainSettings:
+    return TrainSettings(config.lr, config.n_inner, config.max_outer, config.tol)
+
+
+def can_share_passes(configs: list[RunConfig]) -> bool:
+    """Whether these runs can train in lockstep on one sensing problem (:func:`train_in_lockstep`): the
+    same MS problem file, step size, checkpoints, budget, tol, device and dtype, and no snapshots."""
+    if len(configs) < 2 or any(c.task != "ms" or c.problem is None or c.snapshots for c in configs):
+        return False
+    keys = {(c.problem, c.lr, c.n_inner, c.max_outer, c.tol, c.device, c.dtype) for c in configs}
+    return len(keys) == 1
+
+
+def train_in_lockstep(configs: list[RunConfig], progress: ProgressFn | None = None) -> list[RunOutput]:
+    """Train runs on one MS problem together (:func:`cdln.engine.train_many`): every GD step makes one
+    pass over the sensing operator for all of them instead of one each. Each record's seconds are that
+    run's own work plus its share of the shared passes (in proportion to its live members), so the runs'
+    seconds add up to the lockstep's wall time; ``timing.lockstep_runs`` says how many shared them."""
+    if not can_share_passes(configs):
+        raise ConfigError("runs share operator passes only on one MS problem file with the same GD settings")
+    first, cpu_problem = load_run_problem(configs[0])
+    resolved = [first, *(config.with_problem(cpu_problem.spec) for config in configs[1:])]
+    for config in resolved[1:]:
+        config.validate()
+    device, dtype = resolve_device(first.device), first.torch_dtype
+    networks = [build_network(config, cpu_problem).to(device, dtype) for config in resolved]
+    problem = cpu_problem.to(device, dtype)
+    del cpu_problem
+    assert isinstance(problem, Sensing)
+    results = train_many(networks, problem, settings_of(first), progress=progress)
+    outputs = []
+    for config, network, result in zip(resolved, networks, results, strict=True):
+        members = config.members()
+        curves = result.curves.assign(
+            model=config.model,
+            init_seed=[members[m]["init_seed"] for m in result.curves["member"]],
+            alpha=[members[m]["alpha"] for m in result.curves["member"]],
+        )
+        record = training_record(config, problem.spec, network, result, device)
+        record["timing"]["lockstep_runs"] = len(configs)
+        outputs.append(RunOutput(record, curves))
+    return outputs
 
 
 def run(config: RunConfig, out_dir: str | Path | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cdln.bench.timing import compare
+from cdln.bench.timing import compare, gemm_rate
 from cdln.devices import resolve_dtype
 from cdln.engine import Workspace, gd_steps
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
-from cdln.problems import Problem, ProblemSpec, Sensing, make_problem
+from cdln.problems import Completion, Problem, ProblemSpec, Sensing, make_problem
 
 
 @dataclass(frozen=True)
@@ -183,3 +183,29 @@ def speedups(rows: list[dict]) -> list[str]:
             ratio = us / by_key[(task, d, dtype, "cdln")]
             lines.append(f"{task} d={d} {dtype}: original/C-DLN per iteration = {ratio:.1f}x")
     return lines
+
+
+def step_flops(weights: list[Tensor], problem: Problem, sampled: bool = False) -> float:
+    """FLOPs (2 per multiply-add) of the matrix products of one engine GD step of the whole batch: L-1
+    forward products, 2(L-1) backward products, for MS the operator's two passes (``A w``, ``A^T r``).
+    ``sampled`` (MC, depth >= 2): the step of ``native-sampled``, whose three products with the
+    end-to-end shape (the last forward one and the last layer's two backward ones) cost ``2 n_observed k``
+    each instead of ``2 d_out d_in k`` (k = the last layer's input width). Elementwise work is not counted."""
+    batch, d_in = weights[0].shape[0], weights[0].shape[-1]
+    total = 0.0
+    for layer in range(1, len(weights)):
+        n_out, n_in = weights[layer].shape[-2:]
+        per_product = 2.0 * n_out * n_in * d_in
+        if sampled and layer == len(weights) - 1:
+            if not isinstance(problem, Completion):
+                raise ValueError("the sampled step needs an MC problem")
+            per_product = 2.0 * problem.n_observed * n_in
+        total += 3 * per_product  # forward W_l @ prefix; backward: gradient of W_l and next upstream
+    if isinstance(problem, Sensing):
+        total += 2 * 2.0 * problem.operator.shape[0] * problem.operator.shape[1]
+    return batch * total
+
+
+def hardware_reference_seconds(weights: list[Tensor], problem: Problem, rate: float | None = None) -> float:
+    """Seconds one dense GD step would take at the large-GEMM rate: ``step_flops / rate``."""
+    return step_flops(weights, problem) / (gemm_rate() if rate is None else rate)

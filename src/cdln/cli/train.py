@@ -5,7 +5,9 @@
 - ``cdln nonlinear``: one FashionMNIST classifier (:mod:`cdln.nonlinear`);
 - ``cdln run-job``: several of the above in one process, one after another (each timed alone),
   written together under one job directory (``<out>/<run name>/``), atomically as a whole. The
-  pipeline runs every job of :mod:`cdln.pipeline.grid` this way.
+  pipeline runs every job of :mod:`cdln.pipeline.grid` this way. ``train`` runs on one MS problem file
+  with the same GD settings train in lockstep instead, sharing each pass over the sensing operator
+  (:func:`cdln.runner.train_in_lockstep`; their seconds are attributed as it says).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from cdln.nonlinear import OPTIMIZERS, NonlinearConfig, train_classifier
 from cdln.pipeline.grid import JOB_MANIFEST
 from cdln.problems import SPECTRA, TASKS, Completion, load_problem
 from cdln.records import stage_run_record
-from cdln.runner import RunOutput, train_run
+from cdln.runner import RunOutput, can_share_passes, train_in_lockstep, train_run
 
 HELP: dict[str, str] = {
     "task": f"recovery problem: {', '.join(TASKS)} (factorization, completion, sensing)",
@@ -265,11 +267,30 @@ def parse_job(runs: list[list[str]], validate: bool = True) -> list[tuple[str, a
     return parsed
 
 
+def lockstep_group(runs: list[tuple[str, argparse.Namespace]]) -> list[str]:
+    """Names of the job's ``train`` runs that share one MS problem's operator passes (all or none)."""
+    trains = [(name, args) for name, args in runs if args.command == "train"]
+    configs = [resolve_config(args) for _, args in trains]
+    return [name for name, _ in trains] if can_share_passes(configs) else []
+
+
 def run_job_command(args: argparse.Namespace) -> int:
     apply_threads(args)
     runs = parse_job(args.run)
+    together = lockstep_group(runs)
     with atomic_directory(args.out) as staging:
+        if together:  # one pass over the sensing operator per step for all of them
+            parsed = dict(runs)
+            prefix = f"{'+'.join(together)} (shared operator passes)"
+            outputs = train_in_lockstep(
+                [resolve_config(parsed[name]) for name in together], progress_printer(prefix, args)
+            )
+            for name, output in zip(together, outputs, strict=True):
+                stage_run_record(staging / name, output.record, output.curves, output.snapshots)
+                print(f"{args.out}/{name}: {summarise_train(output)}", file=sys.stderr, flush=True)
         for index, (name, run_args) in enumerate(runs, start=1):
+            if name in together:
+                continue
             trainer = TRAINERS[run_args.command]
             prefix = f"{name} {index}/{len(runs)}: {progress_prefix(run_args.command, run_args)}"
             output = trainer.execute(run_args, progress_printer(prefix, args))

@@ -5,15 +5,15 @@ Issue #13 compares the engine's cost per GD iteration with the authors' own JAX 
 module builds that loop from *our* problem and network objects (same target, mask or operator,
 same initial weights, same step sizes including the C-DLN's outer-layer rate alpha), times it in
 steady state (compilation excluded and reported on its own), and checks that its iterates match the
-engine's. It also gives the hardware reference: the FLOPs of one step and the rate of a large
-single-thread GEMM measured in process.
+engine's. ``cdln bench --sections jax`` prints the comparison (:mod:`cdln.bench`).
 
 JAX is optional: :func:`require_jax` raises :class:`JaxUnavailableError` with an install hint when
 it is absent; :func:`jax_available` tests for it. Float64 needs ``jax_enable_x64``, which
 :func:`require_jax` switches on. For single-thread timings pin the process to one core *before*
-JAX creates its CPU client (XLA sizes its thread pool from the affinity mask: :func:`pin_to_one_core`)
-and also set ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``
-(:data:`SINGLE_THREAD_XLA_FLAGS`); :func:`busy_threads` verifies that one thread did the work.
+JAX creates its CPU client (XLA sizes its thread pool from the affinity mask:
+:func:`cdln.bench.timing.pin_to_one_core`) and also set
+``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``
+(:data:`SINGLE_THREAD_XLA_FLAGS`); :func:`cdln.bench.timing.busy_threads` verifies that one thread did the work.
 
 Two gradients are offered: ``"autodiff"`` (``jax.grad`` of the training loss, as the authors' code
 does) and ``"closed_form"`` (the engine's formula, ``(W_L...W_{l+1})^T G (W_{l-1}...W_1)^T``).
@@ -21,10 +21,7 @@ does) and ``"closed_form"`` (the engine's formula, ``(W_L...W_{l+1})^T G (W_{l-1
 
 from __future__ import annotations
 
-import glob
 import math
-import os
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cdln.bench.timing import interleaved
 from cdln.networks import LinearNetwork
 from cdln.problems import Completion, Factorization, Problem, Sensing
 
@@ -64,45 +62,6 @@ def require_jax() -> ModuleType:
         raise JaxUnavailableError(f"the JAX baseline needs JAX, which is not installed: {INSTALL_HINT}") from error
     jax.config.update("jax_enable_x64", True)
     return jax
-
-
-def pin_to_one_core(cpu: int | None = None) -> int:
-    """Restrict this process to one CPU (default: the lowest it may run on) and return it.
-
-    Call it before JAX's first computation: XLA sizes its intra-op thread pool from the affinity
-    mask, so this is what makes JAX single-threaded (``XLA_FLAGS`` alone leaves XLA's thunk runtime
-    splitting dots over several threads in JAX 0.10). Torch is held to one thread separately
-    (``torch.set_num_threads(1)``).
-    """
-    cpu = min(os.sched_getaffinity(0)) if cpu is None else cpu
-    os.sched_setaffinity(0, {cpu})
-    return cpu
-
-
-def thread_cpu_ticks() -> dict[str, int]:
-    """CPU time (clock ticks, user + system) of each thread of this process, keyed ``tid:name`` (Linux)."""
-    ticks = {}
-    for path in glob.glob("/proc/self/task/*/stat"):
-        try:
-            with open(path) as stat, open(path[: -len("stat")] + "comm") as comm:
-                fields = stat.read().rsplit(")", 1)[1].split()
-                ticks[f"{path.split('/')[4]}:{comm.read().strip()}"] = int(fields[11]) + int(fields[12])
-        except OSError:  # a thread that ended while we read
-            continue
-    return ticks
-
-
-def busy_threads(fn: Callable[[], Any], min_share: float = 0.05) -> dict[str, float]:
-    """Run ``fn()`` and return each thread's share of the CPU time it used (threads above ``min_share``).
-
-    One entry means the work ran on one thread. Needs a run of at least ~0.5 s (ticks are 10 ms).
-    """
-    before = thread_cpu_ticks()
-    fn()
-    after = thread_cpu_ticks()
-    used = {name: after[name] - before.get(name, 0) for name in after}
-    total = sum(used.values()) or 1
-    return {name: ticks / total for name, ticks in used.items() if ticks / total >= min_share}
 
 
 @dataclass
@@ -249,13 +208,6 @@ def iterate_difference(
     return worst
 
 
-def _per_unit(fn: Callable[[int], None], n: int) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) per unit of ``fn(n)``."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn(n)
-    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
-
-
 @dataclass
 class Comparison:
     """Median seconds per GD iteration of each variant (steady state), from interleaved repeats.
@@ -273,27 +225,6 @@ class Comparison:
     def ratio(self, a: str, b: str, cpu: bool = False) -> float:
         seconds = self.cpu_seconds_per_iteration if cpu else self.seconds_per_iteration
         return seconds[a] / seconds[b]
-
-
-def interleaved(
-    variants: dict[str, Callable[[int], None]], units: dict[str, int], repeats: int, target_seconds: float = 0.1
-) -> tuple[dict[str, float], dict[str, list[float]], dict[str, float]]:
-    """Median seconds per *iteration* of each variant; ``variants[name](n)`` runs n units of
-    ``units[name]`` iterations each. Repeats are interleaved (A B C A B C ...) so load hits all alike;
-    each repeat takes about ``target_seconds``. Returns (wall medians, wall samples, CPU-time medians)."""
-    counts = {}
-    for name, fn in variants.items():
-        _per_unit(fn, 1)  # warm-up
-        counts[name] = max(1, int(target_seconds / max(_per_unit(fn, 1)[0], 1e-9)))
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    cpu: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            wall, used = _per_unit(fn, counts[name])
-            samples[name].append(wall / units[name])
-            cpu[name].append(used / units[name])
-    medians = {name: statistics.median(v) for name, v in samples.items()}
-    return medians, samples, {name: statistics.median(v) for name, v in cpu.items()}
 
 
 def compare_engine_and_jax(
@@ -372,71 +303,3 @@ def loop_runner(loop: JaxLoop) -> Callable[[int], None]:
         loop.steps(n)
 
     return run
-
-
-def step_flops(weights: list[Tensor], problem: Problem, sampled: bool = False) -> float:
-    """FLOPs (2 per multiply-add) of the matrix products of one engine GD step of the whole batch: L-1
-    forward products, 2(L-1) backward products, for MS the operator's two passes (``A w``, ``A^T r``).
-    ``sampled`` (MC, depth >= 2): the step of ``native-sampled``, whose three products with the
-    end-to-end shape (the last forward one and the last layer's two backward ones) cost ``2 n_observed k``
-    each instead of ``2 d_out d_in k`` (k = the last layer's input width). Elementwise work is not counted."""
-    batch, d_in = weights[0].shape[0], weights[0].shape[-1]
-    total = 0.0
-    for layer in range(1, len(weights)):
-        n_out, n_in = weights[layer].shape[-2:]
-        per_product = 2.0 * n_out * n_in * d_in
-        if sampled and layer == len(weights) - 1:
-            if not isinstance(problem, Completion):
-                raise ValueError("the sampled step needs an MC problem")
-            per_product = 2.0 * problem.n_observed * n_in
-        total += 3 * per_product  # forward W_l @ prefix; backward: gradient of W_l and next upstream
-    if isinstance(problem, Sensing):
-        total += 2 * 2.0 * problem.operator.shape[0] * problem.operator.shape[1]
-    return batch * total
-
-
-def gemm_rate(n: int = 2000, repeats: int = 3, dtype: torch.dtype = torch.float64, library: str = "torch") -> float:
-    """FLOP/s of a large ``n x n x n`` CPU GEMM into a preallocated output: the median of ``repeats`` timed
-    products after one warm-up, at the current thread count. ``library``: ``"torch"`` (``torch.mm``: MKL in
-    the PyPI wheels) or ``"numpy"`` (``np.matmul``: numpy's OpenBLAS, which the native engine path calls).
-    The hardware reference of issue #13 is :func:`step_flops` divided by this rate."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=generator, dtype=dtype)
-    b = torch.randn(n, n, generator=generator, dtype=dtype)
-    out = torch.empty(n, n, dtype=dtype)
-    if library == "torch":
-
-        def product() -> None:
-            torch.mm(a, b, out=out)
-
-    elif library == "numpy":
-        a_np, b_np, out_np = a.numpy(), b.numpy(), out.numpy()
-
-        def product() -> None:
-            np.matmul(a_np, b_np, out=out_np)
-
-    else:
-        raise ValueError(f"library must be 'torch' or 'numpy'; got {library!r}")
-    set_threads = None
-    if library == "numpy":  # hold numpy's OpenBLAS to torch's thread count, as the native kernels do
-        from cdln.native import blas
-
-        found = blas(dtype, "openblas")
-        set_threads = found.set_threads if found is not None else None
-    previous = set_threads(torch.get_num_threads()) if set_threads is not None else None
-    try:
-        product()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            times.append(time.perf_counter() - start)
-    finally:
-        if set_threads is not None and previous is not None and previous > 0:
-            set_threads(previous)
-    return 2.0 * n**3 / statistics.median(times)
-
-
-def hardware_reference_seconds(weights: list[Tensor], problem: Problem, rate: float | None = None) -> float:
-    """Seconds one dense GD step would take at the large-GEMM rate: ``step_flops / rate``."""
-    return step_flops(weights, problem) / (gemm_rate() if rate is None else rate)
