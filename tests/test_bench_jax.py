@@ -100,3 +100,28 @@ def test_gemm_rate_and_hardware_reference():
 def test_busy_threads_reports_shares():
     shares = busy_threads(lambda: sum(i * i for i in range(200_000)), min_share=0.0)
     assert shares and all(0 <= v <= 1 for v in shares.values())
+
+
+def test_bench_sections_print_their_ratios(capsys):
+    """The jax, sampled and shared sections of `cdln bench` on the reduced grid's settings (seconds only
+    printed, never compared): each prints its ratio line."""
+    import yaml
+    from conftest import REPO
+
+    from cdln.bench import paths
+    from cdln.bench.runs import experiment_runs
+
+    ci = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
+    lines: list[str] = []
+    if jb.jax_available():
+        result = paths.bench_jax(experiment_runs(ci, "mc", "cpu"), repeats=1, echo=lines.append)
+        assert set(result) >= {"original", "cdln"} and result["cdln"]["iterates_difference"] < 1e-10
+    small = dict(d=60, p=0.1, r=2, r_hat=4)
+    shape = dict(n_users=40, n_items=60, n_ratings=600, train_fraction=0.8, r_hat=4)
+    sampled = paths.bench_sampled(1, lines.append, small, shape)
+    assert sampled["d2000"]["ratio"] > 0 and sampled["movielens"]["after_ms"] > 0
+    shared = paths.bench_shared(experiment_runs(ci, "ms", "cpu"), repeats=1, echo=lines.append)
+    assert math.isfinite(shared["ratio"]) and shared["ratio"] > 0
+    text = "\n".join(lines)
+    assert "sampled/dense =" in text and "shared/alone =" in text
+    assert "engine/JAX =" in text or not jb.jax_available()

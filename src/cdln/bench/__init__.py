@@ -8,6 +8,10 @@ Sections (``--sections``), each in its own module:
    the *roofline*, the median time of the matrix products alone that one iteration needs.
 2. ``tol`` (:mod:`cdln.bench.runs`): seconds to tol, original DLN / C-DLN, on the config's ``mc`` setting.
 3. ``batch`` (:mod:`cdln.bench.runs`): runs per second, one batched job vs the same runs one at a time.
+4. ``jax``, ``sampled``, ``shared`` (:mod:`cdln.bench.paths`): the engine against the same step compiled
+   by JAX on the ``mc`` setting (and the hardware reference), the sampled MC step against the dense one
+   (d = 2000, p = 0.05; a MovieLens-shaped problem), and the MS step of two runs sharing one operator
+   pass against both alone.
 
 ``--scaling`` instead measures seconds per iteration and to tol against d (:mod:`cdln.bench.scaling`)
 and writes the CSV of the pipeline's scaling figure. Settings that are the paper grid's (step sizes,
@@ -28,13 +32,15 @@ import pandas as pd
 import torch
 
 from cdln.bench.kernels import bench_case, default_cases, format_kernels, repeats_for, speedups
+from cdln.bench.paths import bench_jax, bench_sampled, bench_shared, single_thread_jax
 from cdln.bench.runs import bench_batch, bench_tol, experiment_runs
 from cdln.bench.scaling import scaling
+from cdln.bench.timing import pin_to_one_core
 from cdln.cli.common import ExitCode, add_threads_option, apply_threads
 from cdln.devices import device_name, resolve_device
 from cdln.io import write_csv, write_json
 
-SECTIONS = ("kernels", "tol", "batch")
+SECTIONS = ("kernels", "tol", "batch", "jax", "sampled", "shared")
 DEFAULT_CONFIG = Path("config/config.yaml")
 
 
@@ -110,6 +116,15 @@ def run_benchmark(
                 f"same stop iterations: {r['same_stop_iterations']}"
             )
         results["batch"] = rows
+    if "jax" in sections:
+        echo("\n[jax] per GD iteration, the engine against the same step as a jit-compiled lax.fori_loop, mc setting")
+        results["jax"] = bench_jax(mc_runs, echo=echo)
+    if "sampled" in sections:
+        echo("\n[sampled] the C-DLN's MC step on the observed entries only against its dense step")
+        results["sampled"] = bench_sampled(echo=echo)
+    if "shared" in sections:
+        echo("\n[shared] an MS step (the ms section's first panel) of two runs sharing one pass over the operator")
+        results["shared"] = bench_shared(experiment_runs(config, "ms", str(device)), echo=echo)
     if out is not None:
         write_json(out, results)
     return results
@@ -137,6 +152,9 @@ def bench_command(args: argparse.Namespace) -> int:
             write_csv(args.out, pd.DataFrame(rows).assign(device=device, dtype=args.dtypes[0]), float_format="%.17g")
         return ExitCode.OK
     config = load_pipeline_config(args.config)
+    if "jax" in args.sections and args.threads == 1:  # a single-thread comparison: JAX on one core too
+        single_thread_jax()
+        pin_to_one_core()
     sizes, ms_sizes = args.sizes or (100, 400, 1000, 2000), args.ms_sizes or (100, 200)
     run_benchmark(config, args.device, args.sections, sizes, ms_sizes, args.dtypes, args.out)
     return ExitCode.OK

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cdln.bench.kernels import engine_runner
 from cdln.bench.timing import interleaved
 from cdln.networks import LinearNetwork
 from cdln.problems import Completion, Factorization, Problem, Sensing
@@ -261,27 +262,6 @@ def compare_engine_and_jax(
         variants[name] = loop_runner(loop)
     medians, samples, cpu = interleaved(variants, {name: n_inner for name in variants}, repeats, target_seconds)
     return Comparison(medians, samples, cpu, compile_seconds, first)
-
-
-def engine_runner(
-    network: LinearNetwork, problem: Problem, lr: float, n_inner: int, path: str | None = None
-) -> Callable[[int], None]:
-    """``f(n)``: reset a copy of ``network``'s weights, then n calls of :func:`cdln.engine.gd_steps`
-    (``n_inner`` steps each, one :class:`~cdln.engine.Workspace`) on ``path`` (default: the engine's pick)."""
-    from cdln.engine import Workspace, gd_steps
-
-    initial = [w.clone() for w in network.weights]
-    weights = [w.clone() for w in initial]
-    neg_steps = [(-lr * s).view(-1, 1, 1) for s in network.lr_scales]
-    workspace = Workspace(weights)
-
-    def run(n: int) -> None:
-        for w, w0 in zip(weights, initial, strict=True):
-            w.copy_(w0)  # O(d^2): negligible next to n_inner steps; every repeat takes the same path
-        for _ in range(n):
-            gd_steps(weights, neg_steps, problem, n_inner, workspace, path)
-
-    return run
 
 
 def time_jax_loop(loop: JaxLoop, repeats: int = 7, target_seconds: float = 0.1) -> dict[str, float]:

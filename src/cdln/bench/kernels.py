@@ -209,3 +209,22 @@ def step_flops(weights: list[Tensor], problem: Problem, sampled: bool = False) -
 def hardware_reference_seconds(weights: list[Tensor], problem: Problem, rate: float | None = None) -> float:
     """Seconds one dense GD step would take at the large-GEMM rate: ``step_flops / rate``."""
     return step_flops(weights, problem) / (gemm_rate() if rate is None else rate)
+
+
+def engine_runner(
+    network: LinearNetwork, problem: Problem, lr: float, n_inner: int, path: str | None = None
+) -> Callable[[int], None]:
+    """``f(n)``: reset a copy of ``network``'s weights, then n calls of :func:`cdln.engine.gd_steps`
+    (``n_inner`` steps each, one :class:`~cdln.engine.Workspace`) on ``path`` (default: the engine's pick)."""
+    initial = [w.clone() for w in network.weights]
+    weights = [w.clone() for w in initial]
+    neg_steps = [(-lr * s).view(-1, 1, 1) for s in network.lr_scales]
+    workspace = Workspace(weights)
+
+    def run(n: int) -> None:
+        for w, w0 in zip(weights, initial, strict=True):
+            w.copy_(w0)  # O(d^2): negligible next to n_inner steps; every repeat takes the same path
+        for _ in range(n):
+            gd_steps(weights, neg_steps, problem, n_inner, workspace, path)
+
+    return run

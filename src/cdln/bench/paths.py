@@ -1,0 +1,171 @@
+"""The engine's step against its references, each on one setting (sections of ``cdln bench``):
+
+- ``jax``: per GD iteration, the engine against the same step compiled by JAX (``lax.fori_loop``, optional
+  dependency) on the pipeline's ``mc`` setting, for the original DLN and the C-DLN, and against the
+  hardware reference (the step's FLOPs at the rate of a large GEMM measured in the same run).
+- ``sampled``: the C-DLN's sampled MC step against its dense step at d = 2000, p = 0.05 (r = 10,
+  r_hat = 20), and a MovieLens-shaped C-DLN step (943 x 1682, 80% of 100k ratings observed) before (the
+  torch path) and after (the engine's pick).
+- ``shared``: one MS step of the pipeline's r = 5 panel (d = 200, m = 4000) for the original DLN and the
+  C-DLN alone, and for both in lockstep sharing one pass over the operator.
+
+Medians of interleaved repeats, wall clock and process CPU time (the steadier on a shared machine).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from cdln.bench.kernels import engine_runner, step_flops
+from cdln.bench.timing import gemm_rate, interleaved
+from cdln.config import RunConfig
+from cdln.engine import Workspace, backward_products, forward_products, step_path
+from cdln.networks import LinearNetwork, compressed_dln
+from cdln.problems import Completion, Problem, ProblemSpec, make_problem
+from cdln.runner import build_network, load_run_problem
+
+SAMPLED_SETTING = dict(d=2000, p=0.05, r=10, r_hat=20)  # issue #13's case for the sampled step
+MOVIELENS_SHAPE = dict(n_users=943, n_items=1682, n_ratings=100_000, train_fraction=0.8, r_hat=20)
+
+
+def _networks(runs: Mapping[str, Mapping[str, Any]]) -> tuple[Problem, dict[str, LinearNetwork], float]:
+    """The problem and the original DLN / C-DLN networks of a job's runs (drawn in process)."""
+    configs = {name: RunConfig.from_dict(dict(runs[name])) for name in ("original", "cdln")}
+    config, problem = load_run_problem(configs["original"])
+    networks = {name: build_network(c.with_problem(problem.spec), problem) for name, c in configs.items()}
+    return problem, networks, config.lr
+
+
+def bench_jax(mc_runs: Mapping[str, Mapping[str, Any]], repeats: int = 11, echo: Callable[[str], None] = print) -> dict:
+    """Engine vs JAX per iteration on the mc setting (both models); skipped with a message without JAX."""
+    from cdln.bench import jax_loop
+
+    if not jax_loop.jax_available():
+        echo(f"  skipped: {jax_loop.INSTALL_HINT}")
+        return {"skipped": "JAX is not installed"}
+    problem, networks, lr = _networks(mc_runs)
+    rate = gemm_rate(2000, 3)
+    out: dict[str, Any] = {"large_gemm_gflops": rate / 1e9}
+    echo(
+        f"  large GEMM 2000^3 float64, {torch.get_num_threads()} thread(s): {rate / 1e9:.1f} GFLOP/s "
+        "(the reference rate)"
+    )
+    for name, network in networks.items():
+        comparison = jax_loop.compare_engine_and_jax(network, problem, lr, 100, repeats, 0.05, ("autodiff",))
+        wall, cpu = comparison.seconds_per_iteration, comparison.cpu_seconds_per_iteration
+        flops = step_flops(network.weights, problem)
+        row = {
+            "path": step_path(network.weights, problem),
+            "engine_us": 1e6 * wall["engine"],
+            "jax_us": 1e6 * wall["jax_autodiff"],
+            "engine_cpu_us": 1e6 * cpu["engine"],
+            "jax_cpu_us": 1e6 * cpu["jax_autodiff"],
+            "ratio": wall["engine"] / wall["jax_autodiff"],
+            "ratio_cpu": cpu["engine"] / cpu["jax_autodiff"],
+            "hardware_us": 1e6 * flops / rate,
+            "jax_compile_seconds": comparison.compile_seconds["jax_autodiff"],
+            "iterates_difference": jax_loop.iterate_difference(network, problem, lr, 100),
+        }
+        out[name] = row
+        echo(
+            f"  {name:8} engine ({row['path']}) {row['engine_us']:7.1f} us/iter, JAX {row['jax_us']:7.1f} "
+            f"(CPU {row['engine_cpu_us']:.1f} / {row['jax_cpu_us']:.1f}): engine/JAX = {row['ratio']:.3f} "
+            f"(CPU {row['ratio_cpu']:.3f}); hardware reference {row['hardware_us']:.1f} us; JAX compile "
+            f"{row['jax_compile_seconds']:.2f} s; iterates agree to {row['iterates_difference']:.1e} after 100 steps"
+        )
+    return out
+
+
+def _compare_paths(network: LinearNetwork, problem: Problem, lr: float, paths: dict[str, str | None], repeats: int):
+    variants = {label: engine_runner(network, problem, lr, 10, path) for label, path in paths.items()}
+    wall, _, cpu = interleaved(variants, dict.fromkeys(variants, 10), repeats, 0.3)
+    return wall, cpu
+
+
+def bench_sampled(
+    repeats: int = 5,
+    echo: Callable[[str], None] = print,
+    setting: Mapping[str, Any] = SAMPLED_SETTING,
+    movielens_shape: Mapping[str, Any] = MOVIELENS_SHAPE,
+) -> dict:
+    """The sampled MC step against the dense one (C-DLN), at d = 2000, p = 0.05 and MovieLens-shaped."""
+    from cdln.data.movielens import completion_problem, parse_ratings, synthetic_ml100k
+
+    out: dict[str, Any] = {}
+    problem = make_problem(ProblemSpec("mc", setting["d"], setting["d"], setting["r"], 0, p=setting["p"]))
+    network = compressed_dln(problem.surrogate(), setting["r_hat"], 3, 1e-2)
+    paths = {"sampled": "native-sampled", "dense": "native-dense", "torch": "torch"}
+    wall, cpu = _compare_paths(network, problem, 10.0, paths, repeats)
+    out["d2000"] = {f"{k}_ms": 1e3 * v for k, v in wall.items()} | {"ratio": wall["sampled"] / wall["dense"]}
+    echo(
+        f"  MC d={setting['d']} p={setting['p']} r_hat={setting['r_hat']}: "
+        f"sampled {1e3 * wall['sampled']:.2f} ms/iter, "
+        f"dense {1e3 * wall['dense']:.2f}, torch {1e3 * wall['torch']:.2f}: sampled/dense = "
+        f"{out['d2000']['ratio']:.3f} (CPU {cpu['sampled'] / cpu['dense']:.3f})"
+    )
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shape = dict(n_users=movielens_shape["n_users"], n_items=movielens_shape["n_items"])
+        archive = synthetic_ml100k(Path(tmp) / "ml-100k.zip", 0, movielens_shape["n_ratings"], **shape)
+        import zipfile
+
+        with zipfile.ZipFile(archive) as zf:
+            ratings = parse_ratings(zf.read("ml-100k/u.data").decode(), str(archive), **shape)
+    movielens = completion_problem(ratings, 10, 1 - movielens_shape["train_fraction"], 0)
+    assert isinstance(movielens, Completion)
+    network = compressed_dln(movielens.surrogate(), movielens_shape["r_hat"], 3, 0.1)
+    wall, cpu = _compare_paths(network, movielens, 5.0, {"after": None, "before": "torch"}, repeats)
+    out["movielens"] = {"after_ms": 1e3 * wall["after"], "before_ms": 1e3 * wall["before"]}
+    echo(
+        f"  MovieLens-shaped C-DLN step ({shape['n_users']} x {shape['n_items']}, {movielens.n_observed} observed; "
+        "a synthetic stand-in): "
+        f"{1e3 * wall['before']:.2f} ms/iter before (torch path), {1e3 * wall['after']:.2f} after "
+        f"({step_path(network.weights, movielens)}): {wall['before'] / wall['after']:.1f}x faster"
+    )
+    return out
+
+
+def bench_shared(
+    ms_runs: Mapping[str, Mapping[str, Any]], repeats: int = 5, echo: Callable[[str], None] = print
+) -> dict:
+    """One MS step for the original DLN and the C-DLN alone, and for both sharing one operator pass."""
+    problem, networks, lr = _networks(ms_runs)
+    alone = {name: engine_runner(net, problem, lr, 1) for name, net in networks.items()}
+    lockstep = [net.clone() for net in networks.values()]
+    spaces = [Workspace(net.weights) for net in lockstep]
+    steps = [[(-lr * s).view(-1, 1, 1) for s in net.lr_scales] for net in lockstep]
+
+    def together(n: int) -> None:  # what engine.train_many does per step: one loss gradient for both
+        for _ in range(n):
+            ends = [forward_products(net.weights, space) for net, space in zip(lockstep, spaces, strict=True)]
+            grad = problem.loss_grad(torch.cat(ends))
+            for k, (net, space, step) in enumerate(zip(lockstep, spaces, steps, strict=True)):
+                gradients = backward_products(net.weights, grad[k : k + 1], space)
+                torch._foreach_addcmul_(net.weights, gradients, step)
+
+    def apart(n: int) -> None:
+        for name in networks:
+            alone[name](n)
+
+    wall, _, cpu = interleaved({"shared": together, "alone": apart}, {"shared": 1, "alone": 1}, repeats, 1.0)
+    spec = problem.spec
+    out = {"shared_ms": 1e3 * wall["shared"], "alone_ms": 1e3 * wall["alone"], "ratio": wall["shared"] / wall["alone"]}
+    echo(
+        f"  MS d={spec.d_out} m={spec.m}: original + C-DLN one step each {out['alone_ms']:.0f} ms alone, "
+        f"{out['shared_ms']:.0f} ms sharing one operator pass: shared/alone = {out['ratio']:.3f} "
+        f"(CPU {cpu['shared'] / cpu['alone']:.3f})"
+    )
+    return out
+
+
+def single_thread_jax() -> None:
+    """Make a later JAX import single-threaded (see :func:`cdln.bench.timing.pin_to_one_core`)."""
+    from cdln.bench.jax_loop import SINGLE_THREAD_XLA_FLAGS
+
+    os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_XLA_FLAGS)
