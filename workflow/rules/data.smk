@@ -29,7 +29,8 @@ rule make_problem:
 rule make_sensing_problem:
     """MS problem: target, operator A (d*d*m floats: 1.3 GB at d=200, m=4000) and measurements.
 
-    temp(): deleted once every job on it has finished, so operators never pile up on disk."""
+    temp(): deleted once every job on it has finished, so operators never pile up on disk. Drawn with the
+    training jobs' priority: MS jobs are the longest of the grid, and starting them early shortens the run."""
     output:
         temp(f"{ROOT}/data/ms/{{name}}.pt"),
     log:
@@ -39,6 +40,7 @@ rule make_sensing_problem:
     params:
         flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
+    priority: 1
     conda:
         CONDA_ENV
     shell:

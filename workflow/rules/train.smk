@@ -18,8 +18,8 @@ rule run_job:
     params:
         runs=lambda wc: GRID.job(wc.experiment, wc.job).arguments(),
     threads: config["threads_per_job"]
-    # Ready training jobs go before new problem files, so (temporary) MS operators are consumed and
-    # deleted before more are drawn.
+    # Ready jobs go before MF/MC problem files; MS problem files share this priority (rule
+    # make_sensing_problem), so the longest jobs start first.
     priority: 1
     resources:
         gpu=uses_gpu(),
