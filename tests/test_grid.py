@@ -126,3 +126,8 @@ def test_run_directory_names_read_back():
 def test_cli_flags_round_trip_through_shell_quoting():
     flags = cli_flags({"title": "MF, r = 10 [config: ci]", "alpha": [0.5, 1], "quiet": True, "skip": None, "no": False})
     assert shlex.split(flags) == ["--title", "MF, r = 10 [config: ci]", "--alpha", "0.5", "1", "--quiet"]
+
+
+def test_panels_in_config_order():
+    assert Grid(PAPER).panels("mf") == list(PAPER["experiments"]["mf"]["panels"])
+    assert Grid(CI).panels("ablation_depth") == ["L2", "L3"]

@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cdln.io import atomic_write
+
 SOURCE = Path(__file__).with_name("gd_kernels.c")
 SUFFIX = {torch.float64: "d", torch.float32: "s"}
 C_TYPE = {torch.float64: "double", torch.float32: "float"}
@@ -93,21 +95,24 @@ def _build(dtype: torch.dtype) -> Path:
             target = folder / name
             if target.is_file():
                 return target
+
+            def compile_to(tmp: Path, flags: list[str] = flags) -> None:
+                result = subprocess.run([compiler, *flags, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise _CompileError(f"{compiler} {' '.join(flags)}: {result.stderr.strip()[-500:]}")
+
             try:
-                folder.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-                os.close(fd)
+                return atomic_write(target, compile_to)  # parallel jobs may race: one rename wins, both valid
+            except _CompileError as error:
+                errors.append(str(error))
+                break  # same flags fail in any folder; try without -march=native
             except OSError as error:
                 errors.append(f"{folder}: {error}")
-                continue
-            result = subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
-            if result.returncode == 0:
-                os.replace(tmp, target)
-                return target
-            os.unlink(tmp)
-            errors.append(f"{compiler} {' '.join(flags)}: {result.stderr.strip()[-500:]}")
-            break  # same flags fail in any folder; try without -march=native
     raise RuntimeError("could not compile the native GD kernels: " + "; ".join(errors))
+
+
+class _CompileError(RuntimeError):
+    """The compiler rejected the kernels with these flags."""
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ rule plot_error_curves:
     params:
         flags=lambda wc: cli_flags(
             {
-                "panels": list(experiment(wc.experiment)["panels"]),
+                "panels": GRID.panels(wc.experiment),
                 "columns": CURVE_FIGURES[f"fig_{wc.experiment}"][1],
                 "title": figure_title(wc.experiment),
             }
@@ -67,7 +67,7 @@ rule plot_ablation_alpha:
         f"{ROOT}/logs/figures/fig_ablation_alpha.log",
     params:
         flags=lambda wc: cli_flags(
-            {"panels": [next(iter(experiment("ablation_alpha")["panels"]))], "title": figure_title("ablation_alpha")}
+            {"panels": GRID.panels("ablation_alpha")[:1], "title": figure_title("ablation_alpha")}
         ),
     threads: 1
     conda:

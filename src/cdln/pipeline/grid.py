@@ -181,6 +181,10 @@ class Grid:
     def runs(self, experiment: str | None = None) -> list[tuple[Job, Run]]:
         return [(job, run) for job in self.jobs(experiment) for run in job.runs]
 
+    def panels(self, experiment: str) -> list[str]:
+        """A synthetic experiment's panels, in config order (one figure row each)."""
+        return list(dict.fromkeys(run.keys["panel"] for _, run in self.runs(experiment)))
+
     def run_dirs(self, experiment: str) -> list[str]:
         return [job.run_dir(run) for job, run in self.runs(experiment)]
 
