@@ -91,14 +91,7 @@ def train_run(config: RunConfig, progress: ProgressFn | None = None) -> RunOutpu
     del cpu_problem
     snapshot = SpectralSnapshots(problem) if config.snapshots else None
     result = train(network, problem, settings_of(config), snapshot=snapshot, progress=progress)
-    members = config.members()
-    curves = result.curves.assign(
-        model=config.model,
-        init_seed=[members[m]["init_seed"] for m in result.curves["member"]],
-        alpha=[members[m]["alpha"] for m in result.curves["member"]],
-    )
-    record = training_record(config, problem.spec, network, result, device)
-    return RunOutput(record, curves, stack_snapshots(result.snapshots) or None)
+    return run_output(config, problem.spec, network, result, device)
 
 
 def settings_of(config: RunConfig) -> TrainSettings:
@@ -133,15 +126,9 @@ def train_in_lockstep(configs: list[RunConfig], progress: ProgressFn | None = No
     results = train_many(networks, problem, settings_of(first), progress=progress)
     outputs = []
     for config, network, result in zip(resolved, networks, results, strict=True):
-        members = config.members()
-        curves = result.curves.assign(
-            model=config.model,
-            init_seed=[members[m]["init_seed"] for m in result.curves["member"]],
-            alpha=[members[m]["alpha"] for m in result.curves["member"]],
-        )
-        record = training_record(config, problem.spec, network, result, device)
-        record["timing"]["lockstep_runs"] = len(configs)
-        outputs.append(RunOutput(record, curves))
+        output = run_output(config, problem.spec, network, result, device)
+        output.record["timing"]["lockstep_runs"] = len(configs)
+        outputs.append(output)
     return outputs
 
 
@@ -151,6 +138,21 @@ def run(config: RunConfig, out_dir: str | Path | None = None, progress: Progress
     if out_dir is not None:
         output.write(out_dir)
     return output.record
+
+
+def run_output(
+    config: RunConfig, spec: ProblemSpec, network: LinearNetwork, result: TrainResult, device: torch.device
+) -> RunOutput:
+    """A finished training run: its record and its curves, each row labelled with its member's model,
+    init seed and alpha."""
+    members = config.members()
+    curves = result.curves.assign(
+        model=config.model,
+        init_seed=[members[m]["init_seed"] for m in result.curves["member"]],
+        alpha=[members[m]["alpha"] for m in result.curves["member"]],
+    )
+    record = training_record(config, spec, network, result, device)
+    return RunOutput(record, curves, stack_snapshots(result.snapshots) or None)
 
 
 def training_record(
