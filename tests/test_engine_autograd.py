@@ -37,7 +37,7 @@ def engine_path(request, monkeypatch):
 
 def _skip_unless_path_applies(path: str, task: str) -> None:
     if path.startswith("native") and task == "ms":
-        pytest.skip("no native step for MS")
+        pytest.skip("the native engine step is MF and MC's (MS: torch step, native operator pass)")
     if path == "native-sampled" and task != "mc":
         pytest.skip("the sampled step is for MC")
 

@@ -231,7 +231,7 @@ class Sensing(Problem):
         batch = end_to_end.shape[0]
         flat = end_to_end.reshape(batch, -1)
         grad = flat.new_empty(flat.shape) if out is None else out.reshape(batch, -1)
-        if self._native(flat, grad):
+        if self.native_pass(flat, grad):
             native.sensing_grad(self.operator, self.measurements, flat.contiguous(), grad)
             return grad.reshape(end_to_end.shape)
         rows = self.block_rows()
@@ -250,7 +250,7 @@ class Sensing(Problem):
                 grad.addmm_(r, block)  # += A_b^T r_b, the block still in cache
         return grad.reshape(end_to_end.shape)
 
-    def _native(self, flat: Tensor, grad: Tensor) -> bool:
+    def native_pass(self, flat: Tensor, grad: Tensor) -> bool:
         """Whether the native one-pass kernel can compute this gradient (CPU, float32/64, contiguous)."""
         tensors = (self.operator, self.measurements, grad)
         same = all(t.dtype == flat.dtype and t.device.type == "cpu" and t.is_contiguous() for t in tensors)

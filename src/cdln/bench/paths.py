@@ -132,7 +132,10 @@ def bench_sampled(
 
 
 def bench_shared(
-    ms_runs: Mapping[str, Mapping[str, Any]], repeats: int = 5, echo: Callable[[str], None] = print
+    ms_runs: Mapping[str, Mapping[str, Any]],
+    repeats: int = 5,
+    echo: Callable[[str], None] = print,
+    check_outer: int = 4,
 ) -> dict:
     """One MS step for the original DLN and the C-DLN alone, and for both sharing one operator pass."""
     problem, networks, lr = _networks(ms_runs)
@@ -161,7 +164,44 @@ def bench_shared(
         f"{out['shared_ms']:.0f} ms sharing one operator pass: shared/alone = {out['ratio']:.3f} "
         f"(CPU {cpu['shared'] / cpu['alone']:.3f})"
     )
+    out["attribution"] = check_attribution(ms_runs, problem, check_outer, echo)
     return out
+
+
+def check_attribution(
+    ms_runs: Mapping[str, Mapping[str, Any]], problem: Problem, max_outer: int, echo: Callable[[str], None]
+) -> dict:
+    """The seconds a run's record gets when it shares the operator passes (attributed) against the same
+    run timed alone, both as the pipeline makes them (``train_in_lockstep``, ``train_run``), for
+    ``max_outer`` checkpoints."""
+    import tempfile
+    from pathlib import Path
+
+    from cdln.problems import save_problem
+    from cdln.runner import train_in_lockstep, train_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "ms.pt")
+        save_problem(problem, path)
+        configs = {
+            name: RunConfig.from_dict({**ms_runs[name], "problem": path, "max_outer": max_outer, "tol": 0.0})
+            for name in ("original", "cdln")
+        }
+        shared = dict(zip(configs, train_in_lockstep(list(configs.values())), strict=True))
+        alone = {name: train_run(config) for name, config in configs.items()}
+    rows = {}
+    for name in configs:
+        attributed = shared[name].record["timing"]["seconds_per_iteration"]
+        own = alone[name].record["timing"]["seconds_per_iteration"]
+        rows[name] = {"attributed_ms": 1e3 * attributed, "alone_ms": 1e3 * own}
+        echo(
+            f"  {name:8} record seconds per iteration: {1e3 * attributed:.1f} ms in the shared job,"
+            f" {1e3 * own:.1f} alone"
+        )
+    attributed_total = sum(row["attributed_ms"] for row in rows.values())
+    total = attributed_total / sum(row["alone_ms"] for row in rows.values())
+    echo(f"  the shared job's runs together: {total:.3f} x the time of the two runs alone ({max_outer} checkpoints)")
+    return {**rows, "shared_over_alone": total}
 
 
 def single_thread_jax() -> None:

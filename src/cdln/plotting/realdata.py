@@ -81,7 +81,8 @@ def plot_nonlinear(curves: pd.DataFrame, title: str = "FashionMNIST") -> plt.Fig
     left.set_ylabel("Test accuracy")
     style.iterations_axis(left)
     style.seconds_axis(right)
-    left.legend(loc="lower right")
     n_seeds = curves["seed"].nunique()
     fig.suptitle(f"{title}\nmean over {n_seeds} seed(s), band = min-max", fontsize="medium")
+    fig.tight_layout()
+    style.figure_legend(fig, left)  # below the panels: five models do not fit inside one
     return fig
