@@ -120,8 +120,19 @@ def test_bench_sections_print_their_ratios(capsys):
     shape = dict(n_users=40, n_items=60, n_ratings=600, train_fraction=0.8, r_hat=4)
     sampled = paths.bench_sampled(1, lines.append, small, shape)
     assert sampled["d2000"]["ratio"] > 0 and sampled["movielens"]["after_ms"] > 0
+    rows = paths.bench_crossover(1, lines.append, d=40, cases=[("cdln", 4), ("original", 40)], densities=[0.2, 0.7])
+    assert [(r["model"], r["k"], r["threshold"]) for r in rows] == [("cdln", 4, 0.6), ("original", 40, 0.35)]
+    assert all(len(r["ratios"]) == 2 and min(r["ratios"]) > 0 for r in rows)
     shared = paths.bench_shared(experiment_runs(ci, "ms", "cpu"), repeats=1, echo=lines.append)
     assert math.isfinite(shared["ratio"]) and shared["ratio"] > 0
     text = "\n".join(lines)
-    assert "sampled/dense =" in text and "shared/alone =" in text
+    assert "sampled/dense =" in text and "shared/alone =" in text and "the engine samples below p = 0.35" in text
     assert "engine/JAX =" in text or not jb.jax_available()
+
+
+def test_crossover_is_where_sampled_over_dense_first_reaches_one():
+    from cdln.bench.paths import crossover
+
+    assert crossover([0.1, 0.2, 0.3], [0.5, 0.8, 1.2]) == pytest.approx(0.25)  # linear between 0.2 and 0.3
+    assert crossover([0.1, 0.2], [1.1, 1.3]) == 0.1
+    assert math.isnan(crossover([0.1, 0.2], [0.5, 0.9]))

@@ -84,6 +84,14 @@ def test_seconds_name_their_device_and_a_grid_without_timing_leaves_them_out(tab
     assert measured(tables, "runs(mf, r10, cdln, stop_iteration)", timing=False) is not None
 
 
+def test_seconds_name_the_engine_path_each_model_ran_on(tables):
+    runs = pd.read_csv(tables / "mf_runs.csv")
+    runs["engine_path"] = runs["model"].map({"cdln": "native-sampled", "original": "native-dense"})
+    runs.to_csv(tables / "mf_runs.csv", index=False)
+    row = measured(tables, "first(mf, r10, original, 1e-10, x=seconds) / first(mf, r10, cdln, 1e-10, x=seconds)")
+    assert row.device == "cpu (1 threads) [native-dense], cpu (1 threads) [native-sampled]"
+
+
 def test_panels_are_mapped_and_absolute_claims_left_out(tables):
     assert measured(tables, "first(mf, r7, cdln, 1e-10)", panels={"mf": {"r7": "r10"}}).measured == "350"
     assert measured(tables, "first(mf, r5, cdln, 1e-10)", panels={"mf": {"r7": "r10"}}) is None  # no counterpart

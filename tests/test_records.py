@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import TINY
 
+from cdln import native
 from cdln.config import RunConfig
 from cdln.io import torch_save, write_csv, write_json, write_text
 from cdln.records import check_record, make_record, read_run_record, read_snapshots, write_run_record
@@ -152,3 +153,18 @@ def test_run_record_contents(tmp_path):
         assert last.iteration == member["stop_iteration"] == 300
     snapshots = read_snapshots(tmp_path / "run")
     assert list(snapshots["iteration"]) == list(range(0, 301, 50))
+
+
+@pytest.mark.parametrize(
+    "task,forced,expected",
+    [
+        ("mc", None, "native-dense" if native.available() else "torch"),  # p = 0.7: too dense to sample
+        ("mc", "torch", "torch"),
+        ("ms", None, "torch+native-one-pass" if native.available() else "torch+torch-two-pass"),
+    ],
+)
+def test_record_states_the_engine_path_its_seconds_were_measured_on(tmp_path, monkeypatch, task, forced, expected):
+    if forced is not None:
+        monkeypatch.setenv("CDLN_ENGINE_PATH", forced)
+    record = run(RunConfig(model="cdln", depth=3, n_inner=5, max_outer=2, device="cpu", **TINY[task]))
+    assert record["timing"]["engine_path"] == expected

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from cdln import native
 from cdln.engine import TrainSettings, train, train_many
 from cdln.networks import compressed_dln, original_dln
 from cdln.problems import ProblemSpec, make_problem
@@ -36,6 +37,10 @@ def test_each_network_trains_as_if_alone(block_bytes, monkeypatch):
     alone = _pair(problem)
     expected = [train(net, problem, settings) for net in alone]
     assert len({i for r in results for i in r.stop_iteration}) > 1, "members should stop at different times"
+    operator_pass = "native-one-pass" if native.available() else "torch-two-pass"  # 200 x 64: one block
+    operator_pass = "torch-blocked" if block_bytes is not None else operator_pass
+    assert {r.engine_path for r in results} == {f"lockstep+{operator_pass}"}
+    assert {r.engine_path for r in expected} == {f"torch+{operator_pass}"}
     for got, want, net_got, net_want in zip(results, expected, together, alone, strict=True):
         assert got.stop_iteration == want.stop_iteration and got.converged == want.converged
         for column in ("member", "iteration"):

@@ -89,6 +89,7 @@ class TrainResult:
     seconds: float
     warmup_seconds: float
     snapshots: list[dict[str, np.ndarray]] = field(default_factory=list)
+    engine_path: str = "torch"  # what the seconds were measured on: see :func:`engine_label`
 
 
 class Workspace:
@@ -201,10 +202,13 @@ def chunk_size(weights: list[Tensor], problem: Problem) -> int:
 # layer's input width), so the sampled step pays below an observed fraction c_d / c_s. Its pass over the
 # observed entries is load-bound and slower per FLOP than a dense GEMM, the more so when a row of width k
 # no longer fits in vector registers (k > 32 float64) and when the [P^T | U^T] panel (2 d_in k numbers)
-# outgrows the L2 cache (CACHE_BYTES). Crossovers measured on one core (scratch/sampled_crossover*.py,
-# d = 100 and 400, L = 3): k = 20: p ~ 0.7-0.75; k = 100 (panel in L2): p ~ 0.4-0.45; k = 400 (panel
-# beyond L2): p ~ 0.2. The thresholds sit a little below them.
-SAMPLED_MAX_DENSITY = {"registers": 0.6, "cache": 0.4, "memory": 0.2}
+# outgrows the cache (CACHE_BYTES). `cdln bench --sections sampled` prints the crossovers (sampled/dense
+# = 1). Measured on one core (L = 3, 512 KiB L2, 2026-12-01): k = 20: p ~ 0.73-0.80 at d = 400, above
+# 0.5 at d = 100; k = 100: p ~ 0.41 at d = 100, 0.31-0.34 at d = 200-400; k = d = 200: 0.34; k = d =
+# 400: 0.30-0.31. The thresholds sit below them, except k = 100 at d >= 300 (sampled up to ~10% slower
+# for p in 0.31-0.35). The pipeline's MC runs (p = 0.3, d = 100) sample: 0.60 (C-DLN) and 0.85
+# (original) of the dense step's time.
+SAMPLED_MAX_DENSITY = {"registers": 0.6, "cache": 0.35, "memory": 0.2}
 
 
 def sampled_max_density(weights: list[Tensor]) -> float:
@@ -351,6 +355,15 @@ def _captured_steps(
     return captured
 
 
+def engine_label(path: str, problem: Problem, dtype: torch.dtype) -> str:
+    """The step path a run's seconds were measured on, as its record states it: :func:`step_path`'s
+    choice (or ``lockstep``, :func:`train_many`), and for MS ``+`` how the loss gradient reads the operator
+    (:meth:`~cdln.problems.Sensing.operator_pass`), e.g. ``torch+native-one-pass``."""
+    if isinstance(problem, Sensing):
+        return f"{path}+{problem.operator_pass(dtype)}"
+    return path
+
+
 def prepare_steps(
     weights: list[Tensor], neg_steps: list[Tensor], problem: Problem, n_steps: int, workspace: Workspace
 ) -> str:
@@ -433,7 +446,7 @@ def train(
     gd_steps([w.clone() for w in work], neg_steps(), problem, 1)
     workspace = Workspace(work)
     steps = neg_steps()
-    prepare_steps(work, steps, problem, settings.n_inner, workspace)  # CUDA graph capture, native plan
+    path = prepare_steps(work, steps, problem, settings.n_inner, workspace)  # CUDA graph capture, native plan
     warmup_seconds = warmup.elapsed
 
     rows: list[tuple[int, int, float, float, float]] = []
@@ -488,7 +501,8 @@ def train(
     timer.pause()
     write_back()
     curves = pd.DataFrame(rows, columns=["member", "iteration", "seconds", "train_loss", "recovery_error"])
-    return TrainResult(curves, stop_iteration, stop_seconds, converged, timer.elapsed, warmup_seconds, snapshots)
+    label = engine_label(path, problem, work[0].dtype)
+    return TrainResult(curves, stop_iteration, stop_seconds, converged, timer.elapsed, warmup_seconds, snapshots, label)
 
 
 @dataclass(eq=False)
@@ -665,5 +679,6 @@ def train_many(
             converged,
             state.seconds,
             state.warmup_seconds,
+            engine_path=engine_label("lockstep", problem, state.work[0].dtype),
         )
     return [r for r in results if r is not None]

@@ -252,9 +252,17 @@ class Sensing(Problem):
 
     def native_pass(self, flat: Tensor, grad: Tensor) -> bool:
         """Whether the native one-pass kernel can compute this gradient (CPU, float32/64, contiguous)."""
-        tensors = (self.operator, self.measurements, grad)
-        same = all(t.dtype == flat.dtype and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
-        return same and native.enabled() and native.available(flat.dtype)
+        same = grad.dtype == flat.dtype and grad.device.type == "cpu" and grad.is_contiguous()
+        return same and self.operator_pass(flat.dtype) == "native-one-pass"
+
+    def operator_pass(self, dtype: torch.dtype) -> str:
+        """How :meth:`loss_grad` reads the operator for end-to-end matrices of ``dtype``: ``native-one-pass``
+        (the compiled kernel), ``torch-blocked`` (one pass in row blocks) or ``torch-two-pass``."""
+        tensors = (self.operator, self.measurements)
+        same = all(t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+        if same and native.enabled() and native.available(dtype):
+            return "native-one-pass"
+        return "torch-blocked" if self.block_rows() < self.operator.shape[0] else "torch-two-pass"
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * self._residual(end_to_end).square().sum(dim=-1)

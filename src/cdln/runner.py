@@ -184,6 +184,7 @@ def training_record(
             "iterations": iterations,
             "seconds_per_iteration": result.seconds / max(1, iterations),
             "batch": network.batch,
+            "engine_path": result.engine_path,
         },
         device={"type": device.type, "name": device_name(device), "dtype": config.dtype},
     )

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from cdln.bench.kernels import bench_case, default_cases, format_kernels, repeats_for, speedups
-from cdln.bench.paths import bench_jax, bench_sampled, bench_shared, single_thread_jax
+from cdln.bench.paths import bench_crossover, bench_jax, bench_sampled, bench_shared, single_thread_jax
 from cdln.bench.runs import bench_batch, bench_tol, experiment_runs
 from cdln.bench.scaling import scaling
 from cdln.bench.timing import pin_to_one_core
@@ -123,6 +123,8 @@ def run_benchmark(
     if "sampled" in sections:
         echo("\n[sampled] the C-DLN's MC step on the observed entries only against its dense step")
         results["sampled"] = bench_sampled(echo=echo)
+        echo("where the sampled step stops paying: native sampled/dense per iteration against the observed fraction")
+        results["sampled"]["crossover"] = bench_crossover(echo=echo)
     if "shared" in sections:
         echo("\n[shared] an MS step (the ms section's first panel) of two runs sharing one pass over the operator")
         results["shared"] = bench_shared(experiment_runs(config, "ms", str(device)), echo=echo)

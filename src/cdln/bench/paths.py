@@ -5,7 +5,8 @@
   hardware reference (the step's FLOPs at the rate of a large GEMM measured in the same run).
 - ``sampled``: the C-DLN's sampled MC step against its dense step at d = 2000, p = 0.05 (r = 10,
   r_hat = 20), and a MovieLens-shaped C-DLN step (943 x 1682, 80% of 100k ratings observed) before (the
-  torch path) and after (the engine's pick).
+  torch path) and after (the engine's pick); and the sampled/dense ratio against the observed fraction at
+  d = 400, where it reaches 1, beside the density below which the engine samples.
 - ``shared``: one MS step of the pipeline's r = 5 panel (d = 200, m = 4000) for the original DLN and the
   C-DLN alone, and for both in lockstep sharing one pass over the operator.
 
@@ -14,8 +15,9 @@ Medians of interleaved repeats, wall clock and process CPU time (the steadier on
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,8 +25,8 @@ import torch
 from cdln.bench.kernels import engine_runner, step_flops
 from cdln.bench.timing import gemm_rate, interleaved
 from cdln.config import RunConfig
-from cdln.engine import Workspace, backward_products, forward_products, step_path
-from cdln.networks import LinearNetwork, compressed_dln
+from cdln.engine import Workspace, backward_products, forward_products, sampled_max_density, step_path
+from cdln.networks import LinearNetwork, compressed_dln, original_dln
 from cdln.problems import Completion, Problem, ProblemSpec, make_problem
 from cdln.runner import build_network, load_run_problem
 
@@ -129,6 +131,58 @@ def bench_sampled(
         f"({step_path(network.weights, movielens)}): {wall['before'] / wall['after']:.1f}x faster"
     )
     return out
+
+
+# Where the sampled MC step stops paying (engine.SAMPLED_MAX_DENSITY): d = 400, L = 3, the last layer's
+# input width k in registers (C-DLN, k = 20), its panel in L2 (C-DLN, k = 100), beyond L2 (original, k = d).
+CROSSOVER_CASES = (("cdln", 20), ("cdln", 100), ("original", 400))
+CROSSOVER_D = 400
+CROSSOVER_DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def crossover(densities: Sequence[float], ratios: Sequence[float]) -> float:
+    """The observed fraction at which sampled/dense first reaches 1 (linear between the neighbouring
+    densities); ``nan`` if it never does, the first density if it is at or above 1 from the start."""
+    for k, ratio in enumerate(ratios):
+        if ratio >= 1.0:
+            if k == 0:
+                return densities[0]
+            (p0, r0), (p1, r1) = (densities[k - 1], ratios[k - 1]), (densities[k], ratio)
+            return p0 + (1.0 - r0) * (p1 - p0) / (r1 - r0)
+    return math.nan
+
+
+def bench_crossover(
+    repeats: int = 3,
+    echo: Callable[[str], None] = print,
+    d: int = CROSSOVER_D,
+    cases: Sequence[tuple[str, int]] = CROSSOVER_CASES,
+    densities: Sequence[float] = CROSSOVER_DENSITIES,
+) -> list[dict[str, Any]]:
+    """Sampled/dense per-iteration ratio of the native MC step against the observed fraction, per case,
+    the crossover where it reaches 1, and the density below which the engine picks the sampled step."""
+    rows = []
+    for model, k in cases:
+        ratios = []
+        for p in densities:
+            problem = make_problem(ProblemSpec("mc", d, d, 10, 0, p=p))
+            if model == "cdln":
+                network = compressed_dln(problem.surrogate(), k, 3, 1e-2)
+            else:
+                network = original_dln(d, d, 3, 1e-2, [0], width=k)
+            paths = {"sampled": "native-sampled", "dense": "native-dense"}
+            wall, _ = _compare_paths(network, problem, 1.0, paths, repeats)
+            ratios.append(wall["sampled"] / wall["dense"])
+        threshold = sampled_max_density(network.weights)
+        row = dict(model=model, d=d, k=k, densities=list(densities), ratios=ratios, threshold=threshold)
+        row["crossover"] = crossover(densities, ratios)
+        rows.append(row)
+        echo(
+            f"  {model} d={d} k={k}: sampled/dense at p = {', '.join(f'{p:g}' for p in densities)}: "
+            f"{' '.join(f'{r:.2f}' for r in ratios)}; reaches 1 at p ~ {row['crossover']:.2f}, "
+            f"the engine samples below p = {threshold:g}"
+        )
+    return rows
 
 
 def bench_shared(

@@ -108,4 +108,5 @@ def _run_row(curves: pd.DataFrame, keys: dict, record: dict, member: dict, reach
         "reach_seconds": reach_seconds,
         "device": record["device"]["type"],
         "device_name": record["device"]["name"],
+        "engine_path": record["timing"].get("engine_path", ""),
     }

@@ -29,8 +29,9 @@ A grid other than the paper's maps the paper's panel names to its own (``claims.
 config); a claim about a panel it does not map does not apply there, and neither do claims marked
 ``absolute`` (thresholds read off the paper's figures, meaningful at the paper's sizes only) unless
 the config sets ``claims.absolute``. Claims that read seconds name the device those seconds were
-measured on; a grid whose config sets ``claims.timing: false`` (the reduced CI grid, whose runs take
-milliseconds on a shared machine) leaves them out. A claim known not to reproduce carries its reason
+measured on and, in brackets, the engine path each model's steps took (the runs tables'
+``engine_path``); a grid whose config sets ``claims.timing: false`` (the reduced CI grid, whose runs
+take milliseconds on a shared machine) leaves them out. A claim known not to reproduce carries its reason
 (``deviation``): it is still evaluated and reported, and :func:`violations` does not count it.
 """
 
@@ -190,8 +191,13 @@ class Tables:
         return rows
 
     def note_devices(self, rows: pd.DataFrame) -> None:
+        """Remember the devices (and engine paths, where the runs table has them) of the seconds read."""
         column = "device_name" if "device_name" in rows else "device"
-        self.devices.update(str(value) for value in rows[column].dropna().unique())
+        names = rows[column].astype(str)
+        if "engine_path" in rows:
+            paths = rows["engine_path"].fillna("").astype(str)
+            names = names.where(paths == "", names + " [" + paths + "]")
+        self.devices.update(names.unique())
 
 
 def _aggregate(values: pd.Series | np.ndarray, over: str) -> float:
@@ -375,7 +381,7 @@ def to_markdown(table: pd.DataFrame, config_name: str) -> str:
         f"{int(holds.sum())} of {len(table)} claims hold; {int((~holds & known).sum())} do not and are known "
         f"deviations (reasons below); {int((~holds & ~known).sum())} do not and are not. `measured` is computed "
         "from this run's tables by the claim's measure (config/claims.yaml); seconds were measured on the "
-        "device named.",
+        "device named (with the engine path, in brackets, that each model's steps ran on).",
         "",
     ]
     for figure, group in table.groupby("figure", sort=False):
