@@ -18,7 +18,6 @@ from cdln.runner import run
 SCRIPT = """
 import json, sys
 from cdln import native
-from cdln import native
 from cdln.config import RunConfig
 from cdln.runner import run
 settings = json.loads(sys.argv[1])

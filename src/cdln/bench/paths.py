@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,8 +30,8 @@ from cdln.bench.timing import gemm_rate, interleaved
 from cdln.config import RunConfig
 from cdln.engine import Workspace, backward_products, forward_products, sampled_max_density, step_path
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
-from cdln.problems import Completion, Problem, ProblemSpec, make_problem
-from cdln.runner import build_network, load_run_problem
+from cdln.problems import Completion, Problem, ProblemSpec, make_problem, save_problem
+from cdln.runner import build_network, load_run_problem, train_in_lockstep, train_run
 
 SAMPLED_SETTING = dict(d=2000, p=0.05, r=10, r_hat=20)  # issue #13's case for the sampled step
 MOVIELENS_SHAPE = dict(n_users=943, n_items=1682, n_ratings=100_000, train_fraction=0.8, r_hat=20)
@@ -109,14 +112,9 @@ def bench_sampled(
         f"dense {1e3 * wall['dense']:.2f}, torch {1e3 * wall['torch']:.2f}: sampled/dense = "
         f"{out['d2000']['ratio']:.3f} (CPU {cpu['sampled'] / cpu['dense']:.3f})"
     )
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as tmp:
         shape = dict(n_users=movielens_shape["n_users"], n_items=movielens_shape["n_items"])
         archive = synthetic_ml100k(Path(tmp) / "ml-100k.zip", 0, movielens_shape["n_ratings"], **shape)
-        import zipfile
-
         with zipfile.ZipFile(archive) as zf:
             ratings = parse_ratings(zf.read("ml-100k/u.data").decode(), str(archive), **shape)
     movielens = completion_problem(ratings, 10, 1 - movielens_shape["train_fraction"], 0)
@@ -161,6 +159,7 @@ def bench_crossover(
 ) -> list[dict[str, Any]]:
     """Sampled/dense per-iteration ratio of the native MC step against the observed fraction, per case,
     the crossover where it reaches 1, and the density below which the engine picks the sampled step."""
+    paths = {"sampled": "native-sampled", "dense": "native-dense"}
     rows = []
     for model, k in cases:
         ratios = []
@@ -170,7 +169,6 @@ def bench_crossover(
                 network = compressed_dln(problem.surrogate(), k, 3, 1e-2)
             else:
                 network = original_dln(d, d, 3, 1e-2, [0], width=k)
-            paths = {"sampled": "native-sampled", "dense": "native-dense"}
             wall, _ = _compare_paths(network, problem, 1.0, paths, repeats)
             ratios.append(wall["sampled"] / wall["dense"])
         threshold = sampled_max_density(network.weights)
@@ -228,12 +226,6 @@ def check_attribution(
     """The seconds a run's record gets when it shares the operator passes (attributed) against the same
     run timed alone, both as the pipeline makes them (``train_in_lockstep``, ``train_run``), for
     ``max_outer`` checkpoints."""
-    import tempfile
-    from pathlib import Path
-
-    from cdln.problems import save_problem
-    from cdln.runner import train_in_lockstep, train_run
-
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "ms.pt")
         save_problem(problem, path)
