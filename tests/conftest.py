@@ -1,14 +1,19 @@
-"""Shared fixtures: one CPU thread, tiny problems, helpers to run the CLI in- and out-of-process."""
+"""Shared fixtures: one CPU thread, tiny problems, helpers to run the CLI in- and out-of-process, and the
+label swap that every ordering claim must fail."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+
+from cdln.pipeline.claims import Claim, evaluate, load_claims
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
@@ -95,3 +100,69 @@ def pipeline_copy(root: Path, config: dict | None = None) -> Path:
     if config is not None:
         (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     return root
+
+
+# ---- claims: a perturbation every ordering claim must fail ----
+
+
+def swap_models(directory: Path, a: str = "original", b: str = "cdln") -> None:
+    """Swap two models' labels in every curves and runs table of ``directory`` (in place)."""
+    for path in [*directory.glob("*_curves.csv"), *directory.glob("*_runs.csv")]:
+        frame = pd.read_csv(path)
+        frame["model"] = frame["model"].replace({a: b, b: a})
+        frame.to_csv(path, index=False)
+
+
+def ordering_pairs(rules: list[Claim]) -> dict[tuple[str, str], list[Claim]]:
+    """Claims that order two models seed by seed (``paired``, ``dominance``), by the pair they order."""
+    pairs: dict[tuple[str, str], list[Claim]] = {}
+    for rule in rules:
+        for function, names in rule.calls():
+            if function in ("paired", "dominance"):
+                pairs.setdefault(tuple(sorted(names[2:4])), []).append(rule)
+                break
+    return pairs
+
+
+def scale_errors(directory: Path, model: str, factor: float) -> None:
+    """Multiply ``model``'s recovery errors in every curves table of ``directory`` by ``factor`` (in place)."""
+    for path in directory.glob("*_curves.csv"):
+        frame = pd.read_csv(path)
+        if "recovery_error" in frame:
+            frame.loc[frame["model"] == model, "recovery_error"] *= factor
+            frame.to_csv(path, index=False)
+
+
+def is_strict_ordering(rule: Claim) -> bool:
+    """A bound of exactly 1 on a ratio of two models (a swap of the two reverses it); other bounds are
+    tolerances ("not worse up to 3.16x") that a swap of two close models need not break."""
+    ((kind, bound),) = rule.holds.items()
+    return (kind in ("above", "at_least") and bound >= 1) or (kind in ("below", "at_most") and bound <= 1)
+
+
+def assert_swapping_labels_flips_every_ordering(tables_dir: Path, tmp_path: Path, **options) -> int:
+    """Every ordering claim that holds on ``tables_dir`` fails once the two models it orders trade labels
+    in every table (original and C-DLN, C-DLN and B-M, ...); every tolerance claim ("the C-DLN's error is
+    not worse than the original's, up to x") fails once the first model's errors are made x^2 times
+    larger. Returns how many claims were made to fail."""
+    checked = 0
+    for (a, b), rules in ordering_pairs(load_claims(REPO / "config" / "claims.yaml")).items():
+        for strict in (True, False):
+            group = [rule for rule in rules if is_strict_ordering(rule) is strict]
+            for figure in sorted({rule.figure for rule in group}):
+                real = evaluate(group, figure, tables_dir, **options).set_index("id")
+                for claim_id, row in real.iterrows():
+                    assert row["holds"], f"{claim_id} does not hold on the real tables: {row['measured']}"
+                    rule = next(rule for rule in group if rule.id == claim_id)
+                    perturbed = tmp_path / f"{claim_id}"
+                    shutil.copytree(tables_dir, perturbed)
+                    if strict:
+                        swap_models(perturbed, a, b)
+                    else:
+                        first = next(names[2] for fn, names in rule.calls() if fn in ("paired", "dominance"))
+                        scale_errors(perturbed, first, next(iter(rule.holds.values())) ** 2)
+                    after = evaluate([rule], figure, perturbed, **options).set_index("id")
+                    how = f"with {a} and {b} swapped" if strict else "with its first model's errors scaled"
+                    assert not after.loc[claim_id, "holds"], f"{claim_id} still holds {how}"
+                    checked += 1
+    return checked

@@ -7,12 +7,14 @@ import json
 import re
 
 import pytest
-from conftest import run_cli
+import yaml
+from conftest import REPO, run_cli
 
 import cdln.runner
 from cdln.cli import build_parser, main
 from cdln.cli.train import HELP
 from cdln.config import RunConfig
+from cdln.pipeline.grid import Grid
 from cdln.records import read_run_record
 
 TINY_MC = ["--task", "mc", "--d", "10", "--r", "2", "--p", "0.5", "--model", "cdln", "--depth", "3",
@@ -245,3 +247,26 @@ def test_run_job_failing_in_a_later_run_leaves_no_job_directory(tmp_path, capsys
     assert main(_job(tmp_path, ("first", TINY_MC), ("second", _with(TINY_MC, lr="1e6", eps="1")))) == 3
     assert "training diverged" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_ms_runs_of_a_job_are_timed_alone_unless_asked_to_share_passes(tmp_path, share):
+    """The paper grid times every MS network on its own, as the paper's seconds are; ``--share-passes``
+    (opt-in) trains them in lockstep, and their records then say their seconds are attributed shares."""
+    problem = tmp_path / "ms.pt"
+    assert main(["make-problem", "--out", str(problem), "--task", "ms", "--d", "6", "--r", "1", "--m", "50"]) == 0
+    train = f"train --problem {problem} --task ms --lr 5 --n-inner 5 --max-outer 2 --device cpu"
+    args = ["run-job", "--out", str(tmp_path / "job"), "--quiet", "--run", "original", f"{train} --model original"]
+    args += ["--run", "cdln", f"{train} --model cdln", *(["--share-passes"] if share else [])]
+    assert main(args) == 0
+    for name in ("original", "cdln"):
+        timing = read_run_record(tmp_path / "job" / name)[0]["timing"]
+        assert timing.get("lockstep_runs") == (2 if share else None), name
+        assert timing["engine_path"].startswith("lockstep+") is share, timing["engine_path"]
+
+
+def test_the_paper_grid_times_ms_networks_alone():
+    paper = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    ci = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
+    assert all("--share-passes" not in job.arguments() for job in Grid(paper).jobs("ms"))
+    assert all(job.arguments().endswith("--share-passes") for job in Grid(ci).jobs("ms"))  # the CI grid shares

@@ -27,7 +27,9 @@ def test_paper_grid_by_hand():
     sweep = grid.jobs("ablation_alpha")[0]
     assert [run.name for run in sweep.runs][:3] == ["original", "cdln_alpha0.5", "cdln_alpha0.75"]
     assert len(sweep.runs) == 1 + 38
-    assert [job.job_id for job in grid.jobs("incremental")] == ["mf_seed0", "mc_seed0", "ms_seed0"]
+    assert [job.job_id for job in grid.jobs("incremental")] == [
+        f"{task}_seed{seed}" for task in ("mf", "mc", "ms") for seed in PAPER["seeds"]
+    ]
     assert [job.job_id for job in grid.jobs("movielens")] == ["seed0", "seed1"]
     assert [run.name for run in grid.jobs("movielens")[0].runs] == ["original", "cdln", "altmin"]
 
@@ -77,14 +79,16 @@ def test_batched_alpha_sweep_is_one_run_with_every_alpha():
 def test_analysis_seed_is_the_configured_one():
     """The seed of an analysis job comes from the config, in its id and in its flags alike."""
     config = copy.deepcopy(CI)
-    config["experiments"]["incremental"]["seed"] = 1
+    config["experiments"]["incremental"]["seeds"] = [1]
     grid = Grid(config)
     job = grid.job("incremental", "mf_seed1")
     flags = shlex.split(job.runs[0].flags())
     assert flags[flags.index("--init-seed") + 1] == "1" and flags[flags.index("--data-seed") + 1] == "1"
     with pytest.raises(GridError, match=r"experiments.incremental defines no job 'mf_seed0'; its jobs: \['mc_seed1'"):
         grid.job("incremental", "mf_seed0")
-    assert grid.analysis_run_dirs("incremental")["mf"] == "results/ci/runs/incremental/mf_seed1/original"
+    assert grid.analysis_run_dirs("incremental")["mf"] == ["results/ci/runs/incremental/mf_seed1/original"]
+    every_seed = Grid(CI).analysis_run_dirs("incremental")["mf"]  # default: the global seeds, in order
+    assert every_seed == [f"results/ci/runs/incremental/mf_seed{seed}/original" for seed in CI["seeds"]]
 
 
 def test_unknown_names_are_refused_with_what_exists():

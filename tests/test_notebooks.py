@@ -58,18 +58,21 @@ def test_notebook_has_one_parameters_cell(name):
 
 
 @pytest.fixture(scope="module")
-def ci_runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
+def ci_runs(tmp_path_factory) -> dict[str, dict[str, list[Path]]]:
     """Every analysis job of the reduced grid (config/ci.yaml, about a second each), run as the pipeline
-    runs it, in a temporary directory: experiment -> task -> run directory."""
+    runs it, in a temporary directory: experiment -> task -> run directory per seed."""
     root = tmp_path_factory.mktemp("ci_analysis")
     config = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
-    runs: dict[str, dict[str, Path]] = {}
+    runs: dict[str, dict[str, list[Path]]] = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         for name in NOTEBOOKS:
             run_experiment(config, name)
-            runs[name] = {task: root / path for task, path in Grid(config).analysis_run_dirs(name).items()}
+            runs[name] = {
+                task: [root / path for path in paths] for task, paths in Grid(config).analysis_run_dirs(name).items()
+            }
     assert set(runs["incremental"]) == {"mf", "mc", "ms"}
+    assert all(len(paths) == len(config["seeds"]) for tasks in runs.values() for paths in tasks.values())
     return runs
 
 
@@ -78,12 +81,13 @@ def rank_of(run_dir: Path) -> int:
 
 
 def test_ci_incremental_learning(ci_runs):
-    """Exactly r values are learned, largest first (in distinct checkpoints), their vectors aligned."""
-    for task, run_dir in ci_runs["incremental"].items():
+    """On every seed: exactly r values are learned, largest first (in distinct checkpoints), their vectors aligned."""
+    for task, run_dir in [(task, path) for task, paths in ci_runs["incremental"].items() for path in paths]:
         r = rank_of(run_dir)
         f = incremental_findings(read_snapshots(run_dir), r)
         assert f["n_learned"] == r and f["learned_are_leading"], (task, f)
         assert f["learned_in_decreasing_order"] and f["n_distinct_learning_times"] == r, (task, f["half_times"])
+        assert f["learned_one_at_a_time"] and f["n_grown"] >= r, (task, f["half_times"])
         assert f["min_final_alignment_learned"] > 0.999, task
         assert f["max_final_alignment_unlearned"] < 1e-3, task
 
@@ -91,17 +95,19 @@ def test_ci_incremental_learning(ci_runs):
 def test_ci_invariant_subspaces(ci_runs):
     """MF: the middle subspaces stay put (to rounding) while the top-r ones rotate; in every task
     the layers' change ends within a 2r-dimensional subspace up to a small remainder."""
-    mf = invariance_findings(read_snapshots(ci_runs["invariance"]["mf"]), rank_of(ci_runs["invariance"]["mf"]))
+    mf_run = ci_runs["invariance"]["mf"][0]
+    mf = invariance_findings(read_snapshots(mf_run), rank_of(mf_run))
     assert mf["max_middle_angle"] < 1e-8
     assert mf["min_final_top_angle"] > 0.1
-    assert mf["max_n_moved_svals"] <= 2 * mf["rank"]
-    for task, run_dir in ci_runs["invariance"].items():
+    assert mf["max_n_moved_svals"] <= 2 * mf["rank"] and mf["max_n_moved_middle_svals"] == 0
+    assert mf["max_change_outside_2r_vs_initial"] < 1e-6
+    for task, run_dir in [(task, paths[0]) for task, paths in ci_runs["invariance"].items()]:
         f = invariance_findings(read_snapshots(run_dir), rank_of(run_dir))
         assert f["max_final_change_leakage"] < 0.02, (task, f["max_final_change_leakage"])
 
 
 def test_ci_outer_layers_align_before_convergence(ci_runs):
-    for task, run_dir in ci_runs["alignment"].items():
+    for task, run_dir in [(task, path) for task, paths in ci_runs["alignment"].items() for path in paths]:
         f = alignment_findings(read_snapshots(run_dir))
         record = json.loads((run_dir / "record.json").read_text())
         assert record["members"][0]["converged"], task
@@ -116,7 +122,7 @@ def test_ci_outer_layers_align_before_convergence(ci_runs):
 def test_notebook_executes_with_papermill(name, ci_runs, tmp_path):
     papermill = pytest.importorskip("papermill")
     parameters = {
-        "run_dirs": {task: str(path) for task, path in ci_runs[name].items()},
+        "run_dirs": {task: [str(path) for path in paths] for task, paths in ci_runs[name].items()},
         "figure_png": str(tmp_path / "fig.png"),
         "figure_pdf": str(tmp_path / "fig.pdf"),
         "findings_json": str(tmp_path / "findings.json"),
@@ -134,5 +140,8 @@ def test_notebook_executes_with_papermill(name, ci_runs, tmp_path):
     assert (tmp_path / "fig.png").stat().st_size > 10_000 and (tmp_path / "fig.pdf").is_file()
     findings = json.loads((tmp_path / "findings.json").read_text())
     assert set(findings) == set(ci_runs[name])
+    for task, paths in ci_runs[name].items():  # every seed's findings, in seed order
+        assert findings[task]["seeds"] == [int(path.parent.name.split("_seed")[1]) for path in paths]
+        assert len(findings[task]["by_seed"]) == len(paths)
     outputs = [out for cell in nbformat.read(executed, as_version=4).cells for out in cell.get("outputs", [])]
     assert any("text/markdown" in out.get("data", {}) for out in outputs), "the findings cell rendered nothing"

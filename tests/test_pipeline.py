@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from cdln.data.fashion_mnist import DataUnavailableError, locate_fashion_mnist
 from cdln.pipeline import regression
 from cdln.pipeline.grid import Grid
 
@@ -48,6 +49,14 @@ def test_lint_is_clean() -> None:
     assert result.returncode == 0, f"snakemake --lint found problems:\n{result.stdout[-6000:]}{result.stderr[-2000:]}"
 
 
+def fashion_mnist_present() -> bool:
+    try:
+        locate_fashion_mnist(None, REPO / "resources", allow_download=False)
+    except DataUnavailableError:
+        return False
+    return True
+
+
 def test_paper_grid_dry_run_plans_exactly_the_grid() -> None:
     """config/config.yaml, every job forced: one run_job per job of the grid, one data job per file."""
     result = snakemake("-n", "-F", "--quiet", "rules")
@@ -67,10 +76,11 @@ def test_paper_grid_dry_run_plans_exactly_the_grid() -> None:
     }
     assert {rule: counts.get(rule, 0) for rule in expected} == expected
     # By hand, 3 seeds: mf 3 panels, mc 1, ms 3, ablation_alpha 1, ablation_depth 2, baselines 1 (one job
-    # per panel and seed); analysis 3 + 2 + 2 tasks; movielens 2 split seeds; nonlinear 3 seeds.
-    assert expected["run_job"] == 3 * (3 + 1 + 3 + 1 + 2 + 1) + 7 + 2 + 3
-    # One claims job per figure with claims (MovieLens only when its archive is present).
-    assert counts["claims_figure"] in (11, 12)
+    # per panel and seed); analysis 3 + 2 + 2 tasks x 3 seeds; movielens 2 split seeds; nonlinear 3 seeds.
+    assert expected["run_job"] == 3 * (3 + 1 + 3 + 1 + 2 + 1) + 3 * 7 + 2 + 3
+    # One claims job per figure with claims; the real-data figures only when their data is on disk (as the
+    # workflow decides at parse time), so the count follows this machine, not an assumption about it.
+    assert counts["claims_figure"] == 10 + fashion_mnist_present() + (REPO / "resources" / "ml-100k.zip").is_file()
     assert counts.get("all") == 1
 
 
@@ -126,9 +136,9 @@ def test_training_shell_is_explicit_and_single_threaded() -> None:
 def test_a_job_the_config_does_not_define_is_refused_by_name() -> None:
     """Asking for an analysis seed the config does not have names the jobs it does have (the job is
     never trained under a wrong name, with another seed's settings)."""
-    result = snakemake("results/ci/runs/incremental/mf_seed1", "-n", "--configfile", "config/ci.yaml")
+    result = snakemake("results/ci/runs/incremental/mf_seed7", "-n", "--configfile", "config/ci.yaml")
     assert result.returncode != 0
-    assert "experiments.incremental defines no job 'mf_seed1'" in result.stdout + result.stderr
+    assert "experiments.incremental defines no job 'mf_seed7'" in result.stdout + result.stderr
     assert "mf_seed0" in result.stdout + result.stderr
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, pipeline_copy
+import yaml
+from conftest import REPO, assert_swapping_labels_flips_every_ordering, pipeline_copy
 
 EXPECTED = REPO / "tests" / "expected" / "ci_summary.yaml"
 
@@ -53,6 +54,13 @@ def test_reduced_grid_end_to_end_and_regression(tmp_path: Path) -> None:
     )
     assert claims.returncode == 0, claims.stderr
     assert len(pd.read_csv(root / "tables" / "claims.csv")) >= 20
+    # Every claim ordering the original DLN and the C-DLN could fail: with their labels swapped in every
+    # table, each one that holds on this run no longer does.
+    panels = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())["claims"]["panels"]
+    flipped = assert_swapping_labels_flips_every_ordering(
+        root / "tables", tmp_path, panels=panels, absolute=False, timing=False
+    )
+    assert flipped >= 10
 
     # The self-contained report holds every figure the grid made and the summary table.
     report_file = root / "report.html"

@@ -249,26 +249,48 @@ def first_iteration_reaching(iterations: np.ndarray, values: np.ndarray, level: 
 def incremental_findings(snaps: dict[str, np.ndarray], rank: int, learned_fraction: float = 1e-2) -> dict:
     """Incremental learning in the end-to-end matrix, from :class:`SpectralSnapshots` output.
 
-    A value counts as learned when its final size exceeds ``learned_fraction`` of the largest;
-    its learning time is the first checkpoint where it reaches half its final size. Values are
-    "learned in decreasing order" when those times never decrease with the index.
+    A value counts as learned when its final size exceeds ``learned_fraction`` of the largest, and as
+    grown when its largest size along the run does. Its learning time is the first checkpoint where it
+    reaches half its final size; values are learned "one at a time" when those times strictly increase
+    with the index (no two at one checkpoint), "in decreasing order" when they never decrease. Each
+    alignment "jumps when its value is learned" when it first reaches 0.9 inside the window in which the
+    value is learned: from when it leaves its initial scale (10x its size at t = 0) to when it reaches
+    90% of its final size, widened by one checkpoint on each side.
     """
     iterations, svals = snaps["iteration"], snaps["e2e_svals"]
     final = svals[-1]
     learned = np.flatnonzero(final > learned_fraction * final[0])
     n_learned = int(learned.size)
+    peak = svals.max(axis=0)
+    grown = int((peak > learned_fraction * final[0]).sum())
     half_times = first_iteration_reaching(iterations, svals[:, :n_learned], 0.5 * final[:n_learned])
     aligned_times = first_iteration_reaching(iterations, snaps["align_right"][:, :n_learned], 0.9)
+    step = float(iterations[1] - iterations[0]) if len(iterations) > 1 else 0.0
+    window_start = first_iteration_reaching(iterations, svals[:, :n_learned], 10 * svals[0, :n_learned]) - step
+    window_end = first_iteration_reaching(iterations, svals[:, :n_learned], 0.9 * final[:n_learned]) + step
+    jumps, offsets = [], []
+    for key in ("align_left", "align_right"):
+        times = first_iteration_reaching(iterations, snaps[key][:, :n_learned], 0.9)
+        jumps.append((times >= window_start) & (times <= window_end))
+        offsets.append(times - half_times)
+    in_window = np.concatenate(jumps) if n_learned else np.array([], dtype=bool)
     unlearned = final[n_learned:]
     return {
         "rank": rank,
         "n_learned": n_learned,
+        "n_grown": grown,
         "learned_are_leading": bool(np.array_equal(learned, np.arange(n_learned))),
         "final_svals": final.tolist(),
         "largest_unlearned_sval": float(unlearned.max()) if unlearned.size else float("nan"),
+        "max_overshoot": float(np.max(peak[:n_learned] / final[:n_learned])) if n_learned else float("nan"),
         "half_times": half_times.tolist(),
         "n_distinct_learning_times": int(np.unique(half_times).size),
         "learned_in_decreasing_order": bool(np.all(np.diff(half_times) >= 0)),
+        "learned_one_at_a_time": bool(np.all(np.isfinite(half_times)) and np.all(np.diff(half_times) > 0)),
+        "checkpoint_spacing": step,
+        "alignment_jump_share": float(in_window.mean()) if in_window.size else float("nan"),
+        # iteration at which each learned alignment (left, then right) first reaches 0.9, minus its learning time
+        "alignment_offsets": np.concatenate(offsets).tolist() if n_learned else [],
         "min_final_alignment_learned": float(
             min(snaps["align_left"][-1, :n_learned].min(), snaps["align_right"][-1, :n_learned].min())
         )
@@ -297,7 +319,10 @@ def change_leakage(change_svals: np.ndarray, dim: int) -> np.ndarray:
 
 def invariance_findings(snaps: dict[str, np.ndarray], rank: int, moved_rtol: float = 0.05) -> dict:
     """Per layer: how far each singular subspace moved, how many singular values moved, and how
-    much of the layer's change lies outside a 2r-dimensional subspace (:func:`change_leakage`).
+    much of the layer's change lies outside a 2r-dimensional subspace: as a share of the whole change
+    (:func:`change_leakage`, dominated by the learned directions) and against the initial size of the
+    layer outside its top 2r values (``change_outside_2r_vs_initial``: ~0 when the unlearned part
+    stays put, ~1 when it changed by as much as it started with).
 
     A singular value "moved" when its final value differs from its initial one by more than
     ``moved_rtol`` (relative). Angles are in radians, against the subspaces at initialisation.
@@ -306,17 +331,22 @@ def invariance_findings(snaps: dict[str, np.ndarray], rank: int, moved_rtol: flo
     names = SpectralSnapshots.ANGLE_NAMES
     svals = snaps["layer_svals"]  # (T, L, n)
     leakage = change_leakage(snaps["layer_change_svals"], 2 * rank)  # (T, L)
+    outside = np.sqrt(np.square(snaps["layer_change_svals"][-1, :, 2 * rank :]).sum(axis=-1))  # (L,)
+    unlearned_initial = np.sqrt(np.square(svals[0, :, 2 * rank :]).sum(axis=-1))  # (L,)
     layers = []
     for layer in range(angles.shape[1]):
         max_angle = {name: float(np.nanmax(angles[:, layer, j])) for j, name in enumerate(names)}
         final_angle = {name: float(angles[-1, layer, j]) for j, name in enumerate(names)}
         relative = np.abs(svals[-1, layer] / svals[0, layer] - 1.0)
+        moved = relative > moved_rtol
         layers.append(
             {
                 "max_angle": max_angle,
                 "final_angle": final_angle,
-                "n_moved_svals": int((relative > moved_rtol).sum()),
+                "n_moved_svals": int(moved.sum()),
+                "n_moved_middle_svals": int(moved[rank : relative.size - rank].sum()),
                 "n_svals": int(relative.size),
+                "change_outside_2r_vs_initial": float(outside[layer] / unlearned_initial[layer]),
                 "max_change_leakage": float(np.nanmax(leakage[:, layer])),
                 "final_change_leakage": float(leakage[-1, layer]),
                 "unlearned_sval_range": [float(svals[-1, layer, rank:].min()), float(svals[-1, layer, rank:].max())],
@@ -333,10 +363,19 @@ def invariance_findings(snaps: dict[str, np.ndarray], rank: int, moved_rtol: flo
         "min_final_top_angle": worst("final_angle", ("left_top", "right_top"), min),
         "max_final_top_angle": worst("final_angle", ("left_top", "right_top")),
         "max_n_moved_svals": max(entry["n_moved_svals"] for entry in layers),
+        "max_n_moved_middle_svals": max(entry["n_moved_middle_svals"] for entry in layers),
+        "max_change_outside_2r_vs_initial": max(entry["change_outside_2r_vs_initial"] for entry in layers),
         "max_change_leakage": max(entry["max_change_leakage"] for entry in layers),
         "max_final_change_leakage": max(entry["final_change_leakage"] for entry in layers),
         "moved_rtol": moved_rtol,
     }
+
+
+def findings_over_seeds(seeds: list[int], per_seed: list[dict]) -> dict:
+    """One task's findings for every seed: ``{"seeds": [...], "by_seed": [findings, ...]}``."""
+    if len(seeds) != len(per_seed):
+        raise ValueError(f"{len(seeds)} seeds but {len(per_seed)} findings")
+    return {"seeds": list(seeds), "by_seed": per_seed}
 
 
 def alignment_findings(snaps: dict[str, np.ndarray]) -> dict:

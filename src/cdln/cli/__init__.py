@@ -8,7 +8,8 @@ codes of :class:`cdln.cli.common.ExitCode`.
 - data (:mod:`cdln.cli.data`): ``make-problem``, ``movielens-problem``, ``movielens-synthetic``,
   ``fashion-mnist-synthetic``;
 - results (:mod:`cdln.cli.results`): ``aggregate``, ``summary``, ``check-regression``, ``plot``;
-- performance (:mod:`cdln.bench`): ``bench``.
+- performance (:mod:`cdln.bench`): ``bench``;
+- cross-check (:mod:`cdln.cli.crosscheck`): ``crosscheck`` (the authors' code on our instances).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cdln.cli import data, results, train
+from cdln.cli import crosscheck, data, results, train
 from cdln.cli.common import run_handler
 
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="cdln", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train, data, results, bench):
+    for module in (train, data, results, crosscheck, bench):
         module.register(commands)
     return parser
 

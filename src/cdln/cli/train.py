@@ -5,9 +5,10 @@
 - ``cdln nonlinear``: one FashionMNIST classifier (:mod:`cdln.nonlinear`);
 - ``cdln run-job``: several of the above in one process, one after another (each timed alone),
   written together under one job directory (``<out>/<run name>/``), atomically as a whole. The
-  pipeline runs every job of :mod:`cdln.pipeline.grid` this way. ``train`` runs on one MS problem file
-  with the same GD settings train in lockstep instead, sharing each pass over the sensing operator
-  (:func:`cdln.runner.train_in_lockstep`; their seconds are attributed as it says).
+  pipeline runs every job of :mod:`cdln.pipeline.grid` this way. With ``--share-passes``, ``train``
+  runs on one MS problem file with the same GD settings train in lockstep instead, sharing each pass
+  over the sensing operator (:func:`cdln.runner.train_in_lockstep`): fewer CPU seconds, but each run's
+  seconds are then an attribution of shared work, not the run's own time.
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ def lockstep_group(runs: list[tuple[str, argparse.Namespace]]) -> list[str]:
 def run_job_command(args: argparse.Namespace) -> int:
     apply_threads(args)
     runs = parse_job(args.run)
-    together = lockstep_group(runs)
+    together = lockstep_group(runs) if args.share_passes else []
     with atomic_directory(args.out) as staging:
         if together:  # one pass over the sensing operator per step for all of them
             parsed = dict(runs)
@@ -321,6 +322,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         required=True,
         metavar=("NAME", "ARGUMENT"),
         help="a run: its directory name and 'train|altmin|nonlinear OPTIONS' as one argument (repeatable)",
+    )
+    job.add_argument(
+        "--share-passes",
+        action="store_true",
+        help="MS: train the runs on one problem in lockstep, one operator pass per step for all (their seconds "
+        "become attributed shares of the lockstep's time, not each run's own)",
     )
     add_threads_option(job)
     add_progress_options(job)

@@ -6,33 +6,53 @@ predicate on that measure. :func:`evaluate` computes every claim of one figure f
 tables; :func:`to_markdown` gathers them. Nothing measured is typed in: ``measured`` is always the
 expression's value on the tables of this run.
 
-Measures are arithmetic (``+ - * /``, numbers, ``min``, ``max``, ``abs``) over these functions, whose
-bare-word arguments are names (``first(mf, r10, cdln, 1e-10)``):
+Measures are arithmetic (``+ - * /``, numbers, ``min``, ``max``, ``abs``, ``log10``) over these functions, whose
+bare-word arguments are names (``first(mf, r10, cdln, 1e-10)``). ``over`` says how seeds are combined:
+``mean``, ``min``, ``max`` (the worst seed, for a bound that must hold on every seed) or ``gmean``.
 
 - ``first(experiment, panel, model, level, x=iteration, column=recovery_error, over=mean)``: per seed,
   the first checkpoint's ``x`` (iteration or seconds) at which ``column`` <= ``level``; NaN when a seed
-  never gets there; then the mean (or min, max) over seeds. From ``<experiment>_curves.csv``.
-- ``final(experiment, panel, model, column=recovery_error, over=gmean)``: each seed's last value.
+  never gets there. From ``<experiment>_curves.csv``.
+- ``final(experiment, panel, model, column=recovery_error, over=max)``: each seed's last value.
 - ``runs(experiment, panel, model, column, over=mean, alpha=None)``: a column of ``<experiment>_runs.csv``
   (stop_iteration, stop_seconds, converged, ...), optionally at one alpha (a number, min, max or all).
-- ``crossover(experiment, panel, column=stop_iteration)``: the smallest alpha from which every larger
-  alpha's C-DLN needs less of ``column`` (mean over seeds) than the original DLN.
-- ``finding(analysis, task, path)``: a value of ``<analysis>_findings.json``; ``path`` (quoted) is
-  ``/``-separated (``top_left_last/iteration_0.99``); true/false count as 1/0.
-- ``table(name, model, column)``: a real-data table's value (``movielens.csv``, ``nonlinear.csv``).
+- ``paired(experiment, panel, model_a, model_b, quantity, level=None, x=iteration, column=recovery_error,
+  over=min)``: per seed, ``model_a``'s quantity over ``model_b``'s on the same problem instance:
+  ``first`` (needs ``level``), ``final``, or a runs-table column (``stop_iteration``, ``stop_seconds``).
+- ``dominance(experiment, panel, model_a, model_b, floor=1e-10)``: the largest ratio of ``model_a``'s
+  recovery error to ``model_b``'s over every checkpoint both runs reached and every seed, counting only
+  checkpoints where both errors are above ``floor`` times their value at iteration 0 (below that the
+  ratio compares rounding, not learning).
+- ``crossover(experiment, panel, column=stop_iteration)``: the smallest swept alpha from which every
+  larger alpha's C-DLN needs less of ``column`` (mean over seeds) than the original DLN; NaN when there
+  is no crossing inside the sweep (the C-DLN faster at every alpha, or never faster).
+- ``sweep_rise(experiment, panel, column=stop_iteration)``: the largest rise of the C-DLN's ``column``
+  (mean over seeds) from one swept alpha to the next; at most 0 when it never rises as alpha grows.
+- ``finding(analysis, task, path, over=max)``: a value of ``<analysis>_findings.json``, per seed
+  (``by_seed``), combined ``over`` seeds; ``path`` (quoted) is ``/``-separated
+  (``top_left_last/iteration_0.99``); true/false count as 1/0.
+- ``table(name, model, column)``: a real-data table's value (``movielens.csv``, ``nonlinear.csv``: means
+  over seeds, with ``<column>_min``/``_max``).
 - ``scaling(model, quantity, d=max)``: a value of ``scaling.csv`` at one d (a number, min or max).
 
 Predicates: ``above``, ``below``, ``at_least``, ``at_most``, ``between: [low, high]``, ``equals`` (to
 1e-12 relative; true counts as 1). A NaN measure never holds.
 
+Every row says over what it was measured (``aggregation``: e.g. "min over 3 seeds (paired)"), whether
+its threshold or settings were fitted to the same figure (``calibrated``: such rows are reported apart
+and not counted in the headline), and its ``section``: ``abstract`` (the abstract's own claims),
+``paper`` (a figure's) or ``ours`` (claims of figures that are not the paper's).
+
 A grid other than the paper's maps the paper's panel names to its own (``claims.panels`` of its
-config); a claim about a panel it does not map does not apply there, and neither do claims marked
-``absolute`` (thresholds read off the paper's figures, meaningful at the paper's sizes only) unless
-the config sets ``claims.absolute``. Claims that read seconds name the device those seconds were
-measured on and, in brackets, the engine path each model's steps took (the runs tables'
-``engine_path``); a grid whose config sets ``claims.timing: false`` (the reduced CI grid, whose runs
-take milliseconds on a shared machine) leaves them out. A claim known not to reproduce carries its reason
-(``deviation``): it is still evaluated and reported, and :func:`violations` does not count it.
+config; ``null`` for a paper panel it does not have): a claim about an unmapped panel does not apply
+there, a panel missing from the map is an error naming the claim (a typo must not pass silently), and
+claims marked ``absolute`` (thresholds read off the paper's figures, meaningful at the paper's sizes
+only) apply only where the config sets ``claims.absolute``. Claims that read seconds name the device
+those seconds were measured on and, in brackets, the engine path each model's steps took (the runs
+tables' ``engine_path``); a grid whose config sets ``claims.timing: false`` (the reduced CI grid, whose
+runs take milliseconds on a shared machine) leaves them out. A claim known not to reproduce carries its
+measured reason (``deviation``): it is still evaluated and reported, and :func:`violations` does not
+count it.
 """
 
 from __future__ import annotations
@@ -50,8 +70,23 @@ import numpy as np
 import pandas as pd
 
 PREDICATES = ("above", "below", "at_least", "at_most", "between", "equals")
-CLAIM_KEYS = ("id", "figure", "claim", "paper", "measure", "holds", "absolute", "deviation")
-COLUMNS = ["figure", "id", "claim", "paper", "measured", "holds", "device", "measure", "deviation"]
+SECTIONS = ("abstract", "paper", "ours")
+CLAIM_KEYS = ("id", "figure", "section", "claim", "paper", "measure", "holds", "absolute", "calibrated", "deviation")
+COLUMNS = [
+    "figure",
+    "section",
+    "id",
+    "claim",
+    "paper",
+    "measured",
+    "holds",
+    "aggregation",
+    "device",
+    "calibrated",
+    "measure",
+    "deviation",
+]
+OVER = ("mean", "min", "max", "gmean")
 ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -71,7 +106,9 @@ class Claim:
     paper: str
     measure: str
     holds: Mapping[str, Any]
+    section: str = "paper"
     absolute: bool = False
+    calibrated: str | None = None  # what was fitted to the same figure, if anything
     deviation: str | None = None
 
     def check(self, value: float) -> bool:
@@ -119,6 +156,8 @@ def load_claims(path: str | Path) -> list[Claim]:
         holds = entry["holds"]
         if not isinstance(holds, dict) or len(holds) != 1 or next(iter(holds)) not in PREDICATES:
             raise ClaimError(f"{where}: holds must be one of {list(PREDICATES)} with its bound; got {holds!r}")
+        if entry.get("section", "paper") not in SECTIONS:
+            raise ClaimError(f"{where}: section must be one of {list(SECTIONS)}; got {entry['section']!r}")
         claim = Claim(**{key: entry[key] for key in CLAIM_KEYS if key in entry})
         for function, _ in claim.calls():
             if function not in FUNCTIONS and function not in BUILTINS:
@@ -136,9 +175,9 @@ def tables_read(claims: list[Claim], figure: str) -> list[str]:
         if claim.figure != figure:
             continue
         for function, names in claim.calls():
-            if function in ("first", "final"):
+            if function in ("first", "final", "paired", "dominance"):
                 files[f"{names[0]}_curves.csv"] = None
-            if function in ("first", "runs", "crossover", "final"):
+            if function in ("first", "runs", "crossover", "sweep_rise", "final", "paired", "dominance"):
                 files[f"{names[0]}_runs.csv"] = None  # device names, and the runs themselves
             elif function == "finding":
                 files[f"{names[0]}_findings.json"] = None
@@ -154,11 +193,15 @@ def tables_read(claims: list[Claim], figure: str) -> list[str]:
 
 @dataclass
 class Tables:
-    """A results root's tables, read on demand, with the panel map of the grid that made them."""
+    """A results root's tables, read on demand, with the panel map of the grid that made them.
+
+    While a claim is evaluated, ``devices`` collects the devices of the seconds it read and
+    ``aggregations`` how each function combined the seeds."""
 
     directory: Path
-    panels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    devices: set[str] = field(default_factory=set)  # devices of the seconds the current claim read
+    panels: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+    devices: set[str] = field(default_factory=set)
+    aggregations: dict[str, None] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def csv(self, name: str) -> pd.DataFrame:
@@ -171,23 +214,36 @@ class Tables:
 
     def json(self, name: str) -> dict:
         if name not in self._cache:
-            self._cache[name] = json.loads((self.directory / name).read_text())
+            path = self.directory / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist: make the figure's tables first")
+            self._cache[name] = json.loads(path.read_text())
         return self._cache[name]
 
     def panel(self, experiment: str, panel: str) -> str:
-        """This grid's name of the paper's ``panel`` (NotApplicable when it has none)."""
+        """This grid's name of the paper's ``panel``: NotApplicable when the grid maps it to nothing, an
+        error when the map does not know it (a mistyped panel must not be skipped silently)."""
         if experiment not in self.panels:
             return panel
-        if panel not in self.panels[experiment]:
+        mapping = self.panels[experiment]
+        if panel not in mapping:
+            raise ClaimError(
+                f"{experiment} has no panel {panel!r} in this grid's panel map (claims.panels.{experiment}); "
+                f"the paper's panels it maps: {sorted(mapping)}"
+            )
+        if mapping[panel] is None:
             raise NotApplicable(f"{experiment} has no counterpart of the paper's panel {panel}")
-        return self.panels[experiment][panel]
+        return str(mapping[panel])
 
     def select(self, experiment: str, kind: str, panel: str, model: str) -> pd.DataFrame:
         frame = self.csv(f"{experiment}_{kind}.csv")
         panel = self.panel(experiment, panel)
         rows = frame[(frame["panel"].astype(str) == panel) & (frame["model"] == model)]
         if rows.empty:
-            raise ClaimError(f"{experiment}_{kind}.csv has no rows for panel {panel!r}, model {model!r}")
+            raise ClaimError(
+                f"{experiment}_{kind}.csv has no rows for panel {panel!r}, model {model!r}; it has panels "
+                f"{sorted(frame['panel'].astype(str).unique())} and models {sorted(frame['model'].unique())}"
+            )
         return rows
 
     def note_devices(self, rows: pd.DataFrame) -> None:
@@ -199,28 +255,61 @@ class Tables:
             names = names.where(paths == "", names + " [" + paths + "]")
         self.devices.update(names.unique())
 
+    def note_seeds(self, n_seeds: int, over: str, paired: bool = False) -> None:
+        """Remember how a function combined ``n_seeds`` seeds (the row's ``aggregation``)."""
+        if n_seeds == 1:
+            text = "1 seed"
+        else:
+            text = {"mean": "mean", "gmean": "geometric mean", "min": "min", "max": "max"}[over]
+            text += f" {'of' if over in ('mean', 'gmean') else 'over'} {n_seeds} seeds"
+        self.aggregations[text + (" (paired by seed)" if paired else "")] = None
+
 
 def _aggregate(values: pd.Series | np.ndarray, over: str) -> float:
+    if over not in OVER:
+        raise ClaimError(f"over must be one of {list(OVER)}; got {over!r}")
     values = np.asarray(values, dtype=float)
+    if np.isnan(values).any():  # a seed that never got there: the combination is undefined
+        return math.nan
     if over == "gmean":
         return float(np.exp(np.log(np.clip(values, 1e-300, None)).mean()))
-    return float({"mean": np.mean, "min": np.min, "max": np.max, "sum": np.sum}[over](values))
+    return float({"mean": np.mean, "min": np.min, "max": np.max}[over](values))
+
+
+def _first_per_seed(
+    tables: Tables, experiment, panel, model, level, x="iteration", column="recovery_error"
+) -> pd.Series:
+    curves = tables.select(experiment, "curves", panel, model)
+    per_seed = {}
+    for seed, rows in curves.groupby("seed"):
+        hit = rows[rows[column] <= level]
+        per_seed[seed] = float(hit[x].iloc[0]) if not hit.empty else math.nan
+    if x == "seconds":
+        tables.note_devices(tables.select(experiment, "runs", panel, model))
+    return pd.Series(per_seed, dtype=float)
+
+
+def _final_per_seed(tables: Tables, experiment, panel, model, column="recovery_error") -> pd.Series:
+    return tables.select(experiment, "curves", panel, model).groupby("seed")[column].last().astype(float)
+
+
+def _runs_per_seed(tables: Tables, experiment, panel, model, column) -> pd.Series:
+    rows = tables.select(experiment, "runs", panel, model)
+    if "seconds" in column:
+        tables.note_devices(rows)
+    return rows.groupby("seed")[column].mean().astype(float)
 
 
 def _first(tables: Tables, experiment, panel, model, level, x="iteration", column="recovery_error", over="mean"):
-    curves = tables.select(experiment, "curves", panel, model)
-    per_seed = []
-    for _, seed in curves.groupby("seed"):
-        hit = seed[seed[column] <= level]
-        per_seed.append(float(hit[x].iloc[0]) if not hit.empty else math.nan)
-    if x == "seconds":
-        tables.note_devices(tables.select(experiment, "runs", panel, model))
+    per_seed = _first_per_seed(tables, experiment, panel, model, level, x, column)
+    tables.note_seeds(len(per_seed), over)
     return _aggregate(per_seed, over)
 
 
-def _final(tables: Tables, experiment, panel, model, column="recovery_error", over="gmean"):
-    curves = tables.select(experiment, "curves", panel, model)
-    return _aggregate(curves.groupby("seed")[column].last(), over)
+def _final(tables: Tables, experiment, panel, model, column="recovery_error", over="max"):
+    per_seed = _final_per_seed(tables, experiment, panel, model, column)
+    tables.note_seeds(len(per_seed), over)
+    return _aggregate(per_seed, over)
 
 
 def _runs(tables: Tables, experiment, panel, model, column, over="mean", alpha=None):
@@ -230,7 +319,59 @@ def _runs(tables: Tables, experiment, panel, model, column, over="mean", alpha=N
         rows = rows[np.isclose(rows["alpha"], float(target))]
     if "seconds" in column:
         tables.note_devices(rows)
+    n_seeds = rows["seed"].nunique() if "seed" in rows else len(rows)
+    tables.note_seeds(n_seeds, over)
+    if len(rows) > n_seeds:
+        tables.aggregations[f"{over} over {len(rows)} runs ({alpha} alpha)"] = None
     return _aggregate(rows[column].astype(float), over)
+
+
+def _paired(
+    tables: Tables,
+    experiment,
+    panel,
+    model_a,
+    model_b,
+    quantity,
+    level=None,
+    x="iteration",
+    column="recovery_error",
+    over="min",
+):
+    def per_seed(model: str) -> pd.Series:
+        if quantity == "first":
+            if level is None:
+                raise ClaimError("paired(..., first) needs level=")
+            return _first_per_seed(tables, experiment, panel, model, level, x, column)
+        if quantity == "final":
+            return _final_per_seed(tables, experiment, panel, model, column)
+        return _runs_per_seed(tables, experiment, panel, model, quantity)
+
+    a, b = per_seed(model_a), per_seed(model_b)
+    if sorted(a.index) != sorted(b.index):
+        raise ClaimError(f"{experiment} {panel}: {model_a} has seeds {sorted(a.index)}, {model_b} {sorted(b.index)}")
+    ratios = a / b.loc[a.index].replace(0, math.nan)
+    tables.note_seeds(len(ratios), over, paired=True)
+    return _aggregate(ratios, over)
+
+
+def _dominance(tables: Tables, experiment, panel, model_a, model_b, floor=1e-10):
+    a = tables.select(experiment, "curves", panel, model_a)
+    b = tables.select(experiment, "curves", panel, model_b)
+    worst, counted = -math.inf, 0
+    for seed, rows_a in a.groupby("seed"):
+        rows_b = b[b["seed"] == seed]
+        both = rows_a.merge(rows_b, on="iteration", suffixes=("_a", "_b"))
+        error_a, error_b = both["recovery_error_a"].to_numpy(float), both["recovery_error_b"].to_numpy(float)
+        if both.empty or both["iteration"].iloc[0] != 0:
+            raise ClaimError(f"{experiment} {panel} seed {seed}: no common checkpoint at iteration 0 to set the floor")
+        above = (error_a > floor * error_a[0]) & (error_b > floor * error_b[0])
+        if above.any():
+            worst = max(worst, float(np.max(error_a[above] / error_b[above])))
+            counted += int(above.sum())
+    tables.note_seeds(a["seed"].nunique(), "max", paired=True)
+    tables.aggregations[f"max over {counted} checkpoints"] = None
+    return worst if counted else math.nan
 
 
 def _crossover(tables: Tables, experiment, panel, column="stop_iteration"):
@@ -239,17 +380,36 @@ def _crossover(tables: Tables, experiment, panel, column="stop_iteration"):
     below = sweep < reference
     if "seconds" in column:
         tables.note_devices(tables.select(experiment, "runs", panel, "cdln"))
-    for alpha in sweep.index:
+    for position, alpha in enumerate(sweep.index):
         if below.loc[alpha:].all():
-            return float(alpha)
+            return float(alpha) if position > 0 else math.nan  # faster at every alpha: no crossing
     return math.nan
 
 
-def _finding(tables: Tables, analysis, task, path):
-    value: Any = tables.json(f"{analysis}_findings.json")[task]
-    for key in str(path).split("/"):
-        value = value[int(key)] if isinstance(value, list) else value[key]
-    return float(value)
+def _sweep_rise(tables: Tables, experiment, panel, column="stop_iteration"):
+    sweep = tables.select(experiment, "runs", panel, "cdln").groupby("alpha")[column].mean().sort_index()
+    if "seconds" in column:
+        tables.note_devices(tables.select(experiment, "runs", panel, "cdln"))
+    tables.aggregations[f"mean over seeds, {len(sweep)} alphas"] = None
+    return float(np.diff(sweep.to_numpy(float)).max()) if len(sweep) > 1 else math.nan
+
+
+def _finding(tables: Tables, analysis, task, path, over="max"):
+    findings = tables.json(f"{analysis}_findings.json")
+    if task not in findings:
+        raise ClaimError(f"{analysis}_findings.json has no task {task!r}; it has {sorted(findings)}")
+    per_seed = findings[task]["by_seed"] if "by_seed" in findings[task] else [findings[task]]
+    values = []
+    for entry in per_seed:
+        value: Any = entry
+        for key in str(path).split("/"):
+            try:
+                value = value[int(key)] if isinstance(value, list) else value[key]
+            except (KeyError, IndexError, ValueError):
+                raise ClaimError(f"{analysis}_findings.json, {task}: no value at {path!r}") from None
+        values.append(float(value))
+    tables.note_seeds(len(values), over)
+    return _aggregate(values, over)
 
 
 def _table(tables: Tables, name, model, column):
@@ -257,8 +417,14 @@ def _table(tables: Tables, name, model, column):
     rows = frame[frame["model"] == model]
     if rows.empty:
         raise ClaimError(f"{name}.csv has no row for model {model!r}; models: {sorted(frame['model'])}")
+    if column not in rows:
+        raise ClaimError(f"{name}.csv has no column {column!r}; columns: {list(frame.columns)}")
     if "seconds" in column:
         tables.note_devices(rows)
+    if "n_seeds" in rows:
+        n_seeds = int(rows["n_seeds"].iloc[0])
+        spread = "spread over" if column.endswith(("_min", "_max")) else "mean of"
+        tables.aggregations[f"{spread} {n_seeds} seeds" if n_seeds > 1 else "1 seed"] = None
     return float(rows[column].iloc[0])
 
 
@@ -269,19 +435,27 @@ def _scaling(tables: Tables, model, quantity, d="max"):
     rows = rows[rows["d"] == size]
     if "second" in quantity:
         tables.note_devices(rows)
+    tables.aggregations["median of repeats, 1 problem"] = None
     return float(rows["value"].iloc[0])
+
+
+def _log10(value: float) -> float:
+    return math.log10(value) if value > 0 else math.nan
 
 
 FUNCTIONS: dict[str, Callable[..., float]] = {
     "first": _first,
     "final": _final,
     "runs": _runs,
+    "paired": _paired,
+    "dominance": _dominance,
     "crossover": _crossover,
+    "sweep_rise": _sweep_rise,
     "finding": _finding,
     "table": _table,
     "scaling": _scaling,
 }
-BUILTINS: dict[str, Callable[..., float]] = {"min": min, "max": max, "abs": abs}
+BUILTINS: dict[str, Callable[..., float]] = {"min": min, "max": max, "abs": abs, "log10": _log10}
 
 
 def _parse(claim: Claim) -> ast.Expression:
@@ -331,33 +505,39 @@ def evaluate(
     claims: list[Claim],
     figure: str,
     tables_dir: str | Path,
-    panels: Mapping[str, Mapping[str, str]] | None = None,
+    panels: Mapping[str, Mapping[str, str | None]] | None = None,
     absolute: bool = True,
     timing: bool = True,
 ) -> pd.DataFrame:
     """The claims of ``figure`` that apply to this grid (see the module docstring), each with its
-    measured value and verdict."""
+    measured value, verdict and how the seeds were combined. A claim whose measure names a panel,
+    model, task or value that the tables do not have raises :class:`ClaimError` naming the claim."""
     tables = Tables(Path(tables_dir), panels or {})
     rows = []
     for claim in claims:
         if claim.figure != figure or (claim.absolute and not absolute):
             continue
-        tables.devices = set()
+        tables.devices, tables.aggregations = set(), {}
         try:
             value = float(_value(_parse(claim), tables, claim))
         except NotApplicable:
             continue
+        except ClaimError as error:
+            raise ClaimError(f"claim {claim.id} ({claim.figure}): {error}") from None
         if tables.devices and not timing:
             continue
         rows.append(
             {
                 "figure": figure,
+                "section": claim.section,
                 "id": claim.id,
                 "claim": claim.claim,
                 "paper": claim.paper,
                 "measured": format_value(value),
                 "holds": claim.check(value),
+                "aggregation": "; ".join(tables.aggregations),
                 "device": ", ".join(sorted(tables.devices)) if tables.devices else "",
+                "calibrated": claim.calibrated or "",
                 "measure": claim.measure,
                 "deviation": claim.deviation or "",
             }
@@ -365,33 +545,81 @@ def evaluate(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _flag(table: pd.DataFrame, column: str) -> pd.Series:
+    if column not in table:
+        return pd.Series(False, index=table.index)
+    return table[column].fillna("").astype(str).str.len() > 0
+
+
 def violations(table: pd.DataFrame) -> pd.DataFrame:
     """Claims that do not hold and are not known deviations."""
-    known = table["deviation"].fillna("").astype(str).str.len() > 0
-    return table[~table["holds"].astype(bool) & ~known]
+    return table[~table["holds"].astype(bool) & ~_flag(table, "deviation")]
+
+
+SECTION_TITLES = {
+    "abstract": "The abstract's claims",
+    "paper": "The paper's figures",
+    "calibrated": "Calibrated claims (reported apart: a threshold or setting was fitted to the same figure)",
+    "ours": "Our own claims (figures that are not the paper's)",
+}
+
+
+def headline(table: pd.DataFrame) -> str:
+    """'N of M paper claims hold (K calibrated, reported apart)', and the same for our own claims."""
+    holds, calibrated = table["holds"].astype(bool), _flag(table, "calibrated")
+    section = table["section"] if "section" in table else pd.Series("paper", index=table.index)
+    paper = section.isin(["abstract", "paper"])
+    counted, ours = paper & ~calibrated, section == "ours"
+    text = (
+        f"**{int((holds & counted).sum())} of {int(counted.sum())} paper claims hold** "
+        f"({int((paper & calibrated).sum())} calibrated, reported apart: {int((holds & paper & calibrated).sum())} "
+        f"of them hold)"
+    )
+    if ours.any():
+        text += f"; {int((holds & ours).sum())} of {int(ours.sum())} of our own claims hold"
+    return text + "."
 
 
 def to_markdown(table: pd.DataFrame, config_name: str) -> str:
-    """All claims, per figure: the statement, the paper's value, ours, whether it holds (and why not)."""
-    holds = table["holds"].astype(bool)
-    known = table["deviation"].fillna("").astype(str).str.len() > 0
+    """Every claim, by section then figure: the statement, the paper's value, ours, whether it holds
+    (and why not), over what it was measured and on which device."""
+    holds, known = table["holds"].astype(bool), _flag(table, "deviation")
+    section = table["section"] if "section" in table else pd.Series("paper", index=table.index)
+    group_of = section.where(~(_flag(table, "calibrated") & section.isin(["abstract", "paper"])), "calibrated")
     lines = [
         f"# The paper's claims on this run (config `{config_name}`)",
         "",
-        f"{int(holds.sum())} of {len(table)} claims hold; {int((~holds & known).sum())} do not and are known "
-        f"deviations (reasons below); {int((~holds & ~known).sum())} do not and are not. `measured` is computed "
-        "from this run's tables by the claim's measure (config/claims.yaml); seconds were measured on the "
-        "device named (with the engine path, in brackets, that each model's steps ran on).",
+        headline(table),
+        "",
+        f"In all, {int(holds.sum())} of {len(table)} rows hold; {int((~holds & known).sum())} do not and are known "
+        f"deviations, each with its measured reason below; {int((~holds & ~known).sum())} do not and are not. "
+        "`measured` is computed from this run's tables by the claim's measure (config/claims.yaml); `over` says how "
+        "the seeds were combined (a bound on the max, or min, over seeds holds on every seed; *paired* compares the "
+        "two networks seed by seed, on the same problem instance); seconds were measured on the device named (with "
+        "the engine path, in brackets, that each model's steps ran on).",
         "",
     ]
-    for figure, group in table.groupby("figure", sort=False):
-        lines += [f"## {figure}", "", "| claim | paper | measured | holds | device |", "|---|---|---|---|---|"]
-        for row in group.itertuples():
-            verdict = "yes" if row.holds else ("no (known deviation)" if row.deviation else "**no**")
-            cells = [row.claim, row.paper, f"`{row.measured}`", verdict, row.device or "-"]
-            lines.append("| " + " | ".join(str(cell).replace("|", "/") for cell in cells) + " |")
-        deviations = group[group["deviation"].fillna("").astype(str).str.len() > 0]
-        for row in deviations.itertuples():
-            lines.append(f"\n- *{row.id}*: {row.deviation}")
-        lines.append("")
+    for key, title in SECTION_TITLES.items():
+        part = table[group_of == key]
+        if part.empty:
+            continue
+        lines += [f"## {title}", ""]
+        for figure, group in part.groupby("figure", sort=False):
+            lines += [
+                f"### {figure}",
+                "",
+                "| claim | paper | measured | holds | over | calibrated | device |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for row in group.itertuples():
+                verdict = "yes" if row.holds else ("no (known deviation)" if row.deviation else "**no**")
+                calibrated = "yes (below)" if row.calibrated else "no"
+                cells = [row.claim, row.paper, f"`{row.measured}`", verdict, row.aggregation or "-", calibrated,
+                         row.device or "-"]  # fmt: skip
+                lines.append("| " + " | ".join(str(cell).replace("|", "/") for cell in cells) + " |")
+            for row in group[_flag(group, "calibrated")].itertuples():
+                lines.append(f"\n- *{row.id}* (calibrated): {row.calibrated}")
+            for row in group[_flag(group, "deviation")].itertuples():
+                lines.append(f"\n- *{row.id}*: {row.deviation}")
+            lines.append("")
     return "\n".join(lines) + "\n"

@@ -102,6 +102,7 @@ class Job:
     runs: tuple[Run, ...]
     root: str
     inputs: tuple[str, ...] = ()
+    share_passes: bool = False  # MS: its runs may share each pass over the sensing operator (lockstep)
 
     @property
     def directory(self) -> str:
@@ -115,7 +116,8 @@ class Job:
 
     def arguments(self) -> str:
         """``--run NAME 'COMMAND FLAGS'`` for every run: the job as ``cdln run-job`` takes it."""
-        return " ".join(f"--run {run.name} {shlex.quote(run.argument())}" for run in self.runs)
+        runs = " ".join(f"--run {run.name} {shlex.quote(run.argument())}" for run in self.runs)
+        return f"{runs} --share-passes" if self.share_passes else runs
 
 
 @dataclass(frozen=True)
@@ -199,11 +201,12 @@ class Grid:
             raise GridError(f"the config makes no data file {path!r}; it makes: {sorted(self._data)}")
         return self._data[path]
 
-    def analysis_run_dirs(self, name: str) -> dict[str, str]:
-        """Task -> run directory of an analysis experiment (the notebook's ``run_dirs``); first seed."""
-        out: dict[str, str] = {}
+    def analysis_run_dirs(self, name: str) -> dict[str, list[str]]:
+        """Task -> run directories of an analysis experiment, one per seed in seed order (the notebook's
+        ``run_dirs``)."""
+        out: dict[str, list[str]] = {}
         for job, run in self.runs(name):
-            out.setdefault(run.keys["task"], job.run_dir(run))
+            out.setdefault(run.keys["task"], []).append(job.run_dir(run))
         return out
 
     def scaling_options(self, gpu: bool) -> dict[str, Any]:
@@ -250,7 +253,8 @@ class Grid:
                         keys = {"experiment": name, "panel": panel, "model": model, "seed": seed}
                         where = f"experiments.{name}.panels.{panel} ({model})"
                         runs.append(Run(model + suffix, "train", options, keys, where))
-                yield Job(name, f"{panel}_seed{seed}", tuple(runs), self.root, (problem,))
+                share = bool(section.get("share_passes", False))
+                yield Job(name, f"{panel}_seed{seed}", tuple(runs), self.root, (problem,), share_passes=share)
 
     @staticmethod
     def _alpha_variants(
@@ -304,30 +308,34 @@ class Grid:
 
     def _analysis_jobs(self, name: str) -> Iterable[Job]:
         section = self.section(name)
-        seed = section.get("seed", 0)
         for task, settings in section["tasks"].items():
-            options = {
-                "task": task,
-                "model": "original",
-                "d": settings["d"],
-                "r": settings.get("r", section["r"]),
-                "p": settings.get("p"),
-                "m": settings.get("m"),
-                "depth": section["depth"],
-                "eps": section["eps"],
-                "lr": settings["lr"],
-                "n_inner": settings["n_inner"],
-                "max_outer": settings["max_outer"],
-                "tol": settings["tol"],
-                "data_seed": seed,
-                "init_seed": seed,
-                "device": self.config["device"],
-                "dtype": self.config["dtype"],
-                "snapshots": True,
-            }
-            keys = {"experiment": name, "task": task, "model": "original", "seed": seed}
-            run = Run("original", "train", options, keys, f"experiments.{name}.tasks.{task}")
-            yield Job(name, f"{task}_seed{seed}", (run,), self.root)
+            yield from (self._analysis_job(name, section, task, settings, seed) for seed in self._seeds(section))
+
+    def _analysis_job(
+        self, name: str, section: Mapping[str, Any], task: str, settings: Mapping[str, Any], seed: int
+    ) -> Job:
+        options = {
+            "task": task,
+            "model": "original",
+            "d": settings["d"],
+            "r": settings.get("r", section["r"]),
+            "p": settings.get("p"),
+            "m": settings.get("m"),
+            "depth": section["depth"],
+            "eps": section["eps"],
+            "lr": settings["lr"],
+            "n_inner": settings["n_inner"],
+            "max_outer": settings["max_outer"],
+            "tol": settings["tol"],
+            "data_seed": seed,
+            "init_seed": seed,
+            "device": self.config["device"],
+            "dtype": self.config["dtype"],
+            "snapshots": True,
+        }
+        keys = {"experiment": name, "task": task, "model": "original", "seed": seed}
+        run = Run("original", "train", options, keys, f"experiments.{name}.tasks.{task}")
+        return Job(name, f"{task}_seed{seed}", (run,), self.root)
 
     # ---- real data ----
 

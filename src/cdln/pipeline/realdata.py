@@ -3,8 +3,10 @@
 ``movielens``: per model, mean (min-max over split seeds) final held-out error (1/2 MSE), its RMSE
 (= sqrt(2 x error)), the best held-out error along the curve, iterations, seconds, parameters, and
 the speed-up in seconds of each model against the original DLN (paired by seed).
-``nonlinear``: per model, final and best test accuracy, steps, seconds, parameters (total/block),
-and the time ratio against the model with the DLN block.
+``nonlinear``: per model, final and best test accuracy, the checkpoint noise (standard deviation of
+the last 10 test accuracies of a run), steps, seconds, parameters (total/block), and the time ratio
+against the model with the DLN block. ``reach_iteration`` (MovieLens) is the first checkpoint within
+1% of a run's best held-out error.
 
 :func:`tables` makes both from the job directories of one experiment (``cdln aggregate``).
 """
@@ -22,6 +24,7 @@ from cdln.records import read_run_record
 
 # Columns whose spread over seeds the Markdown table shows (the CSV has every spread).
 KEY_SPREADS = ("final_error", "final_accuracy", "seconds_vs")
+CHECKPOINT_NOISE_WINDOW = 10  # evaluations at the end of a classifier's curve whose spread is its checkpoint noise
 
 
 def movielens_rows(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -42,6 +45,10 @@ def movielens_rows(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "final_train_loss": final["train_loss"],
                 "best_error": best["recovery_error"],
                 "best_iteration": int(best["iteration"]),
+                # the first checkpoint within 1% of the run's best held-out error: when it got there
+                "reach_iteration": int(
+                    frame.loc[frame["recovery_error"] <= 1.01 * best["recovery_error"], "iteration"].iloc[0]
+                ),
                 "iterations": int(final["iteration"]),
                 "seconds": record["timing"]["seconds"],
                 "params": record["parameters"]["model"],
@@ -65,6 +72,8 @@ def nonlinear_rows(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "seed": seed,
                 "final_accuracy": final["test_accuracy"],
                 "best_accuracy": frame["test_accuracy"].max(),
+                # spread of the last CHECKPOINT_NOISE_WINDOW evaluations: how much a final value can move
+                "checkpoint_noise": frame["test_accuracy"].tail(CHECKPOINT_NOISE_WINDOW).std(ddof=0),
                 "final_test_loss": final["test_loss"],
                 "iterations": int(final["iteration"]),
                 "seconds": record["timing"]["seconds"],

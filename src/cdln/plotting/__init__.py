@@ -6,7 +6,7 @@ Plotting only reads tables and run records; nothing here trains.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,26 @@ def over_seeds(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     ).reset_index()
 
 
-def load_snapshot_runs(run_dirs: Mapping[str, str | os.PathLike[str]]) -> dict[str, dict[str, Any]]:
-    """Task -> ``{"record", "curves", "snaps"}`` of analysis runs (``cdln train --snapshots``).
+def load_snapshot_runs(
+    run_dirs: Mapping[str, str | os.PathLike[str] | Sequence[str | os.PathLike[str]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """Task -> one ``{"record", "curves", "snaps", "seed"}`` per seed, in the order given, of analysis
+    runs (``cdln train --snapshots``; ``seed`` is the run's data seed, which is also its init seed); a
+    task may name one run directory or a list of them.
 
     Relative paths are taken from the working directory, else from the repository root above it
     (a notebook opened in Jupyter runs in ``notebooks/``; papermill in the pipeline runs at the root).
     """
     from cdln.records import read_run_record, read_snapshots
 
-    runs = {}
-    for task, run_dir in run_dirs.items():
-        path = repository_path(run_dir)
-        record, curves = read_run_record(path)
-        runs[task] = {"record": record, "curves": curves, "snaps": read_snapshots(path)}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for task, dirs in run_dirs.items():
+        runs[task] = []
+        for run_dir in [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs:
+            path = repository_path(run_dir)
+            record, curves = read_run_record(path)
+            seed = int(record["config"]["data_seed"])
+            runs[task].append({"record": record, "curves": curves, "snaps": read_snapshots(path), "seed": seed})
     return runs
 
 
