@@ -49,7 +49,8 @@ def tables(tmp_path: Path) -> Path:
         for m, s, a, i, t in outcomes
     ]  # fmt: skip
     pd.DataFrame(runs).to_csv(tmp_path / "mf_runs.csv", index=False)
-    (tmp_path / "incremental_findings.json").write_text(json.dumps({"mf": {"rank": 3, "n_learned": 3, "ok": True}}))
+    findings = {"mf": {"seeds": [0], "by_seed": [{"rank": 3, "n_learned": 3, "ok": True}]}}
+    (tmp_path / "incremental_findings.json").write_text(json.dumps(findings))
     return tmp_path
 
 

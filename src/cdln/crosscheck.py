@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from cdln import io as cdln_io
+from cdln.analysis import first_iteration_reaching
 from cdln.engine import DivergenceError, TrainSettings, train
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
 from cdln.problems import Completion, Problem, ProblemSpec, Sensing, make_problem
@@ -376,13 +377,12 @@ def train_with_our_engine(case: Case) -> Curves:
 
 def first_iteration_below(curves: Curves, values: np.ndarray, level: float) -> float:
     """First checkpoint iteration with ``values <= level``; NaN if none."""
-    hits = np.flatnonzero(values <= level)
-    return float(curves.iterations[hits[0]]) if hits.size else math.nan
+    return float(first_iteration_reaching(curves.iterations, -np.asarray(values), -level)[0])
 
 
 def first_iteration_at_least(curves: Curves, values: np.ndarray, level: float) -> float:
-    hits = np.flatnonzero(values >= level)
-    return float(curves.iterations[hits[0]]) if hits.size else math.nan
+    """First checkpoint iteration with ``values >= level``; NaN if none."""
+    return float(first_iteration_reaching(curves.iterations, values, level)[0])
 
 
 def value_at(curves: Curves, values: np.ndarray, iteration: int) -> float:

@@ -374,12 +374,18 @@ def _dominance(tables: Tables, experiment, panel, model_a, model_b, floor=1e-10)
     return worst if counted else math.nan
 
 
+def _alpha_sweep(tables: Tables, experiment, panel, column) -> pd.Series:
+    """The C-DLN's ``column`` per swept alpha (mean over seeds), in increasing alpha."""
+    rows = tables.select(experiment, "runs", panel, "cdln")
+    if "seconds" in column:
+        tables.note_devices(rows)
+    return rows.groupby("alpha")[column].mean().sort_index()
+
+
 def _crossover(tables: Tables, experiment, panel, column="stop_iteration"):
     reference = _runs(tables, experiment, panel, "original", column)
-    sweep = tables.select(experiment, "runs", panel, "cdln").groupby("alpha")[column].mean().sort_index()
+    sweep = _alpha_sweep(tables, experiment, panel, column)
     below = sweep < reference
-    if "seconds" in column:
-        tables.note_devices(tables.select(experiment, "runs", panel, "cdln"))
     for position, alpha in enumerate(sweep.index):
         if below.loc[alpha:].all():
             return float(alpha) if position > 0 else math.nan  # faster at every alpha: no crossing
@@ -387,9 +393,7 @@ def _crossover(tables: Tables, experiment, panel, column="stop_iteration"):
 
 
 def _sweep_rise(tables: Tables, experiment, panel, column="stop_iteration"):
-    sweep = tables.select(experiment, "runs", panel, "cdln").groupby("alpha")[column].mean().sort_index()
-    if "seconds" in column:
-        tables.note_devices(tables.select(experiment, "runs", panel, "cdln"))
+    sweep = _alpha_sweep(tables, experiment, panel, column)
     tables.aggregations[f"mean over seeds, {len(sweep)} alphas"] = None
     return float(np.diff(sweep.to_numpy(float)).max()) if len(sweep) > 1 else math.nan
 
@@ -398,9 +402,8 @@ def _finding(tables: Tables, analysis, task, path, over="max"):
     findings = tables.json(f"{analysis}_findings.json")
     if task not in findings:
         raise ClaimError(f"{analysis}_findings.json has no task {task!r}; it has {sorted(findings)}")
-    per_seed = findings[task]["by_seed"] if "by_seed" in findings[task] else [findings[task]]
     values = []
-    for entry in per_seed:
+    for entry in findings[task]["by_seed"]:
         value: Any = entry
         for key in str(path).split("/"):
             try:
