@@ -16,18 +16,21 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-# Every schema error by its key, then the per-run checks of `cdln train` (r <= d, memory, ...),
-# before any job starts; snakemake's validate then fills the schema's defaults.
+# Every schema error by its key, then the per-run checks of `cdln train` (r <= d, memory, ...), before
+# any job starts; snakemake's validate then fills the schema's defaults. Parsing imports no torch and
+# changes no environment variable: the per-run checks (which need torch) run in a child interpreter, once
+# per config and source version (stamps in .snakemake/cdln-validated/), and only in the process that plans
+# the jobs, not again inside each job (cluster jobs parse this file too).
 import sys
 
 sys.path.insert(0, f"{workflow.basedir}/src")  # this checkout's package, installed or not
-from cdln.config import ConfigError
-from cdln.pipeline.validate import validate_pipeline_config
+from cdln.pipeline.validate import cached_run_errors, pipeline_config_errors
 
-try:
-    validate_pipeline_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
-except ConfigError as error:
-    raise WorkflowError(str(error)) from None
+_errors = pipeline_config_errors(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+if not _errors and workflow.is_main_process:
+    _errors = cached_run_errors(config, ".snakemake/cdln-validated")
+if _errors:
+    raise WorkflowError(f"invalid config ({len(_errors)} error(s)):\n  " + "\n  ".join(_errors))
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -43,6 +46,12 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/realdata.smk"
 include: "workflow/rules/scaling.smk"
+include: "workflow/rules/robustness.smk"
+
+
+# On a cluster only the rules that train or draw data are submitted (CLUSTER_RULES, common.smk): every other
+# rule (tables, plots, claims, notebooks: seconds each) is a local rule, run by Snakemake itself.
+workflow.localrules(*(rule.name for rule in workflow.rules if rule.name not in CLUSTER_RULES))
 
 
 rule all:

@@ -11,10 +11,11 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 
 from cdln.bench import jax_loop as jb
 from cdln.bench.kernels import hardware_reference_seconds, step_flops
-from cdln.bench.timing import busy_threads, gemm_rate
+from cdln.bench.timing import busy_threads, gemm_rate, small_gemm_rates
 from cdln.networks import compressed_dln, original_dln
 from cdln.problems import ProblemSpec, make_problem
 
@@ -136,3 +137,27 @@ def test_crossover_is_where_sampled_over_dense_first_reaches_one():
     assert crossover([0.1, 0.2, 0.3], [0.5, 0.8, 1.2]) == pytest.approx(0.25)  # linear between 0.2 and 0.3
     assert crossover([0.1, 0.2], [1.1, 1.3]) == 0.1
     assert math.isnan(crossover([0.1, 0.2], [0.5, 0.9]))
+
+
+def test_small_gemm_rates_cover_each_library_present():
+    rates = small_gemm_rates(n=16, repeats=1, calls=2)
+    assert {"numpy", "torch", "numba"} <= set(rates)
+    assert ("xla" in rates) == jb.jax_available()
+    assert all(math.isfinite(rate) and rate > 0 for rate in rates.values())
+
+
+def test_whole_runs_print_the_plan_and_the_ratio_to_jax():
+    import yaml
+
+    from cdln.bench.paths import bench_whole_runs
+    from cdln.bench.runs import experiment_runs
+
+    config = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
+    lines: list[str] = []
+    out = bench_whole_runs(experiment_runs(config, "mc", "cpu"), repeats=1, outer=1, echo=lines.append)
+    for model in ("original", "cdln"):
+        row = out[model]
+        assert row["engine_us"] > 0 and row["backend"] and row["blas"]
+        assert ("ratio" in row) == jb.jax_available()
+        assert row["former_c_us"] > 0  # the recorded numbers of the removed C kernels, printed beside
+    assert len(lines) == 2 and "whole run" in lines[0]

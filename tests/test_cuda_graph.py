@@ -58,7 +58,7 @@ def test_capture_logic_with_an_eager_stand_in(monkeypatch):
 
 def test_cuda_graph_path_needs_cuda_tensors(monkeypatch):
     problem, network, _ = _setup()
-    monkeypatch.setattr(engine, "PATH_OVERRIDE", "cuda-graph")
+    monkeypatch.setenv("CDLN_ENGINE", "cuda-graph")
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         step_path(network.weights, problem)
 
@@ -66,8 +66,10 @@ def test_cuda_graph_path_needs_cuda_tensors(monkeypatch):
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("task", ["mf", "mc", "ms"])
-def test_cuda_graph_replay_matches_eager_steps(task):
+def test_cuda_graph_replay_matches_eager_steps(task, monkeypatch):
     problem, network, steps = _setup(task, "cuda")
+    assert step_path(network.weights, problem) == "torch"  # opt-in until graphs have run on a GPU
+    monkeypatch.setenv("CDLN_ENGINE", "cuda-graph")
     assert step_path(network.weights, problem) == "cuda-graph"
     weights = [w.clone() for w in network.weights]
     workspace = Workspace(weights)
@@ -85,13 +87,13 @@ def test_training_with_and_without_graphs_agree(monkeypatch):
     problem, network, _ = _setup("mc", "cuda")
     settings = TrainSettings(5.0, 25, 8, tol=1e-7)  # members stop at different checkpoints: re-capture
     curves = {}
-    for graphs in ("1", "0"):
-        monkeypatch.setenv("CDLN_CUDA_GRAPHS", graphs)
-        curves[graphs] = train(network.clone(), problem, settings).curves
-    assert curves["1"]["iteration"].tolist() == curves["0"]["iteration"].tolist()
+    for choice in ("cuda-graph", "auto"):
+        monkeypatch.setenv("CDLN_ENGINE", choice)
+        curves[choice] = train(network.clone(), problem, settings).curves
+    assert curves["cuda-graph"]["iteration"].tolist() == curves["auto"]["iteration"].tolist()
     torch.testing.assert_close(
-        torch.tensor(curves["1"]["train_loss"].to_numpy()),
-        torch.tensor(curves["0"]["train_loss"].to_numpy()),
+        torch.tensor(curves["cuda-graph"]["train_loss"].to_numpy()),
+        torch.tensor(curves["auto"]["train_loss"].to_numpy()),
         rtol=1e-12,
         atol=1e-300,
     )
@@ -99,7 +101,8 @@ def test_training_with_and_without_graphs_agree(monkeypatch):
 
 @pytest.mark.gpu
 @cuda
-def test_original_dln_on_cuda_uses_the_graph():
+def test_original_dln_on_cuda_uses_the_graph(monkeypatch):
+    monkeypatch.setenv("CDLN_ENGINE", "cuda-graph")
     problem = make_problem(ProblemSpec("mc", 16, 16, 2, 0, 0.5)).to("cuda", torch.float64)
     network = original_dln(16, 16, 3, 0.1, [0]).to("cuda", torch.float64)
     assert step_path(network.weights, problem) == "cuda-graph"

@@ -31,7 +31,7 @@ ENGINE_PATHS = [
 @pytest.fixture(params=ENGINE_PATHS)
 def engine_path(request, monkeypatch):
     """Run the test with the engine forced onto one path (native paths only where the task allows them)."""
-    monkeypatch.setattr(engine, "PATH_OVERRIDE", request.param)
+    monkeypatch.setenv("CDLN_ENGINE", request.param)
     return request.param
 
 

@@ -1,14 +1,13 @@
-"""The compiled engine paths (cdln.native, gd_kernels.c): same iterates as the torch path, the sampled MC
-step equal to the dense one, path selection, fallbacks.
+"""The compiled engine paths (cdln.native, numba): same iterates as the torch path, the sampled MC step
+equal to the dense one, the engine plan and its one override (CDLN_ENGINE), shape checks.
 
-Tolerances: the paths differ only in summation order (OpenBLAS vs MKL products, the sampled step's
-sparse-dense sums, updates fused into the products), so after 100 steps float64 iterates agree to a
-relative 1e-12 (issue #13's requirement for the sampled step; measured: <= 6e-16) and float32 to 1e-4.
+Tolerances: the paths differ only in summation order (scipy's OpenBLAS vs torch's MKL products, the sampled
+step's sparse-dense sums, reassociated and fused multiply-adds), so after 100 steps float64 iterates agree
+to a relative 1e-12 (issue #13's requirement for the sampled step) and float32 to 1e-4.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -33,7 +32,7 @@ def _networks(problem, depth: int, dtype: torch.dtype) -> dict[str, LinearNetwor
     d_out, d_in = problem.shape
     nets = {"original": original_dln(d_out, d_in, depth, 0.3, [0, 1])}
     if depth >= 2:
-        for r_hat in (3, 13, 36):  # one, several and more than 8 vectors of the row in registers
+        for r_hat in (3, 13, 36, 70):  # rows in registers (<= 32), and in one or two register blocks
             if r_hat <= min(d_out, d_in):
                 surrogate = problem.surrogate().double()
                 nets[f"cdln{r_hat}"] = compressed_dln(surrogate, r_hat, depth, 0.3, [1.0, 3.0], 2)
@@ -78,12 +77,30 @@ def test_sampled_step_equals_dense_step_over_100_steps(model, p):
     assert _relative(sampled, dense) < 1e-12 and _relative(sampled, torch_path) < 1e-12
 
 
+@pytest.mark.parametrize("wide", [False, True])
+def test_wide_rows_sampled_step_equals_dense_step(wide):
+    """Rows wider than 32 (the original DLN's): in registers up to ``native.REGISTER_MAX`` (AVX-512), in register
+    blocks beyond; either way the sampled step gives the dense step's and the torch path's iterates."""
+    width = native.REGISTER_MAX + 5 if wide else max(33, native.REGISTER_MAX - 3)
+    problem = make_problem(ProblemSpec("mc", 30, 25, 3, 0, 0.3))
+    network = original_dln(30, 25, 3, 0.1, [0], width=width)
+    assert network.weights[-1].shape[-1] == width
+    plan = native.NativeSteps(network.weights, problem.observations, problem._observed, 0.0, problem.observed_entries())
+    assert (plan.kernel is native._wide_kernel(width)) == (width > native.REGISTER_MAX)
+    lr = problem.n_observed / 300
+    dense, sampled, torch_path = (
+        _steps(network.weights, network, problem, path, lr=lr) for path in ("native-dense", "native-sampled", "torch")
+    )
+    assert _relative(dense, network.weights) > 1e-2
+    assert _relative(sampled, dense) < 1e-12 and _relative(sampled, torch_path) < 1e-12
+
+
 def test_training_on_each_path_gives_the_same_curves(monkeypatch):
     problem = make_problem(ProblemSpec("mc", 16, 16, 2, 0, 0.4))
     settings = TrainSettings(5.0, 25, 8, tol=0.0)
     curves = {}
     for path in ("torch", "native-dense", "native-sampled"):
-        monkeypatch.setattr(engine, "PATH_OVERRIDE", path)
+        monkeypatch.setenv("CDLN_ENGINE", path)
         network = compressed_dln(problem.surrogate(), 4, 3, 1e-2, [1.0, 2.0], batch=2)
         curves[path] = train(network, problem, settings).curves
     for path in ("native-dense", "native-sampled"):
@@ -118,22 +135,93 @@ def test_step_path_choice(monkeypatch):
     )
     monkeypatch.setitem(engine.SAMPLED_MAX_DENSITY, "registers", 0.1)
     assert step_path(weights, sparse) == "native-dense"
-    monkeypatch.setattr(engine, "PATH_OVERRIDE", "native-sampled")
+    monkeypatch.setenv("CDLN_ENGINE", "native-sampled")
     assert step_path(weights, dense) == "native-sampled"
     with pytest.raises(ValueError, match="needs an MC problem"):
         step_path(weights, mf)
     with pytest.raises(ValueError, match="not available"):
         step_path(original_dln(6, 6, 3, 0.1, [0]).weights, ms)
-    monkeypatch.setattr(engine, "PATH_OVERRIDE", "fastest")
+    monkeypatch.setenv("CDLN_ENGINE", "numba")
+    assert step_path(original_dln(6, 6, 3, 0.1, [0]).weights, ms) == "torch"  # MS: torch's step, numba's pass
+    with pytest.raises(ValueError, match="not available"):
+        step_path([w.mT for w in weights], sparse)
+    monkeypatch.setenv("CDLN_ENGINE", "cuda-graph")
+    with pytest.raises(ValueError, match="needs CUDA"):
+        step_path(weights, sparse)
+    monkeypatch.setenv("CDLN_ENGINE", "fastest")
     with pytest.raises(ValueError, match="must be one of"):
         step_path(weights, dense)
 
 
-def test_switched_off_by_environment(monkeypatch):
+def test_torch_override_means_torch_everywhere(monkeypatch):
+    """CDLN_ENGINE=torch: the MF/MC step and MS's operator pass are torch's, and the plan says so."""
+    mc = make_problem(ProblemSpec("mc", 20, 20, 2, 0, 0.2))
+    ms = make_problem(ProblemSpec("ms", 6, 6, 2, 0, m=40))
+    weights = original_dln(20, 20, 3, 0.1, [0]).weights
+    assert engine.plan_engine(weights, mc).backend.startswith("numba")
+    assert ms.operator_pass(torch.float64) == "native-one-pass"
+    monkeypatch.setenv("CDLN_ENGINE", "torch")
+    plan = engine.plan_engine(weights, mc)
+    assert (plan.path, plan.override) == ("torch", "torch") and plan.backend.startswith("torch")
+    assert plan.blas.startswith("torch") and "numba" not in plan.blas
+    ms_plan = engine.plan_engine(original_dln(6, 6, 3, 0.1, [0]).weights, ms, lockstep=True)
+    assert ms_plan.label == "lockstep+torch-two-pass" and "numba" not in ms_plan.backend
+
+
+def test_plan_records_backend_and_blas():
     problem = make_problem(ProblemSpec("mc", 20, 20, 2, 0, 0.2))
-    monkeypatch.setenv("CDLN_NATIVE", "0")
-    assert not native.available() and "CDLN_NATIVE=0" in native.why_unavailable()
-    assert step_path(original_dln(20, 20, 3, 0.1, [0]).weights, problem) == "torch"
+    plan = engine.plan_engine(original_dln(20, 20, 3, 0.1, [0]).weights, problem)
+    record = plan.record()
+    assert record["path"] == "native-sampled" and record["label"] == "native-sampled"
+    assert record["backend"] == f"numba {native.numba.__version__}"
+    info = native.blas_info()
+    assert info["name"] in record["blas"] and info["version"] in record["blas"]
+    assert record["override"] == "auto" and record["lockstep"] is False
+
+
+def test_no_c_compiler_needed(tmp_path):
+    """The compiled kernels need no system compiler: with an empty PATH (no cc, gcc, clang) and a fresh
+    numba cache a fresh interpreter still takes the compiled path."""
+    (tmp_path / "bin").mkdir()
+    script = (
+        "from cdln.engine import plan_engine\n"
+        "from cdln.networks import original_dln\n"
+        "from cdln.problems import ProblemSpec, make_problem\n"
+        "p = make_problem(ProblemSpec('mc', 12, 10, 2, 0, 0.4))\n"
+        "print(plan_engine(original_dln(12, 10, 3, 0.1, [0]).weights, p).path)\n"
+    )
+    env = dict(cli_env(), PATH=str(tmp_path / "bin"), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("CDLN_ENGINE", None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "native-sampled"
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_shape_mismatch_raises_instead_of_crashing(sampled):
+    """The C-DLN's U and V swapped on a rectangular (MovieLens-shaped) problem: the end-to-end product has
+    the target's transposed shape. The compiled kernels index without bounds checks, so this must be caught
+    before them (it crashed the interpreter with the former C kernels)."""
+    problem = make_problem(ProblemSpec("mc", 30, 20, 2, 0, 0.1))
+    network = compressed_dln(problem.surrogate(), 4, 3, 0.1)
+    swapped = [network.weights[2].mT.contiguous(), network.weights[1], network.weights[0].mT.contiguous()]
+    assert product_shape(swapped) == (20, 30)
+    steps = [(-1.0 * s).view(-1, 1, 1) for s in network.lr_scales]
+    path = "native-sampled" if sampled else "native-dense"
+    with pytest.raises(ValueError, match="do not chain"):
+        gd_steps(swapped, steps, problem, 1, path=path)
+    with pytest.raises(ValueError, match="do not chain"):
+        step_path(swapped, problem)
+    csr = problem.observed_entries() if sampled else None
+    with pytest.raises(ValueError, match="do not chain"):
+        native.NativeSteps(swapped, problem.target, problem._observed, 0.0, csr)
+    plan = native.NativeSteps(network.weights, problem.target, problem._observed, 0.0, csr)
+    with pytest.raises(ValueError, match="do not match"):
+        plan.run(swapped, steps, 1)
+
+
+def product_shape(weights):
+    return (weights[-1].shape[-2], weights[0].shape[-1])
 
 
 def test_observed_entries_are_the_mask_in_csr_form():
@@ -158,34 +246,6 @@ def test_workspace_keeps_the_plan_for_the_next_call():
     assert workspace.native_plan[2] is plan and plan.sampled
 
 
-def test_portable_build_without_march_native(tmp_path):
-    """The kernels without -march=native (no AVX2 code: the generic loops) give the same iterates."""
-    script = (
-        "import torch\n"
-        "from cdln import native\n"
-        "from cdln.engine import gd_steps\n"
-        "from cdln.networks import compressed_dln, original_dln\n"
-        "from cdln.problems import ProblemSpec, make_problem\n"
-        "p = make_problem(ProblemSpec('mc', 30, 20, 2, 0, 0.4))\n"
-        "out = []\n"
-        "for net in (original_dln(30, 20, 3, 0.3, [0]), compressed_dln(p.surrogate(), 6, 3, 0.3, 2.0)):\n"
-        "    steps = [(-1.0 * s).view(-1, 1, 1) for s in net.lr_scales]\n"
-        "    for path in ('torch', 'native-dense', 'native-sampled'):\n"
-        "        w = [x.clone() for x in net.weights]\n"
-        "        gd_steps(w, steps, p, 100, path=path)\n"
-        "        out.append(w)\n"
-        "print(native._build(torch.float64).name)\n"
-        "for group in (out[:3], out[3:]):\n"
-        "    for other in group[1:]:\n"
-        "        rel = max(float((a - b).norm() / b.norm()) for a, b in zip(other, group[0]))\n"
-        "        assert rel < 1e-12, rel\n"
-    )
-    env = dict(cli_env(), CDLN_NATIVE_FLAGS="", CDLN_CACHE_DIR=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert os.listdir(tmp_path), "the build must land in CDLN_CACHE_DIR"
-
-
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("m", [200, 203])  # a multiple of the kernel's 4-row groups, and not
 def test_one_pass_sensing_gradient_equals_two_passes(dtype, tol, m):
@@ -208,3 +268,6 @@ def test_one_pass_sensing_gradient_refuses_mixed_tensors():
     flat = torch.zeros(1, 16, dtype=torch.float32)
     with pytest.raises(ValueError, match="one dtype"):
         native.sensing_grad(problem.operator, problem.measurements, flat, flat.clone())
+    wrong = torch.zeros(1, 15, dtype=problem.operator.dtype)  # a transposed or mis-sized network
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        native.sensing_grad(problem.operator, problem.measurements, wrong, wrong.clone())

@@ -1,5 +1,7 @@
 """The Snakemake pipeline: lint, dry runs (the grid's jobs, and nothing else, per rule), single-figure
-targets, and the regression gate. The end-to-end run of the reduced grid is in test_pipeline_ci.py (slow)."""
+targets, what parsing may not do (import torch, change the environment, depend on the include order), real
+data appearing and disappearing between runs, the SLURM profile's plan, and the regression gate. The
+end-to-end run of the reduced grid is in test_pipeline_ci.py (slow); through SLURM in test_slurm.py."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import pipeline_copy
 
-from cdln.data.fashion_mnist import DataUnavailableError, locate_fashion_mnist
 from cdln.pipeline import regression
-from cdln.pipeline.grid import Grid
+from cdln.pipeline.claims import load_claims
+from cdln.pipeline.grid import SYNTHETIC, Grid
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -24,10 +27,10 @@ PAPER = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 CI = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
 
 
-def snakemake(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def snakemake(*args: str, timeout: int = 300, cwd: Path = REPO, env=None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ if env is None else env, OMP_NUM_THREADS="1")
     return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -49,38 +52,71 @@ def test_lint_is_clean() -> None:
     assert result.returncode == 0, f"snakemake --lint found problems:\n{result.stdout[-6000:]}{result.stderr[-2000:]}"
 
 
-def fashion_mnist_present() -> bool:
-    try:
-        locate_fashion_mnist(None, REPO / "resources", allow_download=False)
-    except DataUnavailableError:
-        return False
-    return True
+def claim_figures(config: dict) -> list[str]:
+    """The figures of the config's claims file whose experiment the grid enables."""
+    grid = Grid(config)
+    figures = dict.fromkeys(claim.figure for claim in load_claims(REPO / config["claims"]["file"]))
+    return [figure for figure in figures if grid.enabled(figure.removeprefix("fig_"))]
 
 
-def test_paper_grid_dry_run_plans_exactly_the_grid() -> None:
-    """config/config.yaml, every job forced: one run_job per job of the grid, one data job per file."""
-    result = snakemake("-n", "-F", "--quiet", "rules")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    counts = job_counts(result.stdout + result.stderr)
-    grid = Grid(PAPER)
+def with_real_data(config: dict, tmp_path: Path, present: bool, name: str = "cfg") -> dict:
+    """``config`` with its real data sets placed (``present``) or absent, whatever this machine has installed:
+    FashionMNIST from a folder of generated IDX files or an empty one, MovieLens from a stand-in file or none
+    (a copy of the workflow has no resources/)."""
+    config = yaml.safe_load(yaml.safe_dump(config))
+    fashion = tmp_path / f"{name}-fashion-mnist"
+    fashion.mkdir(parents=True)
+    if present:
+        made = subprocess.run(
+            [sys.executable, "-m", "cdln", "fashion-mnist-synthetic", "--out", str(fashion), "--n-train", "60"]
+            + ["--n-test", "20"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert made.returncode == 0, made.stderr
+        (tmp_path / "ml-100k.zip").write_bytes(b"stand-in: only its presence is read when planning")
+    config["experiments"]["nonlinear"].update(data_dir=str(fashion), synthetic=False)
+    config["experiments"]["movielens"].update(zip_path=str(tmp_path / "ml-100k.zip") if present else None)
+    config["experiments"]["movielens"]["synthetic"] = False
+    return config
+
+
+@pytest.mark.parametrize("present", [False, True], ids=["without-real-data", "with-real-data"])
+def test_paper_grid_dry_run_plans_exactly_the_grid(tmp_path: Path, present: bool) -> None:
+    """config/config.yaml, every job forced: one run_job per job of the grid, one data job per file, one claims
+    job per figure with claims. The real data sets are placed or withheld by the test, so the counts follow
+    from the grid, whatever this machine has installed."""
+    clone = pipeline_copy(tmp_path / "clone")
+    config = with_real_data(PAPER, tmp_path, present)
+    (clone / "paper.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "-F", "--quiet", "rules", "--configfile", "paper.yaml", cwd=clone)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    counts = job_counts(output)
+    grid = Grid(config)
     files = grid.data_files()
+    figures = claim_figures(config)
     expected = {
         "run_job": len(grid.jobs()),
         "make_problem": sum(f.command in ("make-problem", "movielens-problem") and not f.temporary for f in files),
         "make_sensing_problem": sum(f.temporary for f in files),
-        "aggregate_synthetic": 6,
+        "aggregate_synthetic": len([name for name in grid.experiments if name in SYNTHETIC]),
         "plot_error_curves": 5,
         "plot_ablation_alpha": 1,
         "summary_table": 1,
         "claims_table": 1,
+        # one per figure with claims; the real-data figures' only while their data is there
+        "claims_figure": len(figures) - (0 if present else len({"fig_movielens", "fig_nonlinear"} & set(figures))),
     }
     assert {rule: counts.get(rule, 0) for rule in expected} == expected
+    assert {"fig_movielens", "fig_nonlinear"} <= set(figures)
     # By hand, 3 seeds: mf 3 panels, mc 1, ms 3, ablation_alpha 1, ablation_depth 2, baselines 1 (one job
     # per panel and seed); analysis 3 + 2 + 2 tasks x 3 seeds; movielens 2 split seeds; nonlinear 3 seeds.
-    assert expected["run_job"] == 3 * (3 + 1 + 3 + 1 + 2 + 1) + 3 * 7 + 2 + 3
-    # One claims job per figure with claims; the real-data figures only when their data is on disk (as the
-    # workflow decides at parse time), so the count follows this machine, not an assumption about it.
-    assert counts["claims_figure"] == 10 + fashion_mnist_present() + (REPO / "resources" / "ml-100k.zip").is_file()
+    paper_jobs = 3 * (3 + 1 + 3 + 1 + 2 + 1) + 3 * 7 + 2 + 3
+    beyond_the_paper = [name for name in grid.experiments if name == "robustness"]  # our own figure, if enabled
+    assert expected["run_job"] == paper_jobs + sum(len(grid.jobs(name)) for name in beyond_the_paper)
+    assert ("Real data for nonlinear" in output) is not present
     assert counts.get("all") == 1
 
 
@@ -235,15 +271,156 @@ def test_check_script_exit_code_and_message(tmp_path: Path, expected: dict) -> N
     assert "REGRESSION" in failed.stderr and "+50.0%" in failed.stderr
 
 
-def test_slurm_profile_dry_run_sends_training_to_the_gpu() -> None:
-    """profiles/slurm: training jobs get device=cuda, gpu=1 and their larger runtime/memory."""
+def test_slurm_profile_plans_cpu_jobs() -> None:
+    """profiles/slurm with the config's device (ci: cpu): no GPU asked for, the device passed on as configured
+    (auto resolves on the node that runs the job), short training jobs with their memory and a short runtime.
+    (Which rules stay local and which are grouped is checked on a real cluster: test_slurm.py.)"""
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    result = snakemake("--profile", "profiles/slurm", "-n", "-p", "-F", "fig_mc")
+    result = snakemake("--profile", "profiles/slurm", "-n", "-p", "-F", "--configfile", "config/ci.yaml")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     job_commands = [line for line in output.splitlines() if "-m cdln run-job" in line]
-    assert len(job_commands) == 3  # mc: 3 seeds, each job training both models
-    assert all(line.count("--device cuda") == 2 for line in job_commands)
+    assert job_commands and all("--device cpu" in line and "--device cuda" not in line for line in job_commands)
+    resources = [line for line in output.splitlines() if line.strip().startswith("resources:")]
+    assert not [line for line in resources if "gpu=1" in line]
+    short = [line for line in resources if "mem_mb=2000," in line and "runtime=10," in line + ","]
+    assert len(short) >= len(job_commands), resources  # every ci job is short: 10 min, 2 GB
+
+
+def test_slurm_profile_with_device_cuda_asks_for_a_gpu_per_training_job() -> None:
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    result = snakemake("--profile", "profiles/slurm", "-n", "-p", "-F", "fig_mc", "--config", "device=cuda")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    job_commands = [line for line in output.splitlines() if "-m cdln run-job" in line]
+    assert len(job_commands) == 3 and all(line.count("--device cuda") == 2 for line in job_commands)
     resources = [line for line in output.splitlines() if line.strip().startswith("resources:")]
     training = [line for line in resources if all(f in line for f in ("mem_mb=8000", "runtime=120", "gpu=1"))]
     assert len(training) == 3, resources
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing: no torch, no environment change, no dependence on the include order.
+# ---------------------------------------------------------------------------------------------------
+
+PARSE_PROBE = """
+import os, runpy, sys
+before = dict(os.environ)
+sys.argv = ["snakemake", *sys.argv[1:]]
+try:
+    runpy.run_module("snakemake", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
+print("PROBE", code, "torch" in sys.modules, changed, file=sys.stderr)
+"""
+
+
+def test_parsing_imports_no_torch_and_changes_no_environment_variable() -> None:
+    for config in ("config/ci.yaml", "config/config.yaml"):
+        result = subprocess.run(
+            [sys.executable, "-c", PARSE_PROBE, "-n", "--quiet", "rules", "--configfile", config],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        probe = next(line for line in result.stderr.splitlines() if line.startswith("PROBE"))
+        assert probe == "PROBE 0 False []", f"{config}: {probe}\n{result.stderr[-2000:]}"
+
+
+def test_shell_commands_find_the_venv_without_activation(tmp_path: Path) -> None:
+    """PATH without the venv: the jobs still run this interpreter's python3 (shell.prefix, not os.environ)."""
+    clone = pipeline_copy(tmp_path / "clone")
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    target = "results/ci/data/mc/d32_r3_p0.5_seed0.pt"
+    result = snakemake("--cores", "1", target, "--configfile", "config/ci.yaml", cwd=clone, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (clone / target).is_file()
+
+
+def dag_edges(clone: Path, *targets: str) -> list[tuple[str, str]]:
+    """Every edge of the forced DAG of ``targets`` as (producer, consumer) job labels."""
+    result = snakemake("--dag", "-F", *targets, "--configfile", "config/ci.yaml", cwd=clone)
+    assert result.returncode == 0, result.stderr[-3000:]
+    labels = dict(re.findall(r'^\s*(\d+)\[label = "([^"]*)"', result.stdout, flags=re.M))
+    edges = re.findall(r"^\s*(\d+) -> (\d+)", result.stdout, flags=re.M)
+    return sorted((labels[a], labels[b]) for a, b in edges)
+
+
+def test_targets_do_not_depend_on_the_include_order(tmp_path: Path) -> None:
+    """The rule files included in reverse order (common.smk first, as it defines the helpers): every named
+    target, and the default one, depends on the same jobs."""
+    clone = pipeline_copy(tmp_path / "clone")
+    listed = snakemake("--list-target-rules", "--configfile", "config/ci.yaml", cwd=clone)
+    targets = sorted({line.strip() for line in listed.stdout.splitlines() if re.fullmatch(r"\s*\w+", line)})
+    assert {"all", "fig_mf", "claims"} <= set(targets), listed.stdout
+    forward = dag_edges(clone, *targets)
+    snakefile = clone / "Snakefile"
+    text = snakefile.read_text()
+    includes = re.findall(r'^include: "workflow/rules/(?!common)\w+\.smk"\n', text, flags=re.M)
+    assert len(includes) >= 8
+    for line in includes:
+        text = text.replace(line, "", 1)
+    common = 'include: "workflow/rules/common.smk"\n'
+    snakefile.write_text(text.replace(common, common + "".join(reversed(includes))))
+    assert dag_edges(clone, *targets) == forward
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real data appearing and disappearing between runs (workflow/rules/common.smk: real_data_present).
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_data_that_appears_joins_and_that_disappears_keeps_its_results(tmp_path: Path) -> None:
+    """FashionMNIST (a folder the test fills or empties) behind the reduced grid's nonlinear experiment.
+    Absent: planned without its claims, and said so. Appears: its claims join on the next run. Built, then
+    removed: nothing reruns, nothing fails, its results stay in the summary and claims, and a line says so."""
+    clone = pipeline_copy(tmp_path / "clone")
+    config = with_real_data(CI, tmp_path, present=False)
+    config["experiments"]["movielens"]["synthetic"] = True  # only FashionMNIST comes and goes here
+    (clone / "real.yaml").write_text(yaml.safe_dump(config))
+    fashion = Path(config["experiments"]["nonlinear"]["data_dir"])
+    figures = claim_figures(config)
+
+    def plan(*targets: str) -> tuple[dict[str, int], str]:
+        result = snakemake("-n", "-F", "--quiet", "rules", *targets, "--configfile", "real.yaml", cwd=clone)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-3000:]
+        return job_counts(output), output
+
+    counts, output = plan()
+    assert counts["claims_figure"] == len(figures) - 1
+    assert "Real data for nonlinear: FashionMNIST directory" in output and "made without it" in output
+
+    # It appears: its claims (and the summary's rows) join the next run's DAG.
+    made = subprocess.run(
+        [sys.executable, "-m", "cdln", "fashion-mnist-synthetic", "--out", str(fashion), "--n-train", "600"]
+        + ["--n-test", "200"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    counts, output = plan()
+    assert counts["claims_figure"] == len(figures) and "Real data for nonlinear" not in output
+
+    # Built with it...
+    table = "results/ci/tables/nonlinear.md"
+    built = snakemake("--cores", "2", table, "--configfile", "real.yaml", cwd=clone, timeout=1200)
+    assert built.returncode == 0, built.stderr[-3000:]
+    stamp = (clone / table).stat().st_mtime_ns
+
+    # ...then it disappears: the built results stay wanted and up to date; nothing reruns, nothing fails.
+    for path in fashion.iterdir():
+        path.unlink()
+    counts, output = plan()
+    assert counts["claims_figure"] == len(figures)
+    assert "Keeping its results built earlier" in output
+    result = snakemake("-n", table, "--configfile", "real.yaml", cwd=clone)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stderr[-2000:]
+    assert (clone / table).stat().st_mtime_ns == stamp

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from conftest import REPO, assert_swapping_labels_flips_every_ordering, pipeline_copy
 
+from cdln.pipeline.claims import evaluate, load_claims
+
 EXPECTED = REPO / "tests" / "expected" / "ci_summary.yaml"
 
 
@@ -27,6 +29,27 @@ def snakemake_ci(clone: Path, *args: str, timeout: int) -> subprocess.CompletedP
 def check_regression(summary: Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "cdln", "check-regression", "--summary", str(summary), "--expected", str(EXPECTED)]
     return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+def assert_robustness_claims_can_fail(tables: Path, scratch: Path, panels: dict) -> None:
+    """The robustness claims of the reduced grid hold, and each fails on a perturbed copy of its table."""
+    rules = [rule for rule in load_claims(REPO / "config" / "claims.yaml") if rule.figure == "fig_robustness"]
+    options = {"panels": panels, "absolute": False, "timing": False}
+    real = evaluate(rules, "fig_robustness", tables, **options)
+    assert len(real) >= 2 and real["holds"].all(), real[["id", "measured"]]
+    frame = pd.read_csv(tables / "robustness.csv")
+    swapped = frame.assign(model=frame["model"].replace({"original": "cdln", "cdln": "original"}))
+    worse = frame.copy()
+    worse.loc[worse["model"] == "cdln", "final_error"] *= 4
+    for name, perturbed in (("swapped", swapped), ("worse", worse)):
+        (scratch / name).mkdir(parents=True)
+        perturbed.to_csv(scratch / name / "robustness.csv", index=False)
+    verdicts = {
+        name: evaluate(rules, "fig_robustness", scratch / name, **options).set_index("id")["holds"]
+        for name in ("swapped", "worse")
+    }
+    assert not verdicts["swapped"]["robustness-rhat-below-r-breaks"]
+    assert not verdicts["worse"]["robustness-noise-cdln-not-much-worse"]
 
 
 @pytest.mark.slow
@@ -61,6 +84,14 @@ def test_reduced_grid_end_to_end_and_regression(tmp_path: Path) -> None:
         root / "tables", tmp_path, panels=panels, absolute=False, timing=False
     )
     assert flipped >= 10
+
+    # Our robustness figure (the reduced sweep): its table, and the claims that apply at these sizes hold and
+    # could fail (the C-DLN's and the original's rows swapped; the C-DLN's noisy floor made 4x worse).
+    for suffix in (".png", ".pdf"):
+        assert (root / "figures" / f"fig_robustness{suffix}").stat().st_size > 1000
+    robust = pd.read_csv(root / "tables" / "robustness.csv")
+    assert robust.groupby(["factor", "value", "model"])["seed"].nunique().eq(2).all()
+    assert_robustness_claims_can_fail(root / "tables", tmp_path / "robust", panels)
 
     # The self-contained report holds every figure the grid made and the summary table.
     report_file = root / "report.html"

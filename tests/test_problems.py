@@ -227,7 +227,12 @@ def test_to_float32_keeps_mask_boolean():
         (ProblemSpec("mc", 5, 5, 1, p=1.5), r"p must be in \(0, 1\]"),
         (ProblemSpec("mc", 5, 5, 1), r"p must be in \(0, 1\]"),
         (ProblemSpec("ms", 5, 5, 1, m=0), "m must be >= 1"),
-        (ProblemSpec("mf", 5, 5, 1, spectrum="flat"), "spectrum must be one of"),
+        (ProblemSpec("mf", 5, 5, 1, spectrum="bumpy"), "spectrum must be one of"),
+        (ProblemSpec("mf", 5, 5, 2, spectrum="geometric"), "condition must be >= 1"),
+        (ProblemSpec("mf", 5, 5, 2, spectrum="geometric", condition=0.5), "condition must be >= 1"),
+        (ProblemSpec("mf", 5, 5, 2, condition=10.0), "condition applies to spectrum 'geometric' only"),
+        (ProblemSpec("mc", 5, 5, 1, p=0.5, noise=-0.1), "noise must be a finite number >= 0"),
+        (ProblemSpec("mf", 5, 5, 1, noise=0.1), r"noise applies to tasks \['mc', 'ms'\]"),
     ],
 )
 def test_spec_validation(spec, match):

@@ -161,10 +161,11 @@ def test_run_record_contents(tmp_path):
         ("mc", None, "native-dense" if native.available() else "torch"),  # p = 0.7: too dense to sample
         ("mc", "torch", "torch"),
         ("ms", None, "torch+native-one-pass" if native.available() else "torch+torch-two-pass"),
+        ("ms", "torch", "torch+torch-two-pass"),  # torch everywhere, the operator pass included
     ],
 )
 def test_record_states_the_engine_path_its_seconds_were_measured_on(tmp_path, monkeypatch, task, forced, expected):
     if forced is not None:
-        monkeypatch.setenv("CDLN_ENGINE_PATH", forced)
+        monkeypatch.setenv("CDLN_ENGINE", forced)
     record = run(RunConfig(model="cdln", depth=3, n_inner=5, max_outer=2, device="cpu", **TINY[task]))
     assert record["timing"]["engine_path"] == expected

@@ -23,12 +23,12 @@ def _pair(problem):
     ]
 
 
-# The native one-pass kernel (default where it builds), and torch's fused pass in 7-row blocks.
+# The numba one-pass kernel (the default), and torch's fused pass in 7-row blocks (CDLN_ENGINE=torch).
 @pytest.mark.parametrize("block_bytes", [None, 8 * 8 * 8 * 7])
 def test_each_network_trains_as_if_alone(block_bytes, monkeypatch):
     problem = make_problem(ProblemSpec("ms", 8, 8, 2, data_seed=0, m=200))
     if block_bytes is not None:
-        monkeypatch.setenv("CDLN_NATIVE", "0")
+        monkeypatch.setenv("CDLN_ENGINE", "torch")  # torch everywhere, the operator pass included
         monkeypatch.setattr(type(problem), "BLOCK_BYTES", block_bytes)
         assert problem.block_rows() == 7
     settings = TrainSettings(lr=5.0, n_inner=20, max_outer=15, tol=1e-7)  # members stop at 120-300

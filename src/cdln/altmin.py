@@ -64,7 +64,7 @@ def altmin(
     d_out, d_in = problem.shape
     settings.validate(d_out, d_in)
     weights = problem.mask.to(problem.target.dtype)
-    target = problem.target * weights
+    target = problem.observations * weights
     timer = SyncTimer(problem.target.device)
     rows: list[tuple[int, int, float, float, float]] = []
 

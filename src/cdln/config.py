@@ -17,7 +17,7 @@ import torch
 
 from cdln.devices import resolve_device, resolve_dtype
 from cdln.networks import MODELS, dln_param_count
-from cdln.problems import SPECTRA, TASKS, ProblemSpec
+from cdln.problems import NOISY_TASKS, SPECTRA, TASKS, ProblemSpec
 
 MEMORY_FRACTION = 0.8  # refuse problems needing more than this share of the machine's memory
 
@@ -38,6 +38,8 @@ class RunConfig:
     p: float | None = None
     m: int | None = None
     spectrum: str = "spread"
+    condition: float | None = None  # spectrum "geometric": largest / smallest singular value
+    noise: float = 0.0  # MC/MS: observation noise std relative to the clean observations' RMS
     data_seed: int = 0
     problem: str | None = None  # a problem file from `cdln make-problem`; overrides the fields above
     model: str = "original"
@@ -86,18 +88,28 @@ class RunConfig:
         d = spec.d_out if spec.d_out == spec.d_in else self.d
         return dataclasses.replace(
             self, d=d, d_out=spec.d_out, d_in=spec.d_in, r=spec.rank, p=spec.p, m=spec.m,
-            spectrum=spec.spectrum, data_seed=spec.data_seed,
+            spectrum=spec.spectrum, condition=spec.condition, noise=spec.noise, data_seed=spec.data_seed,
         )  # fmt: skip
 
     def problem_spec(self) -> ProblemSpec:
         d_out, d_in = self.shape
-        return ProblemSpec(self.task, d_out, d_in, self.r, self.data_seed, self.p, self.m, self.spectrum)
+        return ProblemSpec(
+            self.task, d_out, d_in, self.r, self.data_seed, self.p, self.m, self.spectrum, self.condition, self.noise
+        )
 
     def validate(self, check_memory: bool = True) -> None:
         """Raise :class:`ConfigError` for the first invalid option, before any work is done."""
         _choice("task", self.task, TASKS)
         _choice("model", self.model, MODELS)
         _choice("spectrum", self.spectrum, SPECTRA)
+        if self.spectrum == "geometric" and (not _is_number(self.condition) or not self.condition >= 1):
+            raise ConfigError(f"--condition must be a number >= 1 for --spectrum geometric; got {self.condition!r}")
+        if self.spectrum != "geometric" and self.condition is not None:
+            raise ConfigError(f"--condition applies to --spectrum geometric only; got --spectrum {self.spectrum}")
+        if not _is_number(self.noise) or not math.isfinite(self.noise) or self.noise < 0:
+            raise ConfigError(f"--noise must be a finite number >= 0; got {self.noise!r}")
+        if self.noise and self.task not in NOISY_TASKS:
+            raise ConfigError(f"--noise applies to tasks {list(NOISY_TASKS)} (observed data); got --task {self.task}")
         for name in ("d", "r", "n_inner", "max_outer"):
             _integer_at_least(name, getattr(self, name), 1)
         for name in ("d_out", "d_in", "width", "r_hat", "bm_rank", "m"):

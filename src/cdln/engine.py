@@ -6,19 +6,21 @@ sweep of prefix products, one problem gradient and one backward sweep, about 3(L
 products and no autograd bookkeeping; it is O(L d^3) for the original DLN and O(d^2 r_hat) for
 the C-DLN. Runs in a batch (stacked weights) share every problem pass (the MS operator once).
 
-Implementations of a step (:func:`step_path` picks one; :func:`gd_steps` runs it):
+Implementations of a step (:func:`plan_engine` picks one, with the backend, BLAS, MS operator pass and
+lockstep, under the one override ``$CDLN_ENGINE``; :func:`gd_steps` runs it):
 
 - ``torch`` (any device, every problem): every product and the MF/MC loss gradient are written into
   preallocated buffers (:class:`Workspace`), the update is one fused ``_foreach_addcmul_`` call,
   ``n_inner`` steps run per Python call, CPU batches step in cache-sized chunks (:func:`chunk_size`).
-- ``native-dense`` / ``native-sampled`` (CPU, MF/MC, float32/64, when :mod:`cdln.native` can build its
-  C kernels): ``n_inner`` whole steps per call in compiled code, no per-step Python or allocation, the
-  layer updates fused into the BLAS products. ``native-sampled`` (MC) forms only the observed entries
-  of the end-to-end product (the loss gradient is zero elsewhere) and does the gradient's products
-  sparse-dense, O(n_observed k + d k^2) per step instead of O(d^2 k) (k = the last layer's input
-  width); it is chosen when the observed fraction is below :func:`sampled_max_density`.
-- ``cuda-graph`` (CUDA): the torch path's ``n_inner`` steps captured once into a CUDA graph
-  (:class:`CapturedSteps`, kept in the :class:`Workspace`) and replayed with one launch per call.
+- ``native-dense`` / ``native-sampled`` (CPU, MF/MC, float32/64; :mod:`cdln.native`, compiled by numba,
+  no system compiler): ``n_inner`` whole steps per call in compiled code, no per-step Python or
+  allocation, the products by ``np.dot`` into preallocated buffers (scipy's BLAS). ``native-sampled``
+  (MC) forms only the observed entries of the end-to-end product (the loss gradient is zero elsewhere)
+  and does the gradient's products sparse-dense, O(n_observed k + d k^2) per step instead of O(d^2 k)
+  (k = the last layer's input width); it is chosen when the observed fraction is below :func:`sampled_max_density`.
+- ``cuda-graph`` (CUDA, opt-in with ``CDLN_ENGINE=cuda-graph`` until it has run on a GPU): the torch
+  path's ``n_inner`` steps captured once into a CUDA graph (:class:`CapturedSteps`, kept in the
+  :class:`Workspace`) and replayed with one launch per call.
 
 :func:`train_many` steps networks of different shapes in lockstep on one problem, sharing each pass over
 the MS operator.
@@ -33,10 +35,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +48,7 @@ from torch import Tensor
 
 from cdln import native
 from cdln.devices import SyncTimer, synchronize
+from cdln.native import check_shapes
 from cdln.networks import LinearNetwork, product
 from cdln.problems import Completion, Factorization, Problem, Sensing
 
@@ -89,7 +93,8 @@ class TrainResult:
     seconds: float
     warmup_seconds: float
     snapshots: list[dict[str, np.ndarray]] = field(default_factory=list)
-    engine_path: str = "torch"  # what the seconds were measured on: see :func:`engine_label`
+    engine_path: str = "torch"  # what the seconds were measured on: :attr:`EnginePlan.label`
+    engine_plan: dict[str, Any] = field(default_factory=dict)  # the whole plan: :meth:`EnginePlan.record`
 
 
 class Workspace:
@@ -201,60 +206,129 @@ def chunk_size(weights: list[Tensor], problem: Problem) -> int:
 # Native MC steps: the sampled one costs ~c_s n_observed k, the dense one ~c_d d_out d_in k (k = the last
 # layer's input width), so the sampled step pays below an observed fraction c_d / c_s. Its pass over the
 # observed entries is load-bound and slower per FLOP than a dense GEMM, the more so when a row of width k
-# no longer fits in vector registers (k > 32 float64) and when the [P^T | U^T] panel (2 d_in k numbers)
-# outgrows the cache (CACHE_BYTES). `cdln bench --sections sampled` prints the crossovers (sampled/dense
-# = 1). Measured on one core (L = 3, 512 KiB L2, 2026-12-01): k = 20: p ~ 0.73-0.80 at d = 400, above
-# 0.5 at d = 100; k = 100: p ~ 0.41 at d = 100, 0.31-0.34 at d = 200-400; k = d = 200: 0.34; k = d =
-# 400: 0.30-0.31. The thresholds sit below them, except k = 100 at d >= 300 (sampled up to ~10% slower
-# for p in 0.31-0.35). The pipeline's MC runs (p = 0.3, d = 100) sample: 0.60 (C-DLN) and 0.85
-# (original) of the dense step's time.
+# no longer fits in registers (k > cdln.native.REGISTER_MAX: 104 with AVX-512's 32 vector registers, else
+# 32; wider rows go in register blocks, cdln.native.WIDE_BLOCK) and when
+# the P^T/U^T panels (2 d_in k numbers) outgrow the cache (CACHE_BYTES). `cdln bench --sections sampled`
+# prints the crossovers (sampled/dense = 1). Measured with the former C kernels on one core (L = 3,
+# 512 KiB L2, 2026-12-01): k = 20: p ~ 0.73-0.80 at d = 400, above 0.5 at d = 100; k = 100: p ~ 0.41 at
+# d = 100, 0.31-0.34 at d = 200-400; k = d = 200: 0.34; k = d = 400: 0.30-0.31. The numba kernels that
+# replaced them match their sampled and dense steps on the mc setting to within ~10% (docs/performance.md),
+# so the thresholds stay. The pipeline's MC runs (p = 0.3, d = 100) sample: measured (numba, one pinned core,
+# 2026-12-02) 0.60 (C-DLN) and 0.87 (original) of the dense step's time.
 SAMPLED_MAX_DENSITY = {"registers": 0.6, "cache": 0.35, "memory": 0.2}
 
 
 def sampled_max_density(weights: list[Tensor]) -> float:
     """Observed fraction below which the sampled MC step is the cheaper one (see SAMPLED_MAX_DENSITY)."""
     k, d_in, itemsize = weights[-1].shape[-1], weights[0].shape[-1], weights[0].element_size()
-    if k * itemsize <= 256:  # 8 AVX2 registers hold the row
+    # 32: the widths the thresholds were measured with (any CPU holds such a row in registers; with AVX-512
+    # rows up to cdln.native.REGISTER_MAX are too, so the thresholds above err on the dense side there).
+    if k <= 32:
         return SAMPLED_MAX_DENSITY["registers"]
     return SAMPLED_MAX_DENSITY["cache" if 2 * d_in * k * itemsize <= CACHE_BYTES else "memory"]
 
 
 PATHS = ("torch", "native-dense", "native-sampled", "cuda-graph")
-# Force a path (tests, benchmarks): None = :func:`step_path` decides; also ``$CDLN_ENGINE_PATH``.
-PATH_OVERRIDE: str | None = None
+
+
+@functools.cache
+def _torch_blas() -> str:
+    """The BLAS torch was built with, as ``torch.__config__.show()`` names it (MKL in the PyPI wheels)."""
+    match = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return f"torch {torch.__version__} ({match.group(1) if match else 'unknown BLAS'})"
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """How the engine steps one network on one problem, chosen by :func:`plan_engine` (the run record
+    stores :meth:`record`): the step ``path`` (one of :data:`PATHS`), its ``backend`` and ``blas``, for MS
+    how the loss gradient reads the operator (``operator_pass``), whether the networks step in
+    ``lockstep`` (:func:`train_many`), and the ``override`` (``$CDLN_ENGINE``) it was chosen under."""
+
+    path: str
+    backend: str
+    blas: str
+    operator_pass: str | None = None
+    lockstep: bool = False
+    override: str = "auto"
+
+    @property
+    def label(self) -> str:
+        """The record's ``engine_path``: the path (``lockstep`` in :func:`train_many`), for MS ``+`` the
+        operator pass, e.g. ``lockstep+native-one-pass``."""
+        path = "lockstep" if self.lockstep else self.path
+        return f"{path}+{self.operator_pass}" if self.operator_pass else path
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "label": self.label,
+            "backend": self.backend,
+            "blas": self.blas,
+            "operator_pass": self.operator_pass,
+            "lockstep": self.lockstep,
+            "override": self.override,
+        }
+
+
+def plan_engine(weights: list[Tensor], problem: Problem, lockstep: bool = False) -> EnginePlan:
+    """The one place the engine's plan is chosen: step path, backend, BLAS, operator pass, lockstep.
+
+    ``$CDLN_ENGINE`` (:func:`cdln.native.engine_override`) overrides it: ``torch`` is torch everywhere,
+    ``numba`` / ``native-dense`` / ``native-sampled`` need the compiled kernels (an error where they
+    cannot run), ``cuda-graph`` is opt-in (CUDA only). Under ``auto``, CPU MF/MC steps run compiled
+    (``native-sampled`` below :func:`sampled_max_density`, else ``native-dense``), everything else on
+    torch; MS's operator pass is compiled on the CPU. The choice depends on shapes, density, dtype and
+    device only, never on the batch size. ``lockstep``: the networks of :func:`train_many` (MS), whose
+    step is torch's with one shared operator pass.
+    """
+    override = native.engine_override()
+    path = "torch" if lockstep else _choose_path(weights, problem, override)
+    operator_pass = problem.operator_pass(weights[0].dtype) if isinstance(problem, Sensing) else None
+    compiled = path.startswith("native") or operator_pass == "native-one-pass"
+    if path.startswith("native"):
+        backend = native.backend()
+    elif compiled:
+        backend = f"torch {torch.__version__} + {native.backend()} (operator pass)"
+    else:
+        backend = f"torch {torch.__version__}"
+    blas = _torch_blas()
+    if compiled:
+        info = native.blas_info()
+        numba_blas = f"{info['name']} {info['version']} (via scipy {info.get('scipy', '?')})"
+        blas = numba_blas if path.startswith("native") else f"{blas}; operator pass: {numba_blas}"
+    return EnginePlan(path, backend, blas, operator_pass, lockstep, override)
 
 
 def step_path(weights: list[Tensor], problem: Problem) -> str:
-    """The implementation :func:`gd_steps` uses for these weights on ``problem`` (see the module docstring).
+    """The step path :func:`plan_engine` picks for these weights on ``problem``."""
+    return _choose_path(weights, problem, native.engine_override())
 
-    ``cuda-graph`` is the torch path captured into a CUDA graph (CUDA tensors; ``CDLN_CUDA_GRAPHS=0``
-    turns it off). ``native-*`` needs a CPU, an MF or MC problem, float32/64 contiguous weights and built
-    native kernels;
-    ``native-sampled`` also MC, depth >= 2 and an observed fraction below :func:`sampled_max_density`.
-    The choice depends on shapes, density, dtype and device only, never on the batch size.
-    """
-    forced = PATH_OVERRIDE or os.environ.get("CDLN_ENGINE_PATH") or None
-    if forced is not None and forced not in PATHS:
-        raise ValueError(f"engine path must be one of {list(PATHS)}; got {forced!r}")
-    if forced == "torch":
+
+def _choose_path(weights: list[Tensor], problem: Problem, override: str) -> str:
+    forced = None if override in ("auto", "numba") else override
+    if override == "torch":
         return "torch"
     if weights[0].device.type == "cuda" or forced == "cuda-graph":
         if weights[0].device.type != "cuda":
-            raise ValueError("engine path 'cuda-graph' needs CUDA tensors")
-        if forced not in (None, "cuda-graph"):
-            raise ValueError(f"engine path {forced!r} is not available on CUDA (CPU kernels)")
-        return "cuda-graph" if cuda_graphs_enabled() else "torch"
+            raise ValueError("CDLN_ENGINE=cuda-graph needs CUDA tensors")
+        if override not in ("auto", "cuda-graph"):
+            raise ValueError(f"CDLN_ENGINE={override} is not available on CUDA (CPU kernels)")
+        return "cuda-graph" if override == "cuda-graph" else "torch"
     tensors = problem.tensors().values()
     same = all(t.device == weights[0].device and t.dtype in (weights[0].dtype, torch.bool) for t in tensors)
     if not isinstance(problem, Factorization | Completion) or not same or not native.supports(weights):
-        if forced is not None:
+        if override == "numba" and isinstance(problem, Sensing) and native.available(weights[0].dtype):
+            return "torch"  # MS: torch's step, the compiled operator pass
+        if override != "auto":
             reason = native.why_unavailable(weights[0].dtype) or "needs CPU, MF/MC, contiguous float32/64 weights"
-            raise ValueError(f"engine path {forced!r} is not available here: {reason}")
+            raise ValueError(f"CDLN_ENGINE={override} is not available here: {reason}")
         return "torch"
+    check_shapes(weights, *problem.shape)
     can_sample = isinstance(problem, Completion) and len(weights) >= 2
     if forced is not None:
         if forced == "native-sampled" and not can_sample:
-            raise ValueError("engine path 'native-sampled' needs an MC problem and depth >= 2")
+            raise ValueError("CDLN_ENGINE=native-sampled needs an MC problem and depth >= 2")
         return forced
     if can_sample and problem.n_observed < sampled_max_density(weights) * problem.mask.numel():
         return "native-sampled"
@@ -271,17 +345,12 @@ def _native_steps(
             return plan
     if isinstance(problem, Completion):
         csr = problem.observed_entries() if path == "native-sampled" else None
-        plan = native.NativeSteps(weights, problem.target, problem._observed, 0.0, csr)
+        plan = native.NativeSteps(weights, problem.observations, problem._observed, 0.0, csr)
     else:
-        plan = native.NativeSteps(weights, problem.target, None, problem._scale)
+        plan = native.NativeSteps(weights, problem.observations, None, problem._scale)
     if workspace is not None and workspace.fits(weights):
         workspace.native_plan = (problem, path, plan)
     return plan
-
-
-def cuda_graphs_enabled() -> bool:
-    """Whether CUDA runs use the captured loop (``CDLN_CUDA_GRAPHS`` is not ``0``)."""
-    return os.environ.get("CDLN_CUDA_GRAPHS", "1") != "0"
 
 
 def _capture(run: Callable[[], None], device: torch.device) -> Callable[[], None]:
@@ -355,21 +424,17 @@ def _captured_steps(
     return captured
 
 
-def engine_label(path: str, problem: Problem, dtype: torch.dtype) -> str:
-    """The step path a run's seconds were measured on, as its record states it: :func:`step_path`'s
-    choice (or ``lockstep``, :func:`train_many`), and for MS ``+`` how the loss gradient reads the operator
-    (:meth:`~cdln.problems.Sensing.operator_pass`), e.g. ``torch+native-one-pass``."""
-    if isinstance(problem, Sensing):
-        return f"{path}+{problem.operator_pass(dtype)}"
-    return path
-
-
 def prepare_steps(
-    weights: list[Tensor], neg_steps: list[Tensor], problem: Problem, n_steps: int, workspace: Workspace
+    weights: list[Tensor],
+    neg_steps: list[Tensor],
+    problem: Problem,
+    n_steps: int,
+    workspace: Workspace,
+    path: str | None = None,
 ) -> str:
     """Build what :func:`gd_steps` will need for these arguments (the CUDA graph, the native plan and its
     kernels) without stepping, so that a timed run excludes it; returns the path."""
-    path = step_path(weights, problem)
+    path = path or step_path(weights, problem)
     if path == "cuda-graph":
         _captured_steps(weights, neg_steps, problem, n_steps, workspace)
     elif path != "torch":
@@ -409,6 +474,40 @@ def gd_steps(
             torch._foreach_addcmul_(part, layer_gradients(part, problem, buffers), steps)
 
 
+def record_checkpoint(
+    iteration: int,
+    live: list[int],
+    losses: list[float],
+    errors: list[float],
+    seconds: float,
+    settings: TrainSettings,
+    rows: list[tuple[int, int, float, float, float]],
+    stops: tuple[list[int], list[float], list[bool]],
+) -> list[int]:
+    """A checkpoint of the ``live`` members (shared by :func:`train` and :func:`train_many`): appends their
+    curve rows, raises :class:`DivergenceError` on a non-finite loss, marks members below ``settings.tol``
+    or at the last iteration as stopped in ``stops`` (stop iteration, stop seconds, converged), and returns
+    the positions in ``live`` of the members that keep training."""
+    stop_iteration, stop_seconds, converged = stops
+    keep = []
+    for k, member in enumerate(live):
+        if not math.isfinite(losses[k]):
+            raise DivergenceError(iteration, member, settings.lr)
+        rows.append((member, iteration, seconds, losses[k], errors[k]))
+        if losses[k] < settings.tol or iteration == settings.max_iterations:
+            converged[member] = losses[k] < settings.tol
+            stop_iteration[member], stop_seconds[member] = iteration, seconds
+        else:
+            keep.append(k)
+    return keep
+
+
+def drop_members(work: list[Tensor], live: list[int], keep: list[int]) -> tuple[list[Tensor], list[int]]:
+    """The stacked weights and member ids of the ``keep`` positions (after :func:`record_checkpoint`)."""
+    index = torch.tensor(keep, dtype=torch.long, device=work[0].device)
+    return [w.index_select(0, index) for w in work], [live[k] for k in keep]
+
+
 def train(
     network: LinearNetwork,
     problem: Problem,
@@ -441,12 +540,13 @@ def train(
             for full, part in zip(network.weights, work, strict=True):
                 full.index_copy_(0, index, part)
 
+    plan = plan_engine(work, problem)
     warmup = SyncTimer(device)
     warmup.start()
-    gd_steps([w.clone() for w in work], neg_steps(), problem, 1)
+    gd_steps([w.clone() for w in work], neg_steps(), problem, 1, path=plan.path)
     workspace = Workspace(work)
     steps = neg_steps()
-    path = prepare_steps(work, steps, problem, settings.n_inner, workspace)  # CUDA graph capture, native plan
+    prepare_steps(work, steps, problem, settings.n_inner, workspace, plan.path)  # CUDA graph capture, native plan
     warmup_seconds = warmup.elapsed
 
     rows: list[tuple[int, int, float, float, float]] = []
@@ -462,22 +562,11 @@ def train(
         losses = problem.train_loss(end_to_end).tolist()
         errors = problem.recovery_error(end_to_end).tolist()
         seconds = timer.elapsed
-        keep = []
-        for k, member in enumerate(live):
-            if not math.isfinite(losses[k]):
-                raise DivergenceError(iteration, member, settings.lr)
-            rows.append((member, iteration, seconds, losses[k], errors[k]))
-            if losses[k] < settings.tol or iteration == settings.max_iterations:
-                converged[member] = losses[k] < settings.tol
-                stop_iteration[member], stop_seconds[member] = iteration, seconds
-            else:
-                keep.append(k)
-        n_live = len(live)
-        if len(keep) < n_live:
+        stops = (stop_iteration, stop_seconds, converged)
+        keep = record_checkpoint(iteration, live, losses, errors, seconds, settings, rows, stops)
+        if len(keep) < len(live):
             write_back()
-            index = torch.tensor(keep, dtype=torch.long, device=device)
-            work = [w.index_select(0, index) for w in work]
-            live = [live[k] for k in keep]
+            work, live = drop_members(work, live, keep)
             if live:
                 workspace, steps = Workspace(work), neg_steps()
         if snapshot is not None:
@@ -496,13 +585,15 @@ def train(
     for outer in range(1, settings.max_outer + 1):
         if not live:
             break
-        gd_steps(work, steps, problem, settings.n_inner, workspace)
+        gd_steps(work, steps, problem, settings.n_inner, workspace, plan.path)
         checkpoint(outer * settings.n_inner)
     timer.pause()
     write_back()
     curves = pd.DataFrame(rows, columns=["member", "iteration", "seconds", "train_loss", "recovery_error"])
-    label = engine_label(path, problem, work[0].dtype)
-    return TrainResult(curves, stop_iteration, stop_seconds, converged, timer.elapsed, warmup_seconds, snapshots, label)
+    return TrainResult(
+        curves, stop_iteration, stop_seconds, converged, timer.elapsed, warmup_seconds, snapshots, plan.label,
+        plan.record(),
+    )  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -528,6 +619,41 @@ class _Lockstep:
             index = torch.tensor(self.live, dtype=torch.long, device=self.work[0].device)
             for full, part in zip(self.network.weights, self.work, strict=True):
                 full.index_copy_(0, index, part)
+
+
+def lockstep_step(
+    problem: Problem,
+    works: list[list[Tensor]],
+    workspaces: list[Workspace],
+    neg_steps: list[list[Tensor]],
+    shared: Tensor,
+    clock: Callable[[], float] | None = None,
+    own: Callable[[int, float], None] | None = None,
+    together: Callable[[float], None] | None = None,
+) -> None:
+    """One GD step of several networks on one problem sharing a single loss-gradient call (one pass over
+    the MS operator): each network's end-to-end matrix goes into its rows of ``shared`` (sum of the batch
+    sizes, d_out, d_in), then each network steps with its rows of the gradient. :func:`train_many`'s step;
+    ``clock``/``own(k, start)``/``together(start)`` let it time each network's own work and the shared pass."""
+    tick = clock or (lambda: 0.0)
+    offset, slices = 0, []
+    for k, (work, workspace) in enumerate(zip(works, workspaces, strict=True)):
+        start = tick()
+        batch = work[0].shape[0]
+        shared[offset : offset + batch].copy_(forward_products(work, workspace))
+        slices.append(slice(offset, offset + batch))
+        offset += batch
+        if own is not None:
+            own(k, start)
+    start = tick()
+    grad = problem.loss_grad(shared[:offset])
+    if together is not None:
+        together(start)
+    for k, (work, workspace, steps, part) in enumerate(zip(works, workspaces, neg_steps, slices, strict=True)):
+        start = tick()
+        torch._foreach_addcmul_(work, backward_products(work, grad[part], workspace), steps)
+        if own is not None:
+            own(k, start)
 
 
 def train_many(
@@ -558,6 +684,7 @@ def train_many(
     if not isinstance(problem, Sensing):
         return [train(network, problem, settings, progress=progress) for network in networks]
     device = networks[0].weights[0].device
+    plan = plan_engine(networks[0].weights, problem, lockstep=True)
     states = [
         _Lockstep(k, net, list(range(net.batch)), net.weights, [], Workspace(net.weights))
         for k, net in enumerate(networks)
@@ -575,22 +702,13 @@ def train_many(
             s.seconds += seconds * len(s.live) / members
 
     def step(active: list[_Lockstep], works: list[list[Tensor]], buffers: list[Workspace], shared: Tensor) -> None:
-        offset = 0
-        slices = []
-        for state, work, workspace in zip(active, works, buffers, strict=True):
-            start = clock()
-            batch = work[0].shape[0]
-            shared[offset : offset + batch].copy_(forward_products(work, workspace))
-            slices.append(slice(offset, offset + batch))
-            offset += batch
-            state.seconds += clock() - start
-        start = clock()
-        grad = problem.loss_grad(shared)
-        share(clock() - start, active)
-        for state, work, workspace, part in zip(active, works, buffers, slices, strict=True):
-            start = clock()
-            torch._foreach_addcmul_(work, backward_products(work, grad[part], workspace), state.steps)
-            state.seconds += clock() - start
+        def own(k: int, start: float) -> None:
+            active[k].seconds += clock() - start
+
+        def together(start: float) -> None:
+            share(clock() - start, active)
+
+        lockstep_step(problem, works, buffers, [s.steps for s in active], shared, clock, own, together)
 
     def stacked(active: list[_Lockstep]) -> Tensor:
         d_out, d_in = problem.shape
@@ -627,22 +745,12 @@ def train_many(
             start = clock()
             mine, offset = losses[offset : offset + len(state.live)], offset + len(state.live)
             errors = problem.recovery_error(end).tolist()
-            stop_iteration, stop_seconds, converged = stops[state.index]
-            keep = []
-            for k, member in enumerate(state.live):
-                if not math.isfinite(mine[k]):
-                    raise DivergenceError(iteration, member, settings.lr)
-                state.rows.append((member, iteration, state.seconds, mine[k], errors[k]))
-                if mine[k] < settings.tol or iteration == settings.max_iterations:
-                    converged[member] = mine[k] < settings.tol
-                    stop_iteration[member], stop_seconds[member] = iteration, state.seconds
-                else:
-                    keep.append(k)
+            keep = record_checkpoint(
+                iteration, state.live, mine, errors, state.seconds, settings, state.rows, stops[state.index]
+            )
             if len(keep) < len(state.live):
                 state.write_back()
-                index = torch.tensor(keep, dtype=torch.long, device=device)
-                state.work = [w.index_select(0, index) for w in state.work]
-                state.live = [state.live[k] for k in keep]
+                state.work, state.live = drop_members(state.work, state.live, keep)
                 if state.live:
                     state.workspace, state.steps = Workspace(state.work), state.neg_steps(settings.lr)
             state.seconds += clock() - start
@@ -679,6 +787,7 @@ def train_many(
             converged,
             state.seconds,
             state.warmup_seconds,
-            engine_path=engine_label("lockstep", problem, state.work[0].dtype),
+            engine_path=plan.label,
+            engine_plan=plan.record(),
         )
     return [r for r in results if r is not None]

@@ -1,272 +1,549 @@
-"""Compiled CPU inner loop of the GD engine for MF and MC (``gd_kernels.c``), built at first use.
+"""Compiled CPU inner loop of the GD engine for MF and MC, and the MS operator pass, by numba.
 
 On one CPU core a small step (d = 100) is bound by per-call overhead and by the GEMM library, not by
-arithmetic: each torch call costs 2-6 us from Python, and torch's MKL runs a 100 x 100 x 100 float64
-product at ~31 GFLOP/s on this project's AMD machine where the OpenBLAS that numpy ships runs it at
-~37. The C kernels run ``n_steps`` whole GD steps per call (one ctypes call per checkpoint), fuse the
-loss gradient into one pass and the layer updates into the BLAS products (beta = 1), and call the
-OpenBLAS bundled with numpy when there is one (the faster of the two here at these sizes), else the MKL
-inside torch. For MC they also offer the
-sampled step (only the observed entries of the end-to-end product; see the C source).
+arithmetic: each torch call costs 2-6 us from Python. These kernels run ``n_steps`` whole GD steps per
+call (one call per checkpoint) as plain loops that numba compiles (``numba.njit(cache=True)``: built once
+per machine and CPU into numba's cache, no system compiler needed; x86, ARM, macOS, Windows). Their
+matrix products are ``np.dot(..., out=)``, which numba hands to the BLAS that scipy ships
+(:func:`blas_info` says which). For MC they also offer the sampled step (only the observed entries of the
+end-to-end product), and for MS the loss gradient in one pass over the operator.
 
-The source is compiled once per machine with the system C compiler (``$CC``, else ``cc``/``gcc``/
-``clang``; -O3 -march=native) into ``$CDLN_CACHE_DIR`` (default ``~/.cache/cdln``), keyed by a hash of
-source, flags, compiler and CPU, written atomically (parallel jobs may race safely). Without a
-compiler or a BLAS the engine keeps its torch path: :func:`available` says which, :func:`why_unavailable`
-says why. ``CDLN_NATIVE=0`` switches the native path off; ``CDLN_NATIVE_BLAS=openblas|mkl`` picks the BLAS;
-``CDLN_NATIVE_FLAGS`` replaces ``-march=native`` (e.g. ``CDLN_NATIVE_FLAGS=""`` builds the portable kernels).
+Every matrix is row-major; layer l of batch member b is ``weights[l][b]`` (the (B, n_out, n_in) stacking
+of :mod:`cdln.networks`). Members are stepped one after another, each through all ``n_steps`` steps (its
+working set stays in cache), with the same arithmetic whatever the batch: a member trains bitwise the same
+in a batch as alone.
+
+A step: prefixes P_l = W_l ... W_0, the loss gradient G = dLoss/dE of the end-to-end matrix E = P_{L-1},
+then for l = L-1 .. 1: U_{l-1} = W_l^T U_l (U_{L-1} = G) and W_l += s_l U_l P_{l-1}^T, finally
+W_0 += s_0 U_0, where s_l = -lr * scale_l of the member. Updating W_l in place is safe: later products
+use only W_{l-1} .. W_0 and the prefixes.
+
+- dense: G = (E - target) * obs (MC: obs = mask / n_observed) or (E - target) * scale (MF).
+- sampled (MC, depth >= 2): the loss gradient is zero off the observed set, so only the observed entries
+  of E = W_{L-1} P_{L-2} are formed, and G's products with P_{L-2}^T and W_{L-1}^T are sparse-dense; all
+  three in one pass over the observed entries (CSR), O(nnz k) with k = dims[L-1] instead of the dense
+  O(d_out d_in k); the rest of the step is dense. P_{L-2}^T comes from one product and U = (U^T)^T is
+  read in place. The pass is generated Python, compiled like the rest: for k <= :data:`REGISTER_MAX` (32,
+  or 104 with AVX-512's 32 vector registers: the original DLN's k = 100) one function per width with the row
+  and its accumulator in scalars that LLVM's SLP vectoriser packs into vector registers
+  (:func:`_vectorising`); wider rows go in register blocks of :data:`WIDE_BLOCK` columns, two sweeps (dot
+  products, then updates), as the former C kernels did. Measured against them: docs/performance.md.
+- MS: :func:`sensing_grad`, ``A^T (A w - y)`` in one pass over the operator, networks in pairs.
+
+Rounding: the paths sum in different orders (and BLAS and LLVM may fuse multiply-adds and reassociate
+sums: ``fastmath`` contract/reassoc), so they agree with each other and with the torch path to rounding,
+not bitwise (tests/test_native.py). Which instructions run depends on the CPU numba compiles for; a
+member's arithmetic never depends on its batch.
+
+Every entry point checks the shapes it is given and raises ``ValueError`` on a mismatch before any
+compiled code runs (the kernels index without bounds checks).
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from cdln.io import atomic_write
+try:
+    import numba
+    from numba import njit
 
-SOURCE = Path(__file__).with_name("gd_kernels.c")
-SUFFIX = {torch.float64: "d", torch.float32: "s"}
-C_TYPE = {torch.float64: "double", torch.float32: "float"}
-CTYPE = {torch.float64: ctypes.c_double, torch.float32: ctypes.c_float}
-FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
-NATIVE_FLAGS = ["-march=native"]
-i64 = ctypes.c_int64
+    _IMPORT_ERROR: str | None = None
+except ImportError as error:  # pragma: no cover - numba is a dependency; this keeps the torch path usable
+    numba = None
+    _IMPORT_ERROR = f"numba is not importable ({error}); pip install numba"
+
+    def njit(*args, **kwargs):  # type: ignore[no-redef]
+        return (lambda fn: fn) if not args or not callable(args[0]) else args[0]
+
+
+DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+# Fused multiply-adds and reassociated sums (vectorised reductions); never changes what is computed,
+# only the rounding (as the C kernels' FMA did).
+FAST = {"contract", "reassoc", "nsz", "arcp"}
 _errors: dict[str, str] = {}
 
 
-def enabled() -> bool:
-    """Whether the native path may be used (``CDLN_NATIVE`` is not ``0``)."""
-    return os.environ.get("CDLN_NATIVE", "1") != "0"
-
-
-def cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$CDLN_CACHE_DIR``, else ``$XDG_CACHE_HOME/cdln``, else ``~/.cache/cdln``."""
-    if "CDLN_CACHE_DIR" in os.environ:
-        return Path(os.environ["CDLN_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cdln"
-
-
-def _compiler() -> str | None:
-    for name in filter(None, [os.environ.get("CC"), "cc", "gcc", "clang"]):
-        if shutil.which(name):
-            return name
-    return None
-
-
-def _cpu_signature() -> str:
-    """What ``-march=native`` depends on (Linux: the CPU model and flags)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            lines = [line for line in cpuinfo if line.startswith(("model name", "flags"))][:2]
-        return "".join(lines)
-    except OSError:
-        return platform.processor() + platform.machine()
-
-
-def _build(dtype: torch.dtype) -> Path:
-    """Compile the kernels for ``dtype`` (or reuse the cached build); raises ``RuntimeError`` on failure."""
-    compiler = _compiler()
-    if compiler is None:
-        raise RuntimeError("no C compiler found (set $CC, or install gcc or clang)")
-    defines = [f"-DREAL={C_TYPE[dtype]}", f"-DSFX={SUFFIX[dtype]}", f"-DREAL_IS_FLOAT={int(dtype == torch.float32)}"]
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    source = SOURCE.read_bytes()
-    errors = []
-    first = os.environ["CDLN_NATIVE_FLAGS"].split() if "CDLN_NATIVE_FLAGS" in os.environ else NATIVE_FLAGS
-    for extra in dict.fromkeys([tuple(first), ()]):
-        flags = [*FLAGS, *extra, *defines]
-        key = hashlib.sha256(
-            b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_signature().encode()])
-        )
-        name = f"gd_kernels_{SUFFIX[dtype]}_{key.hexdigest()[:16]}.so"
-        for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"cdln-{getattr(os, 'getuid', lambda: 0)()}"):
-            target = folder / name
-            if target.is_file():
-                return target
-
-            def compile_to(tmp: Path, flags: list[str] = flags) -> None:
-                result = subprocess.run([compiler, *flags, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
-                if result.returncode != 0:
-                    raise _CompileError(f"{compiler} {' '.join(flags)}: {result.stderr.strip()[-500:]}")
-
-            try:
-                return atomic_write(target, compile_to)  # parallel jobs may race: one rename wins, both valid
-            except _CompileError as error:
-                errors.append(str(error))
-                break  # same flags fail in any folder; try without -march=native
-            except OSError as error:
-                errors.append(f"{folder}: {error}")
-    raise RuntimeError("could not compile the native GD kernels: " + "; ".join(errors))
-
-
-class _CompileError(RuntimeError):
-    """The compiler rejected the kernels with these flags."""
-
-
-@dataclass(frozen=True)
-class Blas:
-    """A ``?gemm`` entry point: function address, calling convention (0: CBLAS ILP64, 1: CBLAS LP64,
-    2: Fortran LP64) and an optional thread-count setter (OpenBLAS's; MKL follows torch's threads)."""
-
-    name: str
-    address: int
-    kind: int
-    set_threads: Callable[[int], int] | None = None
-
-
-def _openblas(dtype: torch.dtype) -> Blas | None:
-    """The OpenBLAS bundled with numpy's wheel (numpy.libs / .dylibs), if any."""
-    try:
-        import numpy
-    except ImportError:
-        return None
-    base = Path(numpy.__file__).parent
-    letter = SUFFIX[dtype]
-    libs = sorted([*base.parent.glob("numpy.libs/*openblas*"), *(base / ".dylibs").glob("*openblas*")])
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError:
-            continue
-        for symbol, kind in (
-            (f"scipy_cblas_{letter}gemm64_", 0),
-            (f"cblas_{letter}gemm64_", 0),
-            (f"cblas_{letter}gemm", 1),
-        ):
-            if hasattr(lib, symbol):
-                address = ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value
-                return Blas(f"openblas ({path.name}:{symbol})", address, kind, _thread_setter(lib))
-    return None
-
-
-def _thread_setter(lib: ctypes.CDLL) -> Callable[[int], int] | None:
-    """``set(n) -> previous`` for OpenBLAS's thread count: the calling thread's own setting where the build
-    has ``openblas_set_num_threads_local``, else the global one (restored after each kernel call)."""
-    local = getattr(lib, "openblas_set_num_threads_local", None)
-    if local is not None:
-        local.argtypes, local.restype = [ctypes.c_int], ctypes.c_int
-        return local
-    for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
-        setter = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-        getter = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-        if setter is not None and getter is not None:
-            setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
-
-            def set_threads(n: int, setter=setter, getter=getter) -> int:
-                previous = getter()
-                setter(n)
-                return previous
-
-            return set_threads
-    return None
-
-
-def _mkl(dtype: torch.dtype) -> Blas | None:
-    """The Fortran ``?gemm_`` that torch's CPU library exports (MKL in the PyPI wheels), if any."""
-    path = Path(torch.__file__).parent / "lib"
-    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
-        try:
-            lib = ctypes.CDLL(str(path / name))
-        except OSError:
-            continue
-        symbol = f"{SUFFIX[dtype]}gemm_"
-        if hasattr(lib, symbol):
-            return Blas(f"torch ({name}:{symbol})", ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value, 2)
-    return None
+def backend() -> str:
+    """``numba <version>``, or why the compiled kernels cannot run."""
+    return f"numba {numba.__version__}" if numba is not None else "unavailable"
 
 
 @functools.cache
-def blas(dtype: torch.dtype, choice: str | None = None) -> Blas | None:
-    """The BLAS the kernels call for ``dtype``: ``choice`` (or ``$CDLN_NATIVE_BLAS``) ``openblas`` or
-    ``mkl``; default the first found of OpenBLAS (numpy's), MKL (torch's)."""
-    choice = choice or os.environ.get("CDLN_NATIVE_BLAS", "auto")
-    finders = {"openblas": [_openblas], "mkl": [_mkl], "auto": [_openblas, _mkl]}[choice]
-    for finder in finders:
-        found = finder(dtype)
-        if found is not None:
-            return found
-    return None
+def blas_info() -> dict[str, str]:
+    """The BLAS the kernels' products call: numba routes ``np.dot`` to scipy's (``scipy.linalg.cython_blas``);
+    name, version and configuration as ``scipy.show_config`` reports them."""
+    try:
+        import scipy
 
-
-@functools.cache
-def _library(dtype: torch.dtype) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(_build(dtype)))
-    s = SUFFIX[dtype]
-    real_p, ptr = ctypes.POINTER(CTYPE[dtype]), ctypes.c_void_p
-    dims_p = ctypes.POINTER(i64)
-    getattr(lib, f"cdln_{s}_work_size").argtypes = [ctypes.c_int, dims_p, ctypes.c_int, i64]
-    getattr(lib, f"cdln_{s}_work_size").restype = i64
-    dense = getattr(lib, f"cdln_{s}_dense_steps")
-    dense.argtypes = [ctypes.c_int, dims_p, i64, ctypes.POINTER(ptr), real_p, ptr, ptr, CTYPE[dtype], ptr, i64, ptr]
-    dense.argtypes += [ctypes.c_int]
-    sampled = getattr(lib, f"cdln_{s}_sampled_steps")
-    sampled.argtypes = [ctypes.c_int, dims_p, i64, ctypes.POINTER(ptr), real_p, ptr, ptr, ptr, ptr, ptr, i64, ptr]
-    sampled.argtypes += [ctypes.c_int]
-    sensing = getattr(lib, f"cdln_{s}_sensing_grad")
-    sensing.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64]
-    for fn in (dense, sampled, sensing):
-        fn.restype = ctypes.c_int
-    return lib
-
-
-def sensing_grad(operator: Tensor, measurements: Tensor, flat: Tensor, out: Tensor) -> Tensor:
-    """MS loss gradient ``out[b] = A^T (A flat[b] - y)`` in one pass over the operator ``A`` (m, n)
-    (``gd_kernels.c``: ``sensing_grad``); ``flat`` and ``out`` are (B, n), all CPU, contiguous, one float
-    dtype. A network's result does not depend on the batch (each one's sums run in one order)."""
-    dtype = operator.dtype
-    tensors = (operator, measurements, flat, out)
-    if any(t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
-        raise ValueError("sensing_grad needs CPU tensors of one dtype, contiguous")
-    (m, n), batch = operator.shape, flat.shape[0]
-    scratch = torch.empty(4 * batch, dtype=dtype)
-    fn = getattr(_library(dtype), f"cdln_{SUFFIX[dtype]}_sensing_grad")
-    pointers = [t.data_ptr() for t in (operator, measurements, flat, out, scratch)]
-    if fn(*pointers, m, n, batch) != 0:
-        raise RuntimeError("native sensing_grad failed")
-    return out
+        blas = scipy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return {
+            "library": "scipy",
+            "scipy": scipy.__version__,
+            "name": str(blas.get("name", "unknown")),
+            "version": str(blas.get("version", "unknown")),
+            "configuration": str(blas.get("openblas configuration", "")).strip(),
+        }
+    except Exception as error:  # scipy missing or a build without show_config dicts
+        return {"library": "scipy", "name": "unknown", "version": "unknown", "configuration": str(error)}
 
 
 def why_unavailable(dtype: torch.dtype = torch.float64) -> str | None:
-    """``None`` when the native kernels can run for ``dtype``, else the reason they cannot."""
-    if dtype not in SUFFIX:
-        return f"no native kernels for {dtype}"
-    if not enabled():
-        return "switched off by CDLN_NATIVE=0"
-    if blas(dtype) is None:
-        return "no BLAS found (neither numpy's OpenBLAS nor torch's MKL exports ?gemm)"
+    """``None`` when the compiled kernels can run for ``dtype``, else the reason they cannot."""
+    if dtype not in DTYPES:
+        return f"no compiled kernels for {dtype}"
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
     key = str(dtype)
     if key not in _errors:
         try:
-            _library(dtype)
+            import scipy.linalg.cython_blas  # noqa: F401  (numba's np.dot needs scipy's BLAS)
+
             _errors[key] = ""
-        except (RuntimeError, OSError) as error:
-            _errors[key] = str(error)
+        except ImportError as error:
+            _errors[key] = f"scipy's BLAS is not importable ({error}); pip install scipy"
     return _errors[key] or None
 
 
 def available(dtype: torch.dtype = torch.float64) -> bool:
-    """Whether :class:`NativeSteps` can run for ``dtype`` (compiles the kernels on first call)."""
+    """Whether :class:`NativeSteps` and :func:`sensing_grad` can run for ``dtype``."""
     return why_unavailable(dtype) is None
 
 
-def supports(weights: list[Tensor]) -> bool:
+def supports(weights: Sequence[Tensor]) -> bool:
     """Whether the weights suit the kernels: CPU, float32/64, one dtype, contiguous, no autograd."""
     dtype = weights[0].dtype
     return all(
         w.device.type == "cpu" and w.dtype == dtype and w.is_contiguous() and not w.requires_grad for w in weights
     ) and available(dtype)
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True, fastmath=FAST)
+def _axpy_rows(w, s, u):  # w += s u (same shape, C-contiguous 2-D)
+    rows, cols = w.shape
+    for i in range(rows):
+        for j in range(cols):
+            w[i, j] += s * u[i, j]
+
+
+@njit(cache=True, fastmath=FAST)
+def _backward(weights, prefixes, b, top, u, steps, batch, up0, up1, tmp):
+    """The backward sweep from upstream ``u`` = U_top ((dims[top+1], d_in), C-contiguous): updates
+    W_top .. W_0 of member b."""
+    d_in = weights[0].shape[2]
+    for layer in range(top, 0, -1):
+        w = weights[layer][b]
+        n_out, n_in = w.shape
+        flat = up0 if layer % 2 == 0 else up1
+        nxt = flat[: n_in * d_in].reshape((n_in, d_in))
+        np.dot(w.T, u, nxt)  # W_l^T U_l with the old W_l
+        prev = weights[0][b] if layer == 1 else prefixes[layer - 1]
+        grad = tmp[: n_out * n_in].reshape((n_out, n_in))
+        np.dot(u, prev.T, grad)  # U_l P_{l-1}^T
+        _axpy_rows(w, steps[layer * batch + b], grad)
+        u = nxt
+    _axpy_rows(weights[0][b], steps[b], u)
+
+
+@njit(cache=True)
+def _forward(weights, prefixes, b, upto):
+    for layer in range(1, upto + 1):
+        prev = weights[0][b] if layer == 1 else prefixes[layer - 1]
+        np.dot(weights[layer][b], prev, prefixes[layer])
+
+
+@njit(cache=True, fastmath=FAST)
+def _dense_steps(weights, prefixes, steps, target, obs, scale, has_obs, n_steps, up0, up1, tmp):
+    depth = len(weights)
+    batch = weights[0].shape[0]
+    d_out, d_in = target.shape
+    for b in range(batch):
+        for _ in range(n_steps):
+            _forward(weights, prefixes, b, depth - 1)
+            if depth > 1:
+                g = prefixes[depth - 1]  # G overwrites E
+                e = g
+            else:
+                e = weights[0][b]
+                g = tmp[d_out * d_in : 2 * d_out * d_in].reshape((d_out, d_in))
+            if has_obs:
+                for i in range(d_out):
+                    for j in range(d_in):
+                        g[i, j] = (e[i, j] - target[i, j]) * obs[i, j]
+            else:
+                for i in range(d_out):
+                    for j in range(d_in):
+                        g[i, j] = (e[i, j] - target[i, j]) * scale
+            _backward(weights, prefixes, b, depth - 1, g, steps, batch, up0, up1, tmp)
+
+
+def _register_pass_source(width: int) -> str:
+    """The pass over the observed entries for rows of width ``width`` (<= REGISTER_MAX): row i of W_{L-1} (``top``,
+    (d_out, k)) at a time, e = W[i] . P^T[j], g = (e - target) * obs, acc += g P^T[j], U^T[j] += g W[i]
+    (old row), then W[i] += s acc; ``pt`` and ``ut`` (d_in, k) are P^T and U^T. Written out: the row and
+    its accumulator are scalars (registers), and LLVM's SLP vectoriser packs the lanes into vector operations
+    (:func:`_vectorising`; the dot product as one reassociated sum measured 1.3x faster than four
+    interleaved ones)."""
+    lanes = range(width)
+    lines = [
+        f"def _observed_pass_{width}(top, row_ptr, cols, target, obs, pt, ut, s_top):",
+        "    d_out = top.shape[0]",
+        "    zero = top[0, 0] * 0",
+        "    for i in range(d_out):",
+        "        w = top[i]",
+        *(f"        w{a} = w[{a}]\n        c{a} = zero" for a in lanes),
+        "        for q in range(row_ptr[i], row_ptr[i + 1]):",
+        "            p = pt[cols[q]]",
+        "            u = ut[cols[q]]",
+        "            e = " + " + ".join(f"w{a} * p[{a}]" for a in lanes),
+        "            g = (e - target[q]) * obs[q]",
+        *(f"            c{a} += g * p[{a}]" for a in lanes),
+        *(f"            u[{a}] += g * w{a}" for a in lanes),
+        *(f"        w[{a}] = w{a} + s_top * c{a}" for a in lanes),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _wide_pass_source(block: int) -> str:
+    """The pass for rows wider than :data:`REGISTER_MAX` (the original DLN's, k = d, without AVX-512): the P^T/U^T
+    panels in blocks of
+    ``block`` columns ((n_blocks, d_in, block), padding zero), blocks outermost, each sweeping all rows with
+    that block of the row in registers, so one slice of the panels is hot at a time; first the dot
+    products (into ``e``), then, with g known, the accumulations, U^T updates and the row's step."""
+    lanes = range(block)
+    load = [f"            w{a} = w[off + {a}] if off + {a} < k else zero" for a in lanes]
+    return (
+        "\n".join(
+            [
+                f"def _observed_pass_wide_{block}(top, row_ptr, cols, target, obs, ptb, utb, s_top, e):",
+                "    d_out, k = top.shape",
+                "    zero = top[0, 0] * 0",
+                "    for q in range(cols.shape[0]):",
+                "        e[q] = zero",
+                "    for blk in range(ptb.shape[0]):",
+                f"        off = blk * {block}",
+                "        pb = ptb[blk]",
+                "        for i in range(d_out):",
+                "            w = top[i]",
+                *load,
+                "            for q in range(row_ptr[i], row_ptr[i + 1]):",
+                "                p = pb[cols[q]]",
+                "                e[q] += " + " + ".join(f"w{a} * p[{a}]" for a in lanes),
+                "    for q in range(cols.shape[0]):",
+                "        e[q] = (e[q] - target[q]) * obs[q]",
+                "    for blk in range(ptb.shape[0]):",
+                f"        off = blk * {block}",
+                "        pb = ptb[blk]",
+                "        ub = utb[blk]",
+                "        for i in range(d_out):",
+                "            w = top[i]",
+                *load,
+                *(f"            c{a} = zero" for a in lanes),
+                "            for q in range(row_ptr[i], row_ptr[i + 1]):",
+                "                p = pb[cols[q]]",
+                "                u = ub[cols[q]]",
+                "                g = e[q]",
+                *(f"                c{a} += g * p[{a}]" for a in lanes),
+                *(f"                u[{a}] += g * w{a}" for a in lanes),
+                *(f"            if off + {a} < k:\n                w[off + {a}] = w{a} + s_top * c{a}" for a in lanes),
+            ]
+        )
+        + "\n"
+    )
+
+
+def _blocked_source(block: int) -> str:
+    """The pass for rows wider than :data:`REGISTER_MAX` around :func:`_wide_pass_source`: ``pt`` copied into
+    register blocks of ``block`` columns, the blocked pass, its U^T blocks copied back into ``ut`` (both (d_in,
+    k))."""
+    return f"""
+def _observed_pass_blocked_{block}(top, row_ptr, cols, target, obs, pt, ut, s_top):
+    d_in, k = pt.shape
+    n_blocks = (k + {block} - 1) // {block}
+    zero = pt[0, 0] * 0
+    ptb = np.empty((n_blocks, d_in, {block}), dtype=pt.dtype)
+    utb = np.empty((n_blocks, d_in, {block}), dtype=pt.dtype)
+    e = np.empty(cols.shape[0], dtype=pt.dtype)
+    for blk in range(n_blocks):
+        off = blk * {block}
+        valid = min({block}, k - off)
+        for j in range(d_in):
+            for a in range(valid):
+                ptb[blk, j, a] = pt[j, off + a]
+            for a in range(valid, {block}):
+                ptb[blk, j, a] = zero
+            for a in range({block}):
+                utb[blk, j, a] = zero
+    _observed_pass_wide_{block}(top, row_ptr, cols, target, obs, ptb, utb, s_top, e)
+    for blk in range(n_blocks):
+        off = blk * {block}
+        valid = min({block}, k - off)
+        for j in range(d_in):
+            for a in range(valid):
+                ut[j, off + a] = utb[blk, j, a]
+"""
+
+
+def _sampled_source(name: str, observed_pass: str) -> str:
+    """The sampled GD steps around ``observed_pass`` (one function per pass, so each compiles on its own).
+    P^T is formed by one product (P_{L-2}^T = P_{L-3}^T W_{L-2}^T) and U = (U^T)^T is read in place."""
+    return f"""
+def {name}(weights, prefixes, steps, row_ptr, cols, target, obs, n_steps, up0, up1, tmp, pt, ut):
+    depth = len(weights)
+    batch = weights[0].shape[0]
+    d_in, k = pt.shape
+    zero = pt[0, 0] * 0
+    for b in range(batch):
+        s_top = steps[(depth - 1) * batch + b]
+        for _ in range(n_steps):
+            if depth == 2:
+                w0 = weights[0][b]
+                for j in range(d_in):
+                    for a in range(k):
+                        pt[j, a] = w0[a, j]
+            else:
+                _forward(weights, prefixes, b, depth - 3)
+                below = weights[0][b] if depth == 3 else prefixes[depth - 3]
+                np.dot(below.T, weights[depth - 2][b].T, pt)  # P_{{L-2}}^T
+            for j in range(d_in):
+                for a in range(k):
+                    ut[j, a] = zero
+            {observed_pass}(weights[depth - 1][b], row_ptr, cols, target, obs, pt, ut, s_top)
+            if depth == 2:
+                w0 = weights[0][b]
+                s0 = steps[b]
+                for a in range(k):
+                    for j in range(d_in):
+                        w0[a, j] += s0 * ut[j, a]
+            else:  # the backward sweep's first layer with U = ut^T, then the rest
+                layer = depth - 2
+                w = weights[layer][b]
+                n_out, n_in = w.shape
+                flat = up0 if layer % 2 == 0 else up1
+                nxt = flat[: n_in * d_in].reshape((n_in, d_in))
+                np.dot(w.T, ut.T, nxt)
+                prev = weights[0][b] if layer == 1 else prefixes[layer - 1]
+                grad = tmp[: n_out * n_in].reshape((n_out, n_in))
+                np.dot(ut.T, prev.T, grad)
+                _axpy_rows(w, steps[layer * batch + b], grad)
+                _backward(weights, prefixes, b, layer - 1, nxt, steps, batch, up0, up1, tmp)
+"""
+
+
+# Row widths with a pass of their own (rows in registers), compiled on first use; wider rows go in register
+# blocks (:func:`_wide_kernel`), or, up to :data:`REGISTER_MAX` (AVX-512), in registers too (:func:`_sampled_kernel`).
+REGISTER_WIDTHS = range(1, 33)
+_SAMPLED: dict[int, object] = {}
+
+
+def _wide_block() -> int:
+    """Columns per register block of the wide-row pass: 64 where the CPU has 32 vector registers of 512 bits
+    (AVX-512: 64 float64 lanes of the row and 64 of its accumulator fit), else 32 (AVX2, NEON)."""
+    if numba is None:
+        return 32
+    import llvmlite.binding as llvm
+
+    return 64 if "+avx512f" in llvm.get_host_cpu_features().flatten().split(",") else 32
+
+
+WIDE_BLOCK = _wide_block()
+# Widest row held whole in registers: with 32 vector registers of 512 bits (AVX-512), a row of up to 104 float64
+# and its accumulator take 26 of them, and the one-sweep register pass beats the blocked one. Measured (sampled
+# step, d = 100, p = 0.3, L = 3, one pinned core, AMD EPYC, 2026-12-02): register/blocked time 0.63 at k = 33,
+# 0.84-0.89 at 50-64, 0.80 at k = 100 (the original DLN: the whole mc run now matches the former C kernels,
+# docs/performance.md), 0.85 at 104, 0.84 at 112, 1.07 at 128. Elsewhere (16 registers) 32.
+REGISTER_MAX = 104 if WIDE_BLOCK == 64 else 32
+
+
+def _define(source: str) -> None:
+    """Compile ``source`` into this module's namespace, attributed to this file (so numba can cache it)."""
+    exec(compile(source, __file__, "exec"), globals())  # noqa: S102 - our own generated kernels
+
+
+if numba is not None:
+    for _width in REGISTER_WIDTHS:
+        _define(_register_pass_source(_width))
+        _define(_sampled_source(f"_sampled_steps_{_width}", f"_observed_pass_{_width}"))
+        globals()[f"_observed_pass_{_width}"] = njit(cache=True, fastmath=FAST)(globals()[f"_observed_pass_{_width}"])
+        _SAMPLED[_width] = globals()[f"_sampled_steps_{_width}"] = njit(cache=True, fastmath=FAST)(
+            globals()[f"_sampled_steps_{_width}"]
+        )
+
+
+def _sampled_kernel(k: int):
+    """The sampled steps for rows of width k: in registers up to :data:`REGISTER_MAX` (widths above 32 defined
+    on first use), else in register blocks (:func:`_wide_kernel`)."""
+    if k in _SAMPLED:
+        return _SAMPLED[k]
+    if k > REGISTER_MAX:
+        return _wide_kernel(k)
+    _define(_register_pass_source(k))
+    _define(_sampled_source(f"_sampled_steps_{k}", f"_observed_pass_{k}"))
+    globals()[f"_observed_pass_{k}"] = njit(cache=True, fastmath=FAST)(globals()[f"_observed_pass_{k}"])
+    _SAMPLED[k] = globals()[f"_sampled_steps_{k}"] = njit(cache=True, fastmath=FAST)(globals()[f"_sampled_steps_{k}"])
+    return _SAMPLED[k]
+
+
+def _wide_kernel(k: int):
+    """The sampled steps for rows of width k > :data:`REGISTER_MAX`, in register blocks of :data:`WIDE_BLOCK`
+    columns (the last one padded; measured: k = 100 in two blocks of 64 ran 1.2x faster than in two of 56);
+    defined on first use."""
+    block = WIDE_BLOCK
+    if block not in _WIDE:
+        for source in (_wide_pass_source(block), _blocked_source(block)):
+            _define(source)
+        for name in (f"_observed_pass_wide_{block}", f"_observed_pass_blocked_{block}"):
+            globals()[name] = njit(cache=True, fastmath=FAST)(globals()[name])
+        name = f"_sampled_steps_wide_{block}"
+        _define(_sampled_source(name, f"_observed_pass_blocked_{block}"))
+        _WIDE[block] = globals()[name] = njit(cache=True, fastmath=FAST)(globals()[name])
+    return _WIDE[block]
+
+
+_WIDE: dict[int, object] = {}
+
+
+@contextlib.contextmanager
+def _vectorising() -> Iterator[None]:
+    """Compile with LLVM's SLP vectoriser on (numba leaves it off by default since numba#8705; the
+    register passes need it, and tests/test_native.py checks every kernel against the torch path). Only
+    the kernels compiled inside this block are affected; cached builds are just loaded."""
+    config = numba.core.config
+    saved = config.SLP_VECTORIZE
+    config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        config.SLP_VECTORIZE = saved
+
+
+def _pair_dots_source() -> str:
+    """``_pair_dots(x0..x3, w0, w1)``: the 8 dot products <x_r, w_b> (r-major), each as 4 interleaved partial
+    sums in a fixed order (lane l takes j = l mod 4, then ((l0 + l1) + (l2 + l3))): no reassociation is
+    needed for the SLP vectoriser to pack the 32 sums into vector registers, and a sum's order does not
+    depend on which network it is or what it is paired with."""
+    pairs = [(r, b) for r in range(4) for b in range(2)]
+    lines = ["def _pair_dots(x0, x1, x2, x3, w0, w1):", "    n = x0.shape[0]", "    zero = x0[0] * 0"]
+    lines += [f"    s{r}{b}_{lane} = zero" for r, b in pairs for lane in range(4)]
+    lines += ["    j = 0", "    while j + 4 <= n:"]
+    lines += [f"        s{r}{b}_{lane} += x{r}[j + {lane}] * w{b}[j + {lane}]" for r, b in pairs for lane in range(4)]
+    lines += ["        j += 4", "    while j < n:"]
+    lines += [f"        s{r}{b}_0 += x{r}[j] * w{b}[j]" for r, b in pairs]
+    lines += ["        j += 1"]
+    lines += ["    return (" + ", ".join(f"(s{r}{b}_0 + s{r}{b}_1) + (s{r}{b}_2 + s{r}{b}_3)" for r, b in pairs) + ")"]
+    return "\n".join(lines) + "\n"
+
+
+if numba is not None:
+    _define(_pair_dots_source())
+    _pair_dots = njit(cache=True, fastmath={"contract"})(_pair_dots)  # noqa: F821
+
+
+@njit(cache=True, fastmath={"contract"})
+def _sensing_grad(a, y, w, g):
+    """g[b] = A^T (A w[b] - y), four rows of A at a time (read from memory once for the dot products, then
+    from cache for the updates), networks two at a time. Each (row, network) sum runs in j order (no
+    reassociation: the pass is bound by reading A, not by these FMAs), so a network's gradient is bitwise
+    the same whatever the batch and its place in it."""
+    m, n = a.shape
+    batch = w.shape[0]
+    g[:] = 0.0
+    scratch = np.zeros(n, dtype=g.dtype)
+    i = 0
+    while i < m:
+        rows = min(4, m - i)
+        b = 0
+        while b < batch:
+            if rows == 4:
+                # a pair of networks; an odd last one goes with itself (its twin's gradient into scratch)
+                w0, w1 = w[b], w[b + 1] if b + 1 < batch else w[b]
+                g0, g1 = g[b], g[b + 1] if b + 1 < batch else scratch
+                x0, x1, x2, x3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+                sums = _pair_dots(x0, x1, x2, x3, w0, w1)
+                r00, r10, r20, r30 = sums[0] - y[i], sums[2] - y[i + 1], sums[4] - y[i + 2], sums[6] - y[i + 3]
+                r01, r11, r21, r31 = sums[1] - y[i], sums[3] - y[i + 1], sums[5] - y[i + 2], sums[7] - y[i + 3]
+                for j in range(n):
+                    g0[j] += r00 * x0[j] + r10 * x1[j] + r20 * x2[j] + r30 * x3[j]
+                    g1[j] += r01 * x0[j] + r11 * x1[j] + r21 * x2[j] + r31 * x3[j]
+                b += 2
+            else:  # the last rows, one at a time
+                for q in range(i, i + rows):
+                    x = a[q]
+                    w0, g0 = w[b], g[b]
+                    s = 0.0
+                    for j in range(n):
+                        s += x[j] * w0[j]
+                    r = s - y[q]
+                    for j in range(n):
+                        g0[j] += r * x[j]
+                b += 1
+        i += rows
+
+
+@njit(cache=True)
+def gemm_loop(a, b, out, calls):
+    """``calls`` products ``out = a @ b`` by ``np.dot`` (the benchmark's numba GEMM rate)."""
+    for _ in range(calls):
+        np.dot(a, b, out)
+
+
+# ------------------------------------------------------------------------------------------------ API
+
+
+def _array(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def sensing_grad(operator: Tensor, measurements: Tensor, flat: Tensor, out: Tensor) -> Tensor:
+    """MS loss gradient ``out[b] = A^T (A flat[b] - y)`` in one pass over the operator ``A`` (m, n);
+    ``flat`` and ``out`` are (B, n), all CPU, contiguous, one float dtype. A network's result does not
+    depend on the batch (each one's sums run in one order)."""
+    dtype = operator.dtype
+    tensors = (operator, measurements, flat, out)
+    if any(t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+        raise ValueError("sensing_grad needs CPU tensors of one dtype, contiguous")
+    if dtype not in DTYPES:
+        raise ValueError(f"sensing_grad: no compiled kernel for {dtype}")
+    (m, n), batch = operator.shape, flat.shape[0]
+    if (
+        operator.dim() != 2
+        or tuple(measurements.shape) != (m,)
+        or tuple(flat.shape) != (batch, n)
+        or tuple(out.shape) != (batch, n)
+        or batch < 1
+    ):
+        shapes = (
+            f"A {tuple(operator.shape)}, y {tuple(measurements.shape)}, w {tuple(flat.shape)}, out {tuple(out.shape)}"
+        )
+        raise ValueError(f"sensing_grad: shapes do not fit ({shapes}); want A (m, n), y (m,), w and out (B >= 1, n)")
+    with _vectorising():
+        _sensing_grad(_array(operator), _array(measurements), _array(flat), _array(out))
+    return out
+
+
+def check_shapes(weights: Sequence[Tensor], d_out: int, d_in: int) -> None:
+    """Raise ``ValueError`` unless the weights chain into a (d_out, d_in) end-to-end matrix: layer l is
+    (B, n_{l+1}, n_l), one B, n_0 = d_in, n_L = d_out."""
+    shapes = [tuple(w.shape) for w in weights]
+    problem = f"weights {shapes} do not chain into the problem's ({d_out}, {d_in}) end-to-end matrix"
+    if not shapes or any(len(s) != 3 for s in shapes):
+        raise ValueError(f"{problem}: want (B, n_out, n_in) layers")
+    batch = shapes[0][0]
+    if any(s[0] != batch for s in shapes) or batch < 1:
+        raise ValueError(f"{problem}: batch sizes differ")
+    if shapes[0][2] != d_in or shapes[-1][1] != d_out:
+        raise ValueError(problem)
+    for below, above in zip(shapes, shapes[1:], strict=False):
+        if above[2] != below[1]:
+            raise ValueError(f"{problem}: layer of shape {above} cannot follow {below}")
 
 
 class NativeSteps:
@@ -275,7 +552,8 @@ class NativeSteps:
     Dense step: G = (E - target) * obs (MC: ``obs`` = mask / n_observed) or (E - target) * scale (``obs``
     None, MF). ``csr`` (MC, depth >= 2: :meth:`~cdln.problems.Completion.observed_entries`) selects the
     sampled step instead. The problem's tensors must be on the CPU in the weights' dtype.
-    ``run(weights, neg_steps, n)`` takes n steps in place.
+    ``run(weights, neg_steps, n)`` takes n steps in place. Shapes are checked here and on every call:
+    weights that do not chain into the target's shape raise ``ValueError``.
     """
 
     def __init__(
@@ -287,25 +565,38 @@ class NativeSteps:
         csr: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     ) -> None:
         self.dtype = dtype = weights[0].dtype
-        self.lib = _library(dtype)
-        self.blas = blas(dtype)
-        self.depth = len(weights)
-        dims = [weights[0].shape[-1]] + [w.shape[-2] for w in weights]
+        reason = why_unavailable(dtype)
+        if reason is not None:
+            raise RuntimeError(f"the compiled kernels cannot run: {reason}")
+        d_out, d_in = target.shape
+        check_shapes(weights, d_out, d_in)
+        if obs is not None and tuple(obs.shape) != (d_out, d_in):
+            raise ValueError(f"loss weights of shape {tuple(obs.shape)} do not fit the target's {(d_out, d_in)}")
+        self.depth = depth = len(weights)
         self.shapes = [tuple(w.shape) for w in weights]
-        self.dims = (i64 * len(dims))(*dims)
         self.sampled = csr is not None
-        s = SUFFIX[dtype]
-        nnz = int(csr[0][-1]) if self.sampled else 0
-        size = getattr(self.lib, f"cdln_{s}_work_size")(self.depth, self.dims, int(self.sampled), nnz)
-        self.work = torch.empty(int(size), dtype=dtype)
-        self.scale = scale
-        self._keep = [t.contiguous() for t in ([target] if obs is None else [target, obs])]
+        if self.sampled and depth < 2:
+            raise ValueError("the sampled step needs depth >= 2")
+        np_dtype = DTYPES[dtype]
+        dims = [d_in] + [w.shape[-2] for w in weights]
+        widest = max(dims[1:depth], default=1)
+        self.up = (np.empty(widest * d_in, np_dtype), np.empty(widest * d_in, np_dtype))
+        self.tmp = np.empty(max(max(dims[n + 1] * dims[n] for n in range(depth)), 2 * d_out * d_in), np_dtype)
+        # prefixes[l] (l >= 1): W_l ... W_0, (dims[l+1], d_in); prefixes[0] is never read (W_0 itself)
+        self.prefixes = tuple(np.empty((dims[n + 1] if n else 1, d_in), np_dtype) for n in range(depth))
+        self.target = _array(target.contiguous())
+        self.obs = _array(obs.contiguous()) if obs is not None else np.zeros((1, 1), np_dtype)
+        self.scale = float(scale)
         if self.sampled:
-            row_ptr, cols, target_obs, obs_values = csr
-            self._keep = [row_ptr.contiguous(), cols.contiguous(), target_obs.contiguous(), obs_values.contiguous()]
-            self._fn = getattr(self.lib, f"cdln_{s}_sampled_steps")
-        else:
-            self._fn = getattr(self.lib, f"cdln_{s}_dense_steps")
+            row_ptr, cols, target_obs, obs_values = (_array(t.contiguous()) for t in csr)
+            if row_ptr.shape != (d_out + 1,) or cols.shape != target_obs.shape or cols.shape != obs_values.shape:
+                raise ValueError("observed entries (CSR) do not fit the target's shape")
+            if len(cols) and (int(cols.min()) < 0 or int(cols.max()) >= d_in or int(row_ptr[-1]) != len(cols)):
+                raise ValueError("observed entries (CSR) index outside the target")
+            self.csr = (row_ptr.astype(np.int64), cols.astype(np.int64), target_obs, obs_values)
+            k = dims[depth - 1]
+            self.kernel = _sampled_kernel(k)
+            self.panels = (np.zeros((d_in, k), np_dtype), np.zeros((d_in, k), np_dtype))
         self.batch = weights[0].shape[0]
 
     def fits(self, weights: list[Tensor]) -> bool:
@@ -314,23 +605,41 @@ class NativeSteps:
     def run(self, weights: list[Tensor], neg_steps: list[Tensor], n_steps: int) -> None:
         if not self.fits(weights) or not supports(weights):
             raise ValueError("NativeSteps.run: weights do not match the shapes/dtype this plan was built for")
+        batch = weights[0].shape[0]
         steps = torch.cat([s.reshape(-1) for s in neg_steps]).to(self.dtype).contiguous()
-        pointers = (ctypes.c_void_p * self.depth)(*[w.data_ptr() for w in weights])
-        steps_p = ctypes.cast(steps.data_ptr(), ctypes.POINTER(CTYPE[self.dtype]))
-        data = [t.data_ptr() for t in self._keep]
+        if steps.numel() != self.depth * batch:
+            raise ValueError(f"NativeSteps.run: want {self.depth} step sizes per member, got {steps.numel()}")
+        arrays = tuple(_array(w) for w in weights)
         if self.sampled:
-            args = [*data, self.work.data_ptr()]
+            row_ptr, cols, target_obs, obs_values = self.csr
+            with _vectorising():
+                self.kernel(
+                    arrays, self.prefixes, _array(steps), row_ptr, cols, target_obs, obs_values, int(n_steps),
+                    *self.up, self.tmp, *self.panels,
+                )  # fmt: skip
         else:
-            args = [data[0], data[1] if len(data) > 1 else None, self.scale, self.work.data_ptr()]
-        previous = None
-        if self.blas.set_threads is not None:
-            previous = self.blas.set_threads(torch.get_num_threads())
-        try:
-            code = self._fn(
-                self.depth, self.dims, self.batch, pointers, steps_p, *args, n_steps, self.blas.address, self.blas.kind
-            )
-        finally:
-            if previous is not None and previous > 0:
-                self.blas.set_threads(previous)
-        if code != 0:
-            raise RuntimeError(f"native GD kernel failed (code {code})")
+            has_obs = self.obs.shape == self.target.shape
+            with _vectorising():
+                _dense_steps(
+                    arrays, self.prefixes, _array(steps), self.target, self.obs, self.scale, has_obs, int(n_steps),
+                    *self.up, self.tmp,
+                )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ override
+
+ENGINES = ("auto", "torch", "numba", "native-dense", "native-sampled", "cuda-graph")
+
+
+def engine_override() -> str:
+    """The engine the user asked for: ``$CDLN_ENGINE`` (default ``auto``), the one switch of the engine plan
+    (:func:`cdln.engine.plan_engine`). ``torch``: torch everywhere (MS's operator pass included); ``numba``:
+    the compiled kernels wherever they apply (an error where they cannot run); ``native-dense`` /
+    ``native-sampled``: that MF/MC step; ``cuda-graph``: the torch step captured into a CUDA graph (opt-in:
+    it has not yet run on a GPU); ``auto``: the plan's own choice."""
+    import os
+
+    choice = os.environ.get("CDLN_ENGINE", "").strip() or "auto"
+    if choice not in ENGINES:
+        raise ValueError(f"CDLN_ENGINE must be one of {list(ENGINES)}; got {choice!r}")
+    return choice

@@ -8,6 +8,13 @@ replication spec, section 2:
 - MF: loss = 1/2 mean over all entries of (W - M*)^2; recovery error = the same.
 - MC: loss = 1/2 sum over observed (W - M*)^2 / n_observed; recovery = same on unobserved entries.
 - MS: loss = 1/2 sum_i (<A_i, W> - y_i)^2 with A_i iid N(0, 1/m^2); recovery = ||W - M*||_F/||M*||_F.
+
+Beyond the paper (the robustness figure): ``noise`` adds Gaussian noise to MC's observed entries or to
+MS's measurements (standard deviation ``noise`` x the RMS of the clean observations); the loss fits the
+noisy data and the recovery error is still measured against the clean target. ``spectrum`` sets the
+target's singular values: the authors' ``spread`` (and ``top``), ``flat`` (all equal) or ``geometric``
+decay with condition number ``condition``; the reshaped spectra keep the spread target's singular
+vectors and its Frobenius norm, so errors stay comparable across shapes.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from cdln import native, seeding
 
 Task = Literal["mf", "mc", "ms"]
 TASKS: tuple[str, ...] = ("mf", "mc", "ms")
-SPECTRA: tuple[str, ...] = ("spread", "top")
+SPECTRA: tuple[str, ...] = ("spread", "top", "flat", "geometric")
+NOISY_TASKS: tuple[str, ...] = ("mc", "ms")
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,8 @@ class ProblemSpec:
     p: float | None = None  # MC: fraction of observed entries
     m: int | None = None  # MS: number of measurements
     spectrum: str = "spread"
+    condition: float | None = None  # spectrum "geometric": largest / smallest singular value, >= 1
+    noise: float = 0.0  # MC/MS: noise std relative to the RMS of the clean observations, >= 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field and its valid range."""
@@ -51,6 +61,14 @@ class ProblemSpec:
             raise ValueError(f"r must be in [1, min(d_out, d_in)] = [1, {min(self.d_out, self.d_in)}]; got {self.rank}")
         if self.spectrum not in SPECTRA:
             raise ValueError(f"spectrum must be one of {list(SPECTRA)}; got {self.spectrum!r}")
+        if self.spectrum == "geometric" and (self.condition is None or not self.condition >= 1):
+            raise ValueError(f"condition must be >= 1 for spectrum 'geometric'; got {self.condition}")
+        if self.spectrum != "geometric" and self.condition is not None:
+            raise ValueError(f"condition applies to spectrum 'geometric' only; got it with {self.spectrum!r}")
+        if not self.noise >= 0 or not math.isfinite(self.noise):
+            raise ValueError(f"noise must be a finite number >= 0; got {self.noise}")
+        if self.noise and self.task not in NOISY_TASKS:
+            raise ValueError(f"noise applies to tasks {list(NOISY_TASKS)} (observed data); got task {self.task!r}")
         if self.task == "mc" and (self.p is None or not 0.0 < self.p <= 1.0):
             raise ValueError(f"p must be in (0, 1] for task 'mc'; got {self.p}")
         if self.task == "ms" and (self.m is None or self.m < 1):
@@ -64,20 +82,31 @@ class ProblemSpec:
 
 
 def low_rank_target(
-    d_out: int, d_in: int, rank: int, generator: torch.Generator, spectrum: str = "spread"
+    d_out: int,
+    d_in: int,
+    rank: int,
+    generator: torch.Generator,
+    spectrum: str = "spread",
+    condition: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Rank-``rank`` target from the SVD of a standard-normal ``d_out x d_in`` matrix.
 
     ``spectrum="spread"`` (the authors' generator) keeps the singular triplets at indices
-    ``0, n/(2r), 2n/(2r), ...`` (n = min(d_out, d_in)); ``"top"`` keeps the top ``rank``.
+    ``0, n/(2r), 2n/(2r), ...`` (n = min(d_out, d_in)); ``"top"`` keeps the top ``rank``. ``"flat"``
+    and ``"geometric"`` keep the spread triplets' vectors and Frobenius norm but set the singular values
+    all equal, or to ``condition^(-i/(r-1))`` (i = 0..r-1) times a common scale.
     Returns ``(M, U, S, V)`` with ``M = U diag(S) V^T`` of shape (d_out, d_in), U (d_out, r),
     S (r,) descending, V (d_in, r). Computed in float64 on the CPU.
     """
     gaussian = torch.randn(d_out, d_in, generator=generator, dtype=torch.float64)
     u, s, vh = torch.linalg.svd(gaussian, full_matrices=False)
-    step = max(1, min(d_out, d_in) // (2 * rank)) if spectrum == "spread" else 1
+    step = 1 if spectrum == "top" else max(1, min(d_out, d_in) // (2 * rank))
     idx = torch.arange(rank) * step
     u_r, s_r, v_r = u[:, idx], s[idx], vh[idx].T
+    if spectrum in ("flat", "geometric"):
+        ratio = 1.0 if spectrum == "flat" or rank == 1 else float(condition) ** (-1.0 / (rank - 1))
+        shape = ratio ** torch.arange(rank, dtype=torch.float64)
+        s_r = shape * (torch.linalg.vector_norm(s_r) / torch.linalg.vector_norm(shape))
     return (u_r * s_r) @ v_r.T, u_r, s_r, v_r
 
 
@@ -128,6 +157,7 @@ class Factorization(Problem):
 
     def __init__(self, spec: ProblemSpec, target: Tensor) -> None:
         self.spec, self.target = spec, target
+        self.observations = target  # what the loss fits (every entry, noiseless)
         self._scale = 1.0 / target.numel()
 
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
@@ -150,10 +180,22 @@ class Completion(Problem):
 
     ``heldout`` (optional bool mask, disjoint from ``mask``): report the recovery error on these
     entries only (real data, e.g. held-out MovieLens ratings) instead of on every unobserved entry.
+    ``observations`` (optional, the target's shape): the values the loss fits on the observed entries
+    (noisy data); by default the target itself.
     """
 
-    def __init__(self, spec: ProblemSpec, target: Tensor, mask: Tensor, heldout: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        spec: ProblemSpec,
+        target: Tensor,
+        mask: Tensor,
+        heldout: Tensor | None = None,
+        observations: Tensor | None = None,
+    ) -> None:
         self.spec, self.target, self.mask = spec, target, mask.bool()
+        if observations is not None and observations.shape != target.shape:
+            raise ValueError(f"observations shape {tuple(observations.shape)} != target shape {tuple(target.shape)}")
+        self.observations = target if observations is None else observations
         self.heldout = None if heldout is None else heldout.bool()
         observed = self.n_observed = int(self.mask.sum())
         unobserved = self.mask.numel() - observed
@@ -173,34 +215,37 @@ class Completion(Problem):
         self._unobserved = held_out.to(target.dtype) / int(held_out.sum())
 
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
-        return torch.sub(end_to_end, self.target, out=out).mul_(self._observed)
+        return torch.sub(end_to_end, self.observations, out=out).mul_(self._observed)
 
     def observed_entries(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The observed set in CSR form, row by row: ``row_ptr`` (d_out + 1,) and ``cols`` (n_observed,)
-        int64, the target's values there and the loss weights there (``1 / n_observed``), in the
+        int64, the observed values there and the loss weights there (``1 / n_observed``), in the
         target's dtype and device. The loss gradient is zero off this set (the sampled engine step)."""
         if getattr(self, "_csr", None) is None:
             rows, cols = self.mask.nonzero(as_tuple=True)  # row-major order
             counts = torch.bincount(rows, minlength=self.mask.shape[0])
             row_ptr = torch.zeros(self.mask.shape[0] + 1, dtype=torch.long, device=self.mask.device)
             torch.cumsum(counts, 0, out=row_ptr[1:])
-            self._csr = (row_ptr, cols.contiguous(), self.target[rows, cols], self._observed[rows, cols])
+            self._csr = (row_ptr, cols.contiguous(), self.observations[rows, cols], self._observed[rows, cols])
         return self._csr
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
-        return 0.5 * ((end_to_end - self.target).square() * self._observed).sum(dim=(-2, -1))
+        return 0.5 * ((end_to_end - self.observations).square() * self._observed).sum(dim=(-2, -1))
 
     def recovery_error(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * ((end_to_end - self.target).square() * self._unobserved).sum(dim=(-2, -1))
 
     def surrogate(self) -> Tensor:
         p = float(self.mask.float().mean())
-        return self.target * self.mask / p
+        return self.observations * self.mask / p
 
     def tensors(self) -> dict[str, Tensor]:
-        if self.heldout is None:
-            return {"target": self.target, "mask": self.mask}
-        return {"target": self.target, "mask": self.mask, "heldout": self.heldout}
+        tensors = {"target": self.target, "mask": self.mask}
+        if self.heldout is not None:
+            tensors["heldout"] = self.heldout
+        if self.observations is not self.target:
+            tensors["observations"] = self.observations
+        return tensors
 
 
 class Sensing(Problem):
@@ -257,10 +302,11 @@ class Sensing(Problem):
 
     def operator_pass(self, dtype: torch.dtype) -> str:
         """How :meth:`loss_grad` reads the operator for end-to-end matrices of ``dtype``: ``native-one-pass``
-        (the compiled kernel), ``torch-blocked`` (one pass in row blocks) or ``torch-two-pass``."""
+        (the numba kernel, :func:`cdln.native.sensing_grad`), ``torch-blocked`` (one pass in row blocks) or
+        ``torch-two-pass``; ``CDLN_ENGINE=torch`` means torch here too."""
         tensors = (self.operator, self.measurements)
         same = all(t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
-        if same and native.enabled() and native.available(dtype):
+        if same and native.engine_override() != "torch" and native.available(dtype):
             return "native-one-pass"
         return "torch-blocked" if self.block_rows() < self.operator.shape[0] else "torch-two-pass"
 
@@ -285,7 +331,7 @@ def make_problem(spec: ProblemSpec) -> Problem:
     """Draw a problem instance from ``spec`` on the CPU in float64 (seeded by ``spec.data_seed``)."""
     spec.validate()
     generator = seeding.generator(spec.data_seed, "data")
-    target, *_ = low_rank_target(spec.d_out, spec.d_in, spec.rank, generator, spec.spectrum)
+    target, *_ = low_rank_target(spec.d_out, spec.d_in, spec.rank, generator, spec.spectrum, spec.condition)
     n_entries = spec.d_out * spec.d_in
     if spec.task == "mf":
         return Factorization(spec, target)
@@ -293,11 +339,27 @@ def make_problem(spec: ProblemSpec) -> Problem:
         n_observed = max(1, math.floor(spec.p * n_entries))
         mask = torch.zeros(n_entries, dtype=torch.bool)
         mask[torch.randperm(n_entries, generator=generator)[:n_observed]] = True
-        return Completion(spec, target, mask.reshape(spec.d_out, spec.d_in))
+        mask = mask.reshape(spec.d_out, spec.d_in)
+        if not spec.noise:
+            return Completion(spec, target, mask)
+        # Drawn last from the same stream, so a noiseless problem of the same seed is unchanged.
+        observed = target[mask]
+        noise = _noise(observed, spec.noise, generator)
+        observations = target.clone()
+        observations[mask] += noise
+        return Completion(spec, target, mask, observations=observations)
     operator = torch.randn(spec.m, n_entries, generator=generator, dtype=torch.float64)
     operator /= spec.m  # in place: the operator is the largest tensor of any problem
     measurements = operator @ target.reshape(-1)
+    if spec.noise:
+        measurements += _noise(measurements, spec.noise, generator)
     return Sensing(spec, target, operator, measurements)
+
+
+def _noise(clean: Tensor, level: float, generator: torch.Generator) -> Tensor:
+    """Gaussian noise of standard deviation ``level`` x RMS(``clean``), shaped like ``clean`` (1-D)."""
+    rms = clean.square().mean().sqrt()
+    return torch.randn(clean.shape, generator=generator, dtype=clean.dtype) * (level * rms)
 
 
 def save_problem(problem: Problem, path: str | Path) -> None:

@@ -185,6 +185,7 @@ def training_record(
             "seconds_per_iteration": result.seconds / max(1, iterations),
             "batch": network.batch,
             "engine_path": result.engine_path,
+            "engine_plan": result.engine_plan,  # path, backend, BLAS, operator pass, lockstep, override
         },
         device={"type": device.type, "name": device_name(device), "dtype": config.dtype},
     )

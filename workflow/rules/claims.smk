@@ -1,7 +1,8 @@
 """The paper's claims on this run: each figure's target also writes the claims its tables support
 (ROOT/tables/claims/<figure>.csv), so rerunning one figure rechecks its claims; ``claims_table``
 gathers them all into tables/claims.csv and tables/claims.md (part of the default target and the report).
-Included before the figure rules, so each figure's target lists its claims file."""
+Each figure's target lists its claims file whatever the include order (targets are read when the DAG is
+built)."""
 
 for _figure in claim_figures():
     register_target(_figure, [f"{ROOT}/tables/claims/{_figure}.csv"])

@@ -18,6 +18,8 @@ rule make_problem:
         command=lambda wc, output: GRID.data_file(output[0]).command,
         flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
+    group:
+        SHORT_GROUP
     conda:
         CONDA_ENV
     shell:
@@ -41,6 +43,10 @@ rule make_sensing_problem:
         flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
     priority: 1
+    resources:
+        mem_mb=lambda wc: 2000 if sensing_group(wc) else 8000,  # for a cluster; the largest is 1.3 GB
+    group:
+        sensing_group
     conda:
         CONDA_ENV
     shell:

@@ -15,6 +15,8 @@ rule movielens_synthetic_archive:
     params:
         flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
+    group:
+        SHORT_GROUP
     conda:
         CONDA_ENV
     shell:
@@ -30,6 +32,8 @@ rule fashion_mnist_synthetic:
     params:
         flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
+    group:
+        SHORT_GROUP
     conda:
         CONDA_ENV
     shell:

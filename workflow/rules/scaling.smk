@@ -28,7 +28,7 @@ rule scaling_measure:
         flags=lambda wc: cli_flags(GRID.scaling_options(gpu=bool(uses_gpu()))),
     threads: config["threads_per_job"]
     resources:
-        gpu=uses_gpu(),
+        gpu=uses_gpu,
     conda:
         CONDA_ENV
     shell:

@@ -22,7 +22,13 @@ rule run_job:
     # make_sensing_problem), so the longest jobs start first.
     priority: 1
     resources:
-        gpu=uses_gpu(),
+        gpu=uses_gpu,
+        # for a cluster: a short job 10 min and 2 GB, the others 120 min and 8 GB (an MS problem is 1.3 GB)
+        runtime=lambda wc: 10 if training_group(wc) else 120,
+        mem_mb=lambda wc: 2000 if training_group(wc) else 8000,
+    # On a cluster, jobs of seconds share a batch job (common.smk: training_group, profiles/slurm).
+    group:
+        training_group
     conda:
         CONDA_ENV
     shell:

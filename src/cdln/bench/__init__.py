@@ -9,7 +9,9 @@ Sections (``--sections``), each in its own module:
 2. ``tol`` (:mod:`cdln.bench.runs`): seconds to tol, original DLN / C-DLN, on the config's ``mc`` setting.
 3. ``batch`` (:mod:`cdln.bench.runs`): runs per second, one batched job vs the same runs one at a time.
 4. ``jax``, ``sampled``, ``shared`` (:mod:`cdln.bench.paths`): the engine against the same step compiled
-   by JAX on the ``mc`` setting (and the hardware reference), the sampled MC step against the dense one
+   by JAX on the ``mc`` setting (and the hardware reference), per step and for whole ``train()`` runs
+   (checkpoints included; beside the former C kernels' recorded numbers), the 100^3 GEMM rate of each
+   library present (numpy's OpenBLAS, numba/scipy's, torch's MKL, XLA), the sampled MC step against the dense one
    (d = 2000, p = 0.05; a MovieLens-shaped problem), and the MS step of two runs sharing one operator
    pass against both alone.
 
@@ -32,7 +34,16 @@ import pandas as pd
 import torch
 
 from cdln.bench.kernels import bench_case, default_cases, format_kernels, repeats_for, speedups
-from cdln.bench.paths import bench_crossover, bench_jax, bench_sampled, bench_shared, single_thread_jax
+from cdln.bench.paths import (
+    WHOLE_RUN_OUTER,
+    bench_crossover,
+    bench_jax,
+    bench_sampled,
+    bench_shared,
+    bench_small_gemm,
+    bench_whole_runs,
+    single_thread_jax,
+)
 from cdln.bench.runs import bench_batch, bench_tol, experiment_runs
 from cdln.bench.scaling import scaling
 from cdln.bench.timing import pin_to_one_core
@@ -45,12 +56,30 @@ DEFAULT_CONFIG = Path("config/config.yaml")
 
 
 def environment(device: torch.device) -> dict:
+    from cdln import native
+
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "compiled_backend": native.backend(),
+        "compiled_blas": native.blas_info(),
+        "cpu": _cpu_name(),
     }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def run_benchmark(
@@ -69,6 +98,8 @@ def run_benchmark(
     results: dict[str, Any] = {"environment": environment(device)}
     env = results["environment"]
     echo(f"cdln bench  {env['date']}  device: {env['device']}  threads: {env['threads']}  torch {env['torch']}")
+    blas = env["compiled_blas"]
+    echo(f"CPU: {env['cpu']}; compiled kernels: {env['compiled_backend']}, BLAS {blas['name']} {blas['version']}")
     mc_runs = experiment_runs(config, "mc", str(device))
     if "kernels" in sections:
         echo("\n[kernels] median time of one GD iteration vs the roofline (its matrix products alone), L=3")
@@ -120,6 +151,10 @@ def run_benchmark(
     if "jax" in sections:
         echo("\n[jax] per GD iteration, the engine against the same step as a jit-compiled lax.fori_loop, mc setting")
         results["jax"] = bench_jax(mc_runs, echo=echo)
+        echo(f"whole train() runs on the mc setting ({WHOLE_RUN_OUTER} checkpoints), engine against JAX")
+        results["jax"]["whole_runs"] = bench_whole_runs(mc_runs, echo=echo)
+        echo("the small GEMM each library runs (a d = 100 step is bound by it)")
+        results["jax"]["small_gemm"] = bench_small_gemm(echo=echo)
     if "sampled" in sections:
         echo("\n[sampled] the C-DLN's MC step on the observed entries only against its dense step")
         results["sampled"] = bench_sampled(echo=echo)

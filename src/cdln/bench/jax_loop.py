@@ -91,15 +91,23 @@ class JaxLoop:
         return weights
 
 
+def end_to_end(weights: tuple) -> Any:
+    """The end-to-end product W_L ... W_1 of a loop's (JAX) weights."""
+    result = weights[0]
+    for weight in weights[1:]:
+        result = weight @ result
+    return result
+
+
 def _as_jax(tensor: Tensor, jnp: ModuleType) -> Any:
     return jnp.asarray(tensor.detach().cpu().to(torch.float64).numpy())
 
 
 def _problem_arrays(problem: Problem, jnp: ModuleType) -> dict[str, Any]:
     if isinstance(problem, Completion):
-        return {"target": _as_jax(problem.target, jnp), "weight": _as_jax(problem._observed, jnp)}
+        return {"target": _as_jax(problem.observations, jnp), "weight": _as_jax(problem._observed, jnp)}
     if isinstance(problem, Factorization):
-        return {"target": _as_jax(problem.target, jnp), "scale": problem._scale}
+        return {"target": _as_jax(problem.observations, jnp), "scale": problem._scale}
     if isinstance(problem, Sensing):
         return {"operator": _as_jax(problem.operator, jnp), "y": _as_jax(problem.measurements, jnp)}
     raise NotImplementedError(f"no JAX baseline for {type(problem).__name__}")

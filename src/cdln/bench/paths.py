@@ -23,12 +23,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cdln.bench.kernels import engine_runner, step_flops
-from cdln.bench.timing import gemm_rate, interleaved
+from cdln.bench.timing import gemm_rate, interleaved, small_gemm_rates
 from cdln.config import RunConfig
-from cdln.engine import Workspace, backward_products, forward_products, sampled_max_density, step_path
+from cdln.engine import TrainSettings, Workspace, lockstep_step, plan_engine, sampled_max_density, step_path, train
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
 from cdln.problems import Completion, Problem, ProblemSpec, make_problem, save_problem
 from cdln.runner import build_network, load_run_problem, train_in_lockstep, train_run
@@ -83,6 +84,79 @@ def bench_jax(mc_runs: Mapping[str, Mapping[str, Any]], repeats: int = 11, echo:
             f"{row['jax_compile_seconds']:.2f} s; iterates agree to {row['iterates_difference']:.1e} after 100 steps"
         )
     return out
+
+
+# Whole mc runs (per iteration, checkpoints included) of the former C kernels (gd_kernels.c, removed in
+# issue #20), measured side by side with the numba kernels in one process on this project's machine (AMD EPYC,
+# one pinned core, OMP_NUM_THREADS=1, 2026-12-02; docs/performance.md). The bench prints them beside its
+# own numba numbers for reference; they are not re-measured (the C is gone).
+FORMER_C_WHOLE_RUN_US = {"original": 224.1, "cdln": 32.2}
+WHOLE_RUN_OUTER = 20
+
+
+def bench_whole_runs(
+    mc_runs: Mapping[str, Mapping[str, Any]],
+    repeats: int = 5,
+    outer: int = WHOLE_RUN_OUTER,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Whole ``train()`` runs on the mc setting (``outer`` checkpoints of ``n_inner`` steps, tol 0, so every
+    repeat runs the same iterations) against the same run in JAX (the compiled ``fori_loop`` per checkpoint,
+    then the checkpoint's losses), interleaved; per iteration, checkpoints included."""
+    from cdln.bench import jax_loop
+
+    problem, networks, lr = _networks(mc_runs)
+    settings = RunConfig.from_dict(dict(mc_runs["original"]))
+    n_inner = settings.n_inner
+    have_jax = jax_loop.jax_available()
+    out: dict[str, Any] = {"outer": outer, "n_inner": n_inner}
+    for name, network in networks.items():
+        plan = plan_engine(network.weights, problem)
+
+        def engine_run(n: int, network: LinearNetwork = network) -> None:
+            for _ in range(n):
+                train(network.clone(), problem, TrainSettings(lr, n_inner, outer, 0.0))
+
+        variants = {"engine": engine_run}
+        if have_jax:
+            loop = jax_loop.build_jax_loop(network, problem, lr, n_inner, "autodiff")
+
+            def jax_run(n: int, loop: jax_loop.JaxLoop = loop) -> None:
+                for _ in range(n):
+                    weights = loop.initial
+                    for _ in range(outer):
+                        weights = loop.run(weights)
+                        end = torch.from_numpy(np.array(jax_loop.end_to_end(weights)))
+                        problem.train_loss(end).tolist(), problem.recovery_error(end).tolist()
+
+            variants["jax"] = jax_run
+        wall, _, cpu = interleaved(variants, dict.fromkeys(variants, outer * n_inner), repeats, 0.3)
+        row: dict[str, Any] = {"path": plan.path, "backend": plan.backend, "blas": plan.blas}
+        row["engine_us"], row["engine_cpu_us"] = 1e6 * wall["engine"], 1e6 * cpu["engine"]
+        former = FORMER_C_WHOLE_RUN_US.get(name)
+        text = f"  {name:8} whole run ({plan.path}, {plan.backend}) {row['engine_us']:7.1f} us/iter"
+        if have_jax:
+            row["jax_us"], row["jax_cpu_us"] = 1e6 * wall["jax"], 1e6 * cpu["jax"]
+            row["ratio"] = wall["engine"] / wall["jax"]
+            text += (
+                f", JAX {row['jax_us']:7.1f}: engine/JAX = {row['ratio']:.3f} (CPU {cpu['engine'] / cpu['jax']:.3f})"
+            )
+        if former is not None:
+            row["former_c_us"] = former
+            text += f"; the former C kernels: {former:.1f} (recorded, docs/performance.md)"
+        echo(text)
+        out[name] = row
+    return out
+
+
+def bench_small_gemm(echo: Callable[[str], None] = print) -> dict[str, float]:
+    """The 100 x 100 x 100 float64 GEMM rate of each library present (what bounds a d = 100 step)."""
+    rates = small_gemm_rates()
+    echo(
+        "  100^3 float64 GEMM, one thread: "
+        + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s ({2e12 / rate:.1f} us)" for name, rate in rates.items())
+    )
+    return {f"{name}_gflops": rate / 1e9 for name, rate in rates.items()}
 
 
 def _compare_paths(network: LinearNetwork, problem: Problem, lr: float, paths: dict[str, str | None], repeats: int):
@@ -195,14 +269,12 @@ def bench_shared(
     lockstep = [net.clone() for net in networks.values()]
     spaces = [Workspace(net.weights) for net in lockstep]
     steps = [[(-lr * s).view(-1, 1, 1) for s in net.lr_scales] for net in lockstep]
+    d_out, d_in = problem.shape
+    shared = torch.empty(sum(net.batch for net in lockstep), d_out, d_in, dtype=lockstep[0].weights[0].dtype)
 
-    def together(n: int) -> None:  # what engine.train_many does per step: one loss gradient for both
+    def together(n: int) -> None:  # engine.train_many's step: one loss gradient for both
         for _ in range(n):
-            ends = [forward_products(net.weights, space) for net, space in zip(lockstep, spaces, strict=True)]
-            grad = problem.loss_grad(torch.cat(ends))
-            for k, (net, space, step) in enumerate(zip(lockstep, spaces, steps, strict=True)):
-                gradients = backward_products(net.weights, grad[k : k + 1], space)
-                torch._foreach_addcmul_(net.weights, gradients, step)
+            lockstep_step(problem, [net.weights for net in lockstep], spaces, steps, shared)
 
     def apart(n: int) -> None:
         for name in networks:

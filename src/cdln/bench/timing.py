@@ -71,7 +71,7 @@ def compare(
 def gemm_rate(n: int = 2000, repeats: int = 3, dtype: torch.dtype = torch.float64, library: str = "torch") -> float:
     """FLOP/s of a large ``n x n x n`` CPU GEMM into a preallocated output: the median of ``repeats`` timed
     products after one warm-up, at the current thread count. ``library``: ``"torch"`` (``torch.mm``: MKL in
-    the PyPI wheels) or ``"numpy"`` (``np.matmul``: numpy's OpenBLAS, which the native engine path calls).
+    the PyPI wheels) or ``"numpy"`` (``np.matmul``: numpy's OpenBLAS).
     The hardware reference of a step is its FLOPs (:func:`cdln.bench.kernels.step_flops`) over this rate."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=generator, dtype=dtype)
@@ -90,23 +90,12 @@ def gemm_rate(n: int = 2000, repeats: int = 3, dtype: torch.dtype = torch.float6
 
     else:
         raise ValueError(f"library must be 'torch' or 'numpy'; got {library!r}")
-    set_threads = None
-    if library == "numpy":  # hold numpy's OpenBLAS to torch's thread count, as the native kernels do
-        from cdln.native import blas
-
-        found = blas(dtype, "openblas")
-        set_threads = found.set_threads if found is not None else None
-    previous = set_threads(torch.get_num_threads()) if set_threads is not None else None
-    try:
+    product()  # numpy's OpenBLAS follows OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (cdln bench: 1)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
         product()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            times.append(time.perf_counter() - start)
-    finally:
-        if set_threads is not None and previous is not None and previous > 0:
-            set_threads(previous)
+        times.append(time.perf_counter() - start)
     return 2.0 * n**3 / statistics.median(times)
 
 
@@ -147,3 +136,60 @@ def busy_threads(fn: Callable[[], Any], min_share: float = 0.05) -> dict[str, fl
     used = {name: after[name] - before.get(name, 0) for name in after}
     total = sum(used.values()) or 1
     return {name: ticks / total for name, ticks in used.items() if ticks / total >= min_share}
+
+
+def small_gemm_rates(n: int = 100, repeats: int = 9, calls: int = 200) -> dict[str, float]:
+    """FLOP/s of an ``n x n x n`` float64 GEMM into a preallocated output through each library present, at
+    the current thread count: ``numpy`` (``np.matmul``: numpy's OpenBLAS), ``numba`` (``np.dot`` in a
+    compiled loop: scipy's BLAS, what the engine's compiled path calls), ``torch`` (``torch.mm``: MKL in the
+    PyPI wheels) and ``xla`` (``jnp.dot`` inside a jitted ``lax.fori_loop``, when JAX is installed). Repeats
+    interleaved, median; which is fastest at d = 100 depends on the CPU."""
+    generator = np.random.default_rng(0)
+    a, b = generator.standard_normal((n, n)), generator.standard_normal((n, n))
+    out = np.empty((n, n))
+    ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
+    runners: dict[str, Callable[[], None]] = {}
+
+    def numpy_run() -> None:
+        for _ in range(calls):
+            np.matmul(a, b, out=out)
+
+    def torch_run() -> None:
+        for _ in range(calls):
+            torch.mm(ta, tb, out=tout)
+
+    runners["numpy"], runners["torch"] = numpy_run, torch_run
+    from cdln import native
+
+    if native.available():
+
+        def numba_run() -> None:
+            native.gemm_loop(a, b, out, calls)
+
+        runners["numba"] = numba_run
+    try:
+        from cdln.bench.jax_loop import require_jax
+
+        jax = require_jax()
+        ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
+
+        def body(_: Any, c: Any) -> Any:
+            return jax.numpy.dot(ja, c * 1e-2)  # a dependent chain: no product can be skipped
+
+        xla = jax.jit(lambda c: jax.lax.fori_loop(0, calls, body, c)).lower(jb).compile()
+
+        def xla_run() -> None:
+            xla(jb).block_until_ready()
+
+        runners["xla"] = xla_run
+    except ImportError:
+        pass
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for run in runners.values():
+        run()  # warm-up (compilation)
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append((time.perf_counter() - start) / calls)
+    return {name: 2.0 * n**3 / statistics.median(values) for name, values in samples.items()}

@@ -73,7 +73,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add the data subcommands to the ``cdln`` parser."""
     problem = commands.add_parser("make-problem", help="draw a problem instance and save it")
     problem.add_argument("--out", type=Path, required=True, help="problem file (.pt) to write")
-    add_run_config_options(problem, {"task", "d", "d_out", "d_in", "r", "p", "m", "spectrum", "data_seed"})
+    add_run_config_options(
+        problem, {"task", "d", "d_out", "d_in", "r", "p", "m", "spectrum", "condition", "noise", "data_seed"}
+    )
     problem.set_defaults(handler=make_problem_command)
 
     ml = commands.add_parser("movielens-problem", help="MovieLens-100K -> MC problem file with held-out ratings")

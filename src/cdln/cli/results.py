@@ -3,6 +3,7 @@
 - ``cdln aggregate {synthetic|movielens|nonlinear}``: job directories -> tidy tables;
 - ``cdln summary``: per-run tables -> the summary table (CSV + Markdown);
 - ``cdln check-regression``: a summary table against committed expectations (exit 1 on violations);
+- ``cdln robustness-table``: the robustness sweep's runs -> its figure's table (:mod:`cdln.pipeline.robustness`);
 - ``cdln plot <figure>``: a table -> PNG + PDF, in the one figure style;
 - ``cdln claims {evaluate|gather|check}``: the paper's claims on a run's tables (:mod:`cdln.pipeline.claims`).
 """
@@ -21,7 +22,7 @@ from cdln.cli.common import ExitCode
 from cdln.io import write_csv, write_text
 from cdln.pipeline import aggregate, realdata, regression, summary
 
-PLOTS = ("error-curves", "ablation-alpha", "movielens", "nonlinear", "scaling")
+PLOTS = ("error-curves", "ablation-alpha", "movielens", "nonlinear", "scaling", "robustness")
 
 
 def aggregate_command(args: argparse.Namespace) -> int:
@@ -75,8 +76,26 @@ def check_regression_command(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def robustness_table_command(args: argparse.Namespace) -> int:
+    from cdln.pipeline.grid import SWEEP_FACTORS, SweepPoint
+    from cdln.pipeline.robustness import table
+
+    points = []
+    for entry in json.loads(args.points):
+        if entry.get("factor") not in SWEEP_FACTORS:
+            raise ValueError(f"--points: unknown factor in {entry}; factors: {list(SWEEP_FACTORS)}")
+        points.append(SweepPoint(entry["factor"], float(entry["value"]), entry["panel"], entry.get("runs", {})))
+    for path in (args.runs, args.curves):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist (make it with `cdln aggregate synthetic`)")
+    frame = table(pd.read_csv(args.runs), pd.read_csv(args.curves), points, args.level)
+    write_csv(args.out, frame)
+    print(f"wrote {args.out} ({len(frame)} rows, {len(points)} sweep points)", file=sys.stderr)
+    return ExitCode.OK
+
+
 def plot_command(args: argparse.Namespace) -> int:
-    from cdln.plotting import ablation_alpha, error_curves, scaling, style
+    from cdln.plotting import ablation_alpha, error_curves, robustness, scaling, style
     from cdln.plotting import realdata as realdata_plots
 
     if not args.table.is_file():
@@ -94,6 +113,8 @@ def plot_command(args: argparse.Namespace) -> int:
         figure = realdata_plots.plot_movielens(table, title)
     elif args.figure == "nonlinear":
         figure = realdata_plots.plot_nonlinear(table, title)
+    elif args.figure == "robustness":
+        figure = robustness.plot(table, title)
     else:
         figure = scaling.plot(scaling.check_table(table, args.table), title)
     style.save_figure(figure, args.png, args.pdf)
@@ -127,6 +148,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--expected", type=Path, required=True, help="expected values (YAML)")
     check.add_argument("--write-expected", action="store_true", help="write --expected from --summary and exit")
     check.set_defaults(handler=check_regression_command)
+
+    robust = commands.add_parser("robustness-table", help="the robustness sweep's runs -> its figure's table")
+    robust.add_argument("--runs", type=Path, required=True, help="robustness_runs.csv (cdln aggregate synthetic)")
+    robust.add_argument("--curves", type=Path, required=True, help="robustness_curves.csv")
+    robust.add_argument(
+        "--points",
+        required=True,
+        help='the sweep points as JSON: [{"factor": "p", "value": 0.1, "panel": "p_0p1", "runs": {model: panel}}, ...]',
+    )
+    robust.add_argument("--level", type=float, required=True, help="recovery error level, a fraction of the initial")
+    robust.add_argument("--out", type=Path, required=True, help="robustness.csv to write")
+    robust.set_defaults(handler=robustness_table_command)
 
     plot = commands.add_parser("plot", help="one figure (PNG and PDF) from its table")
     plot.add_argument("figure", choices=PLOTS)

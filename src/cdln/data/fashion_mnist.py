@@ -10,13 +10,16 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from cdln.data import DataFormatError, DataUnavailableError, download
 from cdln.io import atomic_write
+
+if TYPE_CHECKING:  # torch only where tensors are made: locating the files stays cheap
+    import torch
+    from torch import Tensor
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 RESOURCES_SUBDIR = "fashion-mnist"
@@ -159,6 +162,8 @@ def to_tensors(
     train: ImageData, test: ImageData, device: torch.device, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Flattened images standardised with the training mean/std: x_train (n, 784), y_train (n,), x_test, y_test."""
+    import torch
+
     x_train = torch.from_numpy(train.images.reshape(len(train.images), -1)).to(torch.float64) / 255.0
     x_test = torch.from_numpy(test.images.reshape(len(test.images), -1)).to(torch.float64) / 255.0
     mean, std = x_train.mean(), x_train.std()

@@ -34,6 +34,10 @@ bare-word arguments are names (``first(mf, r10, cdln, 1e-10)``). ``over`` says h
 - ``table(name, model, column)``: a real-data table's value (``movielens.csv``, ``nonlinear.csv``: means
   over seeds, with ``<column>_min``/``_max``).
 - ``scaling(model, quantity, d=max)``: a value of ``scaling.csv`` at one d (a number, min or max).
+- ``robust(factor, value, model, column, over=max)``: a column of ``robustness.csv`` (the robustness
+  figure's sweeps, :mod:`cdln.pipeline.robustness`) at one swept value, combined over seeds.
+- ``robust_ratio(factor, value, column, over=min, a=original, b=cdln)``: per seed, model ``a``'s column
+  over model ``b``'s at one swept value (e.g. ``level_seconds``: the speed-up to the figure's level).
 
 Predicates: ``above``, ``below``, ``at_least``, ``at_most``, ``between: [low, high]``, ``equals`` (to
 1e-12 relative; true counts as 1). A NaN measure never holds.
@@ -185,6 +189,8 @@ def tables_read(claims: list[Claim], figure: str) -> list[str]:
                 files[f"{names[0]}.csv"] = None
             elif function == "scaling":
                 files["scaling.csv"] = None
+            elif function in ("robust", "robust_ratio"):
+                files["robustness.csv"] = None
     return list(files)
 
 
@@ -442,6 +448,41 @@ def _scaling(tables: Tables, model, quantity, d="max"):
     return float(rows["value"].iloc[0])
 
 
+def _robust_frame(tables: Tables, column: str) -> pd.DataFrame:
+    frame = tables.csv("robustness.csv")
+    if column not in frame:
+        raise ClaimError(f"robustness.csv has no column {column!r}; columns: {list(frame.columns)}")
+    return frame
+
+
+def _robust(tables: Tables, factor, value, model, column, over="max"):
+    from cdln.pipeline import robustness
+
+    try:
+        rows = robustness.select(_robust_frame(tables, column), factor, value, model)
+    except ValueError as error:
+        raise ClaimError(str(error)) from None
+    if "seconds" in column:
+        tables.note_devices(rows)
+    tables.note_seeds(len(rows), over)
+    return _aggregate(rows[column], over)
+
+
+def _robust_ratio(tables: Tables, factor, value, column, over="min", a="original", b="cdln"):
+    from cdln.pipeline import robustness
+
+    frame = _robust_frame(tables, column)
+    try:
+        ratios = robustness.paired_ratio(frame, factor, value, column, a, b)
+    except ValueError as error:
+        raise ClaimError(str(error)) from None
+    if "seconds" in column:
+        for model in (a, b):
+            tables.note_devices(robustness.select(frame, factor, value, model))
+    tables.note_seeds(len(ratios), over, paired=True)
+    return _aggregate(ratios, over)
+
+
 def _log10(value: float) -> float:
     return math.log10(value) if value > 0 else math.nan
 
@@ -457,6 +498,8 @@ FUNCTIONS: dict[str, Callable[..., float]] = {
     "finding": _finding,
     "table": _table,
     "scaling": _scaling,
+    "robust": _robust,
+    "robust_ratio": _robust_ratio,
 }
 BUILTINS: dict[str, Callable[..., float]] = {"min": min, "max": max, "abs": abs, "log10": _log10}
 

@@ -12,6 +12,10 @@ config section -> :class:`Run` options -> ``cdln <command> --flags`` -> the libr
 - A :class:`DataFile` is a problem file or a stand-in data set, and the ``cdln`` subcommand that
   makes it.
 
+A sweep section (``sweeps``, the robustness figure) varies one factor at a time around its shared
+settings: each value becomes a panel ``<factor>_<value>`` (``.`` written ``p``: ``p_0p15``), and the
+points where every factor is at its shared value are one panel, ``base``.
+
 Names: synthetic jobs are ``<panel>_seed<seed>`` holding runs ``<model>`` (``cdln_alpha<a>`` in an
 alpha sweep, ``cdln_alphabatch`` when its alphas train as one batch); analysis jobs
 ``<task>_seed<seed>`` holding ``original``; real-data jobs ``seed<seed>`` holding one run per model.
@@ -19,6 +23,7 @@ alpha sweep, ``cdln_alphabatch`` when its alphas train as one batch); analysis j
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -26,14 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SYNTHETIC = ("mf", "mc", "ms", "ablation_alpha", "ablation_depth", "baselines")
+SYNTHETIC = ("mf", "mc", "ms", "ablation_alpha", "ablation_depth", "baselines", "robustness")
 ANALYSIS = ("incremental", "invariance", "alignment")
 REAL_DATA = ("movielens", "nonlinear")
 # Keys of a synthetic section that are run settings (shared by its panels, overridden per panel).
 RUN_KEYS = (
     "task", "d", "r", "p", "m", "depth", "r_hat", "bm_rank", "bm_scale", "eps", "lr", "alpha", "gamma", "n_inner",
-    "max_outer", "tol",
+    "max_outer", "tol", "noise", "spectrum", "condition",
 )  # fmt: skip
+# Problem settings beyond the paper's, with the values that leave a problem (and its file name) as the paper's.
+PROBLEM_EXTRAS = {"noise": 0, "spectrum": "spread", "condition": None}
+# Factors a sweep section may vary, one at a time (the robustness figure).
+SWEEP_FACTORS = ("r_hat_ratio", "p", "noise", "condition", "d")
 # Widths that belong to some models only.
 COMPRESSED_MODELS = ("cdln", "narrow", "yaras")
 # The FashionMNIST classifier's settings a nonlinear section passes on (`cdln nonlinear --help`).
@@ -146,6 +155,7 @@ class Grid:
         self.root = f"results/{config['output_root']}"
         self._data: dict[str, DataFile] = {}
         self._jobs: dict[str, dict[str, Job]] = {}
+        self._measured_in: dict[str, dict[tuple[str, str], str]] = {}  # sweep: (panel, model) -> panel that ran it
         expanders = {
             **dict.fromkeys(SYNTHETIC, self._synthetic_jobs),
             **dict.fromkeys(ANALYSIS, self._analysis_jobs),
@@ -237,24 +247,54 @@ class Grid:
 
     # ---- synthetic experiments: panels x models x seeds ----
 
+    def sweep_points(self, experiment: str) -> list[SweepPoint]:
+        """Every (factor, value) of a sweep section, with the panel whose run measures each model there."""
+        reads = self._measured_in.get(experiment, {})
+        return [
+            dataclasses.replace(point, runs={model: reads.get((point.panel, model), point.panel) for model in models})
+            for point in sweep_points(self.section(experiment), f"experiments.{experiment}")
+            for models in [self.section(experiment)["models"]]
+        ]
+
     def _synthetic_jobs(self, name: str) -> Iterable[Job]:
         section = self.section(name)
         shared = {key: section[key] for key in RUN_KEYS if key in section}
         alphas = alpha_values(section["alpha_sweep"]) if "alpha_sweep" in section else None
-        for panel, overrides in section["panels"].items():
-            settings = {**shared, **overrides}
+        panels = section["panels"] if "sweeps" not in section else sweep_panels(section, f"experiments.{name}")
+        # A sweep point that leaves a model's run unchanged (the original DLN when only r_hat moves) reads
+        # the run of the panel that trained it first instead of training it again.
+        trained: dict[tuple[str, str], str] = {}
+        measured_in = self._measured_in.setdefault(name, {})
+        for panel, overrides in panels.items():
+            panel_models = overrides.get("model_settings", {})
+            settings = {key: value for key, value in {**shared, **overrides}.items() if key != "model_settings"}
             for seed in self.config["seeds"]:
-                problem = self._add_data(self._synthetic_problem(settings, seed))
+                data = self._synthetic_problem(settings, seed)
+                # draw_in_job: each run draws its (cheap) problem itself, from the same data seed, instead
+                # of reading a file that a job of its own would make (a process start-up saved per problem).
+                in_job = bool(section.get("draw_in_job", False))
+                problem = data.options if in_job else self._add_data(data)
                 runs = []
                 for model in section["models"]:
-                    model_settings = {**settings, **section.get("model_settings", {}).get(model, {})}
+                    model_settings = {
+                        **settings,
+                        **section.get("model_settings", {}).get(model, {}),
+                        **panel_models.get(model, {}),
+                    }
                     for suffix, alpha in self._alpha_variants(section, model, model_settings, alphas):
                         options = self._train_options(model_settings, model, seed, alpha, problem)
+                        if "sweeps" in section:
+                            first = trained.setdefault((model + suffix, repr(sorted(options.items()))), panel)
+                            if first != panel:
+                                measured_in[(panel, model)] = first
+                                continue
                         keys = {"experiment": name, "panel": panel, "model": model, "seed": seed}
                         where = f"experiments.{name}.panels.{panel} ({model})"
                         runs.append(Run(model + suffix, "train", options, keys, where))
                 share = bool(section.get("share_passes", False))
-                yield Job(name, f"{panel}_seed{seed}", tuple(runs), self.root, (problem,), share_passes=share)
+                if runs:
+                    inputs = () if in_job else (problem,)
+                    yield Job(name, f"{panel}_seed{seed}", tuple(runs), self.root, inputs, share_passes=share)
 
     @staticmethod
     def _alpha_variants(
@@ -277,13 +317,20 @@ class Grid:
             options["p"] = None
         if task != "ms":
             options["m"] = None
+        # Beyond the paper's problems: only a non-default value enters the options and the file name.
+        for key, default in PROBLEM_EXTRAS.items():
+            if settings.get(key, default) != default:
+                options[key] = settings[key]
+                draw += f"_{key}{fmt_number(settings[key]) if key != 'spectrum' else settings[key]}"
         path = f"{self.root}/data/{task}/d{d}_r{r}_{draw}_seed{seed}.pt"
         return DataFile(path, "make-problem", options, temporary=task == "ms")
 
     def _train_options(
-        self, settings: Mapping[str, Any], model: str, seed: int, alpha: Any, problem: str
+        self, settings: Mapping[str, Any], model: str, seed: int, alpha: Any, problem: str | Mapping[str, Any]
     ) -> dict[str, Any]:
-        """``cdln train`` options of a synthetic run (its problem's shape and rank come from the file)."""
+        """``cdln train`` options of a synthetic run: its problem is a file (whose shape and rank it reads) or,
+        drawn in the job, that file's ``cdln make-problem`` options."""
+        drawn = {} if isinstance(problem, str) else {k: v for k, v in problem.items() if k != "task"}
         return {
             "task": settings["task"],
             "model": model,
@@ -301,7 +348,8 @@ class Grid:
             "alpha": alpha,
             "dtype": self.config["dtype"],
             "device": self.config["device"],
-            "problem": problem,
+            "problem": problem if isinstance(problem, str) else None,
+            **drawn,
         }
 
     # ---- subspace analysis: one original-DLN run with snapshots per task ----
@@ -422,6 +470,63 @@ class Grid:
 
 
 # ---- the run-directory naming above, read back (tables are keyed by it) ----
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One value of one swept factor, its panel, and the panel whose run measures each model there
+    (``runs``: its own panel unless the same run was trained for an earlier panel)."""
+
+    factor: str
+    value: float
+    panel: str
+    runs: Mapping[str, str] = field(default_factory=dict)
+
+
+def _sweep_overrides(section: Mapping[str, Any], factor: str, value: float, where: str) -> dict[str, Any]:
+    """The run settings that put ``factor`` at ``value`` (the others at the section's shared values)."""
+    if factor == "r_hat_ratio":
+        r_hat = value * section["r"]
+        if r_hat < 1 or abs(r_hat - round(r_hat)) > 1e-9:
+            width = f"{value} x r = {r_hat} is not a width >= 1 (r = {section['r']})"
+            raise GridError(f"{where}.sweeps.r_hat_ratio: {width}")
+        return {"r_hat": int(round(r_hat))}
+    if factor == "condition":
+        return {"spectrum": "geometric", "condition": value}
+    return {factor: value}
+
+
+def _panel_name(factor: str, value: float) -> str:
+    return f"{factor}_{fmt_number(value).replace('.', 'p').replace('-', 'm').replace('+', '')}"
+
+
+def sweep_points(section: Mapping[str, Any], where: str) -> list[SweepPoint]:
+    """Every (factor, value) of ``section["sweeps"]`` with its panel (``base`` where nothing changes)."""
+    shared = {key: section[key] for key in RUN_KEYS if key in section}
+    points = []
+    for factor, values in section["sweeps"].items():
+        if factor not in SWEEP_FACTORS:
+            raise GridError(f"{where}.sweeps: unknown factor {factor!r}; factors: {list(SWEEP_FACTORS)}")
+        for value in values:
+            overrides = _sweep_overrides(section, factor, value, where)
+            unchanged = all(shared.get(key, PROBLEM_EXTRAS.get(key)) == v for key, v in overrides.items())
+            points.append(SweepPoint(factor, value, "base" if unchanged else _panel_name(factor, value)))
+    return points
+
+
+def sweep_panels(section: Mapping[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """Panel -> run settings of a sweep section, ``base`` first: each point's override, then its
+    ``point_settings``."""
+    panels: dict[str, dict[str, Any]] = {"base": {}}  # first: the points that leave a model's run unchanged read it
+    for point in sweep_points(section, where):
+        base = point.panel == "base"
+        panels[point.panel] = {} if base else _sweep_overrides(section, point.factor, point.value, where)
+    extra = section.get("point_settings", {})
+    unknown = sorted(set(extra) - set(panels))
+    if unknown:
+        raise GridError(f"{where}.point_settings: unknown panel(s) {unknown}; the sweep's panels: {list(panels)}")
+    return {panel: {**overrides, **extra.get(panel, {})} for panel, overrides in panels.items()}
+
 
 _SYNTHETIC_JOB = re.compile(r"^(?P<panel>.+)_seed(?P<seed>\d+)$")
 _SYNTHETIC_RUN = re.compile(r"^(?P<model>[a-z]+)(?:_alpha(?P<alpha>[0-9.e+-]+|batch))?$")

@@ -7,11 +7,18 @@ checks every run of the grid as ``cdln train`` would (r <= d, r_hat <= d, memory
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from cdln.config import ConfigError, RunConfig, check_run_options
 from cdln.pipeline.grid import Grid
+
+# cdln.config (and torch with it) is imported by the functions that need it, so that the schema check and
+# the cached per-run check below cost a workflow's parse time no torch import.
 
 # The schema of this checkout (src/cdln/pipeline -> repository root), when the package runs from it.
 SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
@@ -68,6 +75,8 @@ def pipeline_run_errors(config: dict[str, Any], check_memory: bool = True) -> li
     ``cdln make-problem``) is checked with :func:`cdln.config.check_run_options`, with its problem's
     settings; each distinct message is reported once, prefixed by the config location of the run.
     """
+    from cdln.config import ConfigError, RunConfig, check_run_options
+
     messages: dict[str, None] = {}
     for name, section in config.get("experiments", {}).items():
         if not isinstance(section, dict) or section.get("enabled", True) is False:
@@ -96,6 +105,8 @@ def pipeline_run_errors(config: dict[str, Any], check_memory: bool = True) -> li
 def validate_pipeline_config(config: dict[str, Any], schema_path: str | Path, check_memory: bool = True) -> None:
     """Raise :class:`ConfigError` listing every violation of a pipeline config: the schema's, then
     (if the schema holds) the cross-field checks of every run. Meant for parse time, before any job."""
+    from cdln.config import ConfigError
+
     errors = pipeline_config_errors(config, schema_path) or pipeline_run_errors(config, check_memory)
     if errors:
         raise ConfigError(f"invalid config ({len(errors)} error(s)):\n  " + "\n  ".join(errors))
@@ -104,6 +115,8 @@ def validate_pipeline_config(config: dict[str, Any], schema_path: str | Path, ch
 def load_pipeline_config(path: str | Path, schema_path: str | Path | None = SCHEMA) -> dict[str, Any]:
     """A pipeline config file, validated (schema and runs) unless ``schema_path`` is None."""
     import yaml
+
+    from cdln.config import ConfigError
 
     path = Path(path)
     if not path.is_file():
@@ -114,3 +127,53 @@ def load_pipeline_config(path: str | Path, schema_path: str | Path | None = SCHE
     if schema_path is not None:
         validate_pipeline_config(config, schema_path, check_memory=False)
     return config
+
+
+def _run_check_key(config: dict[str, Any], check_memory: bool) -> str:
+    """What the per-run checks of ``config`` depend on: the config, this package's source, the interpreter
+    and this machine's memory (the memory check compares a run's size with it)."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    digest.update(json.dumps([config, check_memory, sys.executable], sort_keys=True, default=str).encode())
+    if hasattr(os, "sysconf"):
+        digest.update(str(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")).encode())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cached_run_errors(config: dict[str, Any], cache_dir: str | Path, check_memory: bool = True) -> list[str]:
+    """:func:`pipeline_run_errors` of ``config``, checked in a child interpreter and remembered.
+
+    The per-run checks build every run's :class:`cdln.config.RunConfig`, which imports torch (seconds).
+    They run in ``python -m cdln.pipeline.validate`` (this interpreter, this package) so that the caller,
+    e.g. Snakemake parsing the workflow, never imports torch; a config that passed leaves a stamp in
+    ``cache_dir`` named by :func:`_run_check_key`, so it is not checked again until the config, the
+    package's source, the interpreter or the machine's memory changes. Failures are never remembered.
+    """
+    stamp = Path(cache_dir) / _run_check_key(config, check_memory)
+    if stamp.is_file():
+        return []
+    source = str(Path(__file__).resolve().parents[2])  # src/ (or site-packages): this very package
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "cdln.pipeline.validate", *([] if check_memory else ["--no-memory"])]
+    child = subprocess.run(command, input=json.dumps(config), env=env, capture_output=True, text=True, check=False)
+    if child.returncode != 0:
+        raise RuntimeError(f"the per-run config checks failed to run ({' '.join(command)}):\n{child.stderr[-3000:]}")
+    errors = json.loads(child.stdout)
+    if not errors:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cdln.pipeline.validate [--no-memory] < config.json``: the per-run errors as a JSON list."""
+    argv = sys.argv[1:] if argv is None else argv
+    config = json.loads(sys.stdin.read())
+    json.dump(pipeline_run_errors(config, check_memory="--no-memory" not in argv), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
