@@ -59,6 +59,18 @@ def claim_figures(config: dict) -> list[str]:
     return [figure for figure in figures if grid.enabled(figure.removeprefix("fig_"))]
 
 
+def make_fashion_mnist(folder: Path, n_train: int, n_test: int) -> None:
+    """Fill ``folder`` with generated FashionMNIST-format IDX files (``cdln fashion-mnist-synthetic``)."""
+    made = subprocess.run(
+        [sys.executable, "-m", "cdln", "fashion-mnist-synthetic", "--out", str(folder)]
+        + ["--n-train", str(n_train), "--n-test", str(n_test)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+
+
 def with_real_data(config: dict, tmp_path: Path, present: bool, name: str = "cfg") -> dict:
     """``config`` with its real data sets placed (``present``) or absent, whatever this machine has installed:
     FashionMNIST from a folder of generated IDX files or an empty one, MovieLens from a stand-in file or none
@@ -67,14 +79,7 @@ def with_real_data(config: dict, tmp_path: Path, present: bool, name: str = "cfg
     fashion = tmp_path / f"{name}-fashion-mnist"
     fashion.mkdir(parents=True)
     if present:
-        made = subprocess.run(
-            [sys.executable, "-m", "cdln", "fashion-mnist-synthetic", "--out", str(fashion), "--n-train", "60"]
-            + ["--n-test", "20"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert made.returncode == 0, made.stderr
+        make_fashion_mnist(fashion, n_train=60, n_test=20)
         (tmp_path / "ml-100k.zip").write_bytes(b"stand-in: only its presence is read when planning")
     config["experiments"]["nonlinear"].update(data_dir=str(fashion), synthetic=False)
     config["experiments"]["movielens"].update(zip_path=str(tmp_path / "ml-100k.zip") if present else None)
@@ -398,14 +403,7 @@ def test_real_data_that_appears_joins_and_that_disappears_keeps_its_results(tmp_
     assert "Real data for nonlinear: FashionMNIST directory" in output and "made without it" in output
 
     # It appears: its claims (and the summary's rows) join the next run's DAG.
-    made = subprocess.run(
-        [sys.executable, "-m", "cdln", "fashion-mnist-synthetic", "--out", str(fashion), "--n-train", "600"]
-        + ["--n-test", "200"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
+    make_fashion_mnist(fashion, n_train=600, n_test=200)
     counts, output = plan()
     assert counts["claims_figure"] == len(figures) and "Real data for nonlinear" not in output
 
