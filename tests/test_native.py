@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, cli_env
@@ -195,6 +196,55 @@ def test_no_c_compiler_needed(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-1] == "native-sampled"
+
+
+KERNEL_RUNS = """
+import sys
+import numpy as np
+import torch
+from cdln import native
+from cdln.networks import compressed_dln, original_dln
+from cdln.problems import ProblemSpec, make_problem
+
+out = {}
+for name, (d, r_hat) in {"register": (24, 5), "wide": (native.REGISTER_MAX + 3, None)}.items():
+    problem = make_problem(ProblemSpec("mc", d, d, 2, 0, 0.3))
+    if r_hat is None:
+        net = original_dln(d, d, 3, 0.3, [0])
+    else:
+        net = compressed_dln(problem.surrogate(), r_hat, 3, 0.3, [1.0])
+    steps = [(-2.0 * s).view(-1, 1, 1) for s in net.lr_scales]
+    for path, csr in (("dense", None), ("sampled", problem.observed_entries())):
+        weights = [w.clone() for w in net.weights]
+        native.NativeSteps(weights, problem.observations, problem._observed, 0.0, csr).run(weights, steps, 200)
+        out.update({f"{name}-{path}-{i}": w.numpy() for i, w in enumerate(weights)})
+problem = make_problem(ProblemSpec("ms", 7, 9, 2, 0, m=203))
+flat = torch.randn(3, 63, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+out["ms"] = native.sensing_grad(problem.operator, problem.measurements, flat, torch.empty_like(flat)).numpy()
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_kernels_compiled_and_loaded_from_the_cache_give_the_same_numbers(tmp_path):
+    """One process compiles every kernel kind (a fresh numba cache, and no C compiler on PATH), the next loads
+    them from that cache: both give bitwise the same weights after 200 steps, and the same MS gradient.
+    (Before the shared helpers became strict IEEE code and the generated passes were written into their
+    kernels, the sampled kernels ended a few ulps apart across that boundary.)"""
+    (tmp_path / "bin").mkdir()
+    env = dict(cli_env(), PATH=str(tmp_path / "bin"), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    runs = []
+    for attempt in ("compiled", "cached"):
+        result = subprocess.run(
+            [sys.executable, "-c", KERNEL_RUNS, str(tmp_path / f"{attempt}.npz")],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(np.load(tmp_path / f"{attempt}.npz"))
+    compiled, cached = runs
+    assert any((tmp_path / "cache").rglob("*.nbc")), "the first process wrote no numba cache"
+    assert sorted(compiled.files) == sorted(cached.files) and len(compiled.files) == 13
+    different = [name for name in compiled.files if not np.array_equal(compiled[name], cached[name])]
+    assert not different, f"compiled and cached kernels disagree on {different}"
 
 
 @pytest.mark.parametrize("sampled", [False, True])

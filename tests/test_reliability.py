@@ -231,25 +231,10 @@ TABLES = ["results/t/tables/mc_runs.csv", "results/t/tables/mc_curves.csv"]
 N_RUNS = 6  # 3 jobs (seeds), each training 2 models
 
 
-def compile_kernels(root: Path) -> None:
-    """Compile the numba kernels the tiny grid uses in the pipeline copy ``root`` (its own src/, its own cache)
-    before its pipeline runs. A process that compiles a kernel can end a run a few ulps from the processes that
-    load it from the cache (docs/reliability.md, known limits), so bitwise comparisons start from a cache."""
-    mc = tiny_pipeline_config()["experiments"]["mc"]
-    env = dict(cli_env(), PYTHONPATH=str(root / "src"))
-    for model in mc["models"]:
-        command = cdln_command(
-            "train", "--quiet", "--task", "mc", "--d", str(mc["d"]), "--r", "3", "--p", str(mc["p"]), "--model", model,
-            "--r-hat", "6", "--n-inner", "5", "--max-outer", "1", "--out", str(root / f"warm-{model}"),
-        )  # fmt: skip
-        subprocess.run(command, cwd=root, env=env, check=True, capture_output=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted_pipeline(tmp_path_factory) -> Path:
     """The tiny grid run once without interruption, two jobs at a time."""
     root = pipeline_copy(tmp_path_factory.mktemp("pipeline") / "ref", tiny_pipeline_config())
-    compile_kernels(root)
     result = run_snakemake(root, *TABLES, cores=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(complete_records(root)) == N_RUNS
@@ -291,7 +276,6 @@ def test_interrupted_grid_reruns_to_the_uninterrupted_result(tmp_path, uninterru
 
     Also the determinism check across --cores: the reference ran two jobs at a time, this one one."""
     root = pipeline_copy(tmp_path / "interrupted", tiny_pipeline_config())
-    compile_kernels(root)
     assert start_pipeline_and_kill(root, signal.SIGTERM, after_records=2) != 0
     assert_every_visible_run_is_complete(root)
     done_after_term = len(complete_records(root))

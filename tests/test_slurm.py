@@ -8,10 +8,9 @@ CDLN_REQUIRE_SLURM=1 it fails instead of skipping (for a CI job that has a clust
 Both runs go into temporary copies of the workflow: the same config, the same code. Their run records
 (every ``record.json`` and ``job.json``), run curves and tables (every CSV and findings JSON under
 ``tables/``) must be equal, wall-clock fields aside (seconds, and the timing-only rows of the scaling table):
-where a job runs must not change a number. Strings, integers and the set of files exactly; floats to
-ROUNDING (relative), since the numba kernels have been seen to differ in the last bits between a freshly
-compiled kernel and one loaded from numba's cache, whichever job happens to compile first (the count of
-floats that differ at all is printed).
+where a job runs must not change a number: strings, integers, floats and the set of files are compared
+exactly (a kernel that one job compiles and another loads from numba's cache computes the same numbers:
+tests/test_native.py).
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ CLUSTER_SCRIPT = "profiles/slurm/local-cluster.sh"
 HOW_TO = f"apt-get install -y slurm-wlm munge; sudo {CLUSTER_SCRIPT} start"
 # The timing-only parts of a record or a table: wall clock, and what is computed from it.
 TIMING_WORDS = ("second", "speedup", "time", "date", "host", "wall")
-ROUNDING = 1e-9
 
 
 def slurm_unavailable() -> str | None:
@@ -125,42 +123,33 @@ def tables(clone: Path) -> dict[str, object]:
     return found
 
 
-def differences(got, want, where: str) -> tuple[list[str], int]:
-    """(Places where ``got`` and ``want`` differ beyond rounding, how many floats differ at all)."""
+def differences(got, want, where: str) -> list[str]:
+    """Places where ``got`` and ``want`` differ (NaN equals NaN)."""
     if isinstance(want, dict) and isinstance(got, dict):
-        found, bits = ([] if got.keys() == want.keys() else [f"{where}: keys {sorted(got)} != {sorted(want)}"]), 0
+        found = [] if got.keys() == want.keys() else [f"{where}: keys {sorted(got)} != {sorted(want)}"]
         for key in want.keys() & got.keys():
-            more, more_bits = differences(got[key], want[key], f"{where}.{key}")
-            found, bits = found + more, bits + more_bits
-        return found, bits
+            found += differences(got[key], want[key], f"{where}.{key}")
+        return found
     if isinstance(want, list) and isinstance(got, list) and len(got) == len(want):
-        found, bits = [], 0
+        found = []
         for index, (a, b) in enumerate(zip(got, want, strict=True)):
-            more, more_bits = differences(a, b, f"{where}[{index}]")
-            found, bits = found + more, bits + more_bits
-        return found, bits
-    if isinstance(want, float) and isinstance(got, float):
-        if got == want or (math.isnan(got) and math.isnan(want)):
-            return [], 0
-        return ([] if math.isclose(got, want, rel_tol=ROUNDING, abs_tol=0) else [f"{where}: {got!r} != {want!r}"]), 1
-    return ([] if got == want else [f"{where}: {got!r} != {want!r}"]), 0
+            found += differences(a, b, f"{where}[{index}]")
+        return found
+    if isinstance(want, float) and isinstance(got, float) and math.isnan(got) and math.isnan(want):
+        return []
+    return [] if got == want else [f"{where}: {got!r} != {want!r}"]
 
 
-def assert_same(local: dict, slurm: dict, what: str) -> int:
-    """Every file of ``local`` equal in ``slurm`` (floats to ROUNDING); the number of floats not bitwise equal."""
+def assert_same(local: dict, slurm: dict, what: str) -> None:
+    """Every file of ``local`` equal in ``slurm``, exactly."""
     assert sorted(slurm) == sorted(local), f"{what}: different files"
-    bits = 0
     for name, want in local.items():
         got = slurm[name]
         if isinstance(want, pd.DataFrame):
-            pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=ROUNDING, atol=0, obj=f"{what} {name}")
-            floats = want.select_dtypes("float").columns
-            bits += int((got[floats].ne(want[floats]) & ~(got[floats].isna() & want[floats].isna())).sum().sum())
+            pd.testing.assert_frame_equal(got, want, check_exact=True, obj=f"{what} {name}")
         else:
-            found, more = differences(got, want, f"{what} {name}")
+            found = differences(got, want, f"{what} {name}")
             assert not found, "\n".join(found[:20])
-            bits += more
-    return bits
 
 
 def test_reduced_grid_through_slurm_equals_the_local_run(cluster, tmp_path: Path) -> None:
@@ -182,10 +171,9 @@ def test_reduced_grid_through_slurm_equals_the_local_run(cluster, tmp_path: Path
         assert not any(f"rule_{rule}" in line for line in submitted), f"{rule} was submitted to SLURM"
     assert "--gpus" not in output and "Invalid generic resource" not in output
 
-    bits = assert_same(records(local_clone), records(slurm_clone), "run record")
-    bits += assert_same(curves(local_clone), curves(slurm_clone), "run curves")
-    bits += assert_same(tables(local_clone), tables(slurm_clone), "table")
-    print(f"floats equal to {ROUNDING:g} relative; not bitwise equal: {bits}")
+    assert_same(records(local_clone), records(slurm_clone), "run record")
+    assert_same(curves(local_clone), curves(slurm_clone), "run curves")
+    assert_same(tables(local_clone), tables(slurm_clone), "table")
     assert (slurm_clone / "results" / "ci" / "tables" / "summary.md").is_file()
     assert (slurm_clone / "results" / "ci" / "tables" / "claims.md").is_file()
     # The issue's bound: through SLURM at most twice the local time (CDLN_SLURM_MAX_RATIO to loosen it on a

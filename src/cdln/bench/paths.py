@@ -88,9 +88,10 @@ def bench_jax(mc_runs: Mapping[str, Mapping[str, Any]], repeats: int = 11, echo:
 
 # Whole mc runs (per iteration, checkpoints included) of the former C kernels (gd_kernels.c, removed in
 # issue #20), measured side by side with the numba kernels in one process on this project's machine (AMD EPYC,
-# one pinned core, OMP_NUM_THREADS=1, 2026-12-02; docs/performance.md). The bench prints them beside its
-# own numba numbers for reference; they are not re-measured (the C is gone).
-FORMER_C_WHOLE_RUN_US = {"original": 224.1, "cdln": 32.2}
+# one pinned core, OMP_NUM_THREADS=1, quiet machine, 2026-12-02; the mean of two runs' medians,
+# docs/performance.md). The bench prints them beside its own numba numbers for reference; they are not
+# re-measured (the C is gone), so compare them only with a run on a quiet machine like that one.
+FORMER_C_WHOLE_RUN_US = {"original": 196.5, "cdln": 21.9}
 WHOLE_RUN_OUTER = 20
 
 
