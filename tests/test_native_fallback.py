@@ -1,7 +1,7 @@
 """A machine where numba cannot be imported: the compiled kernels cannot run, and every run takes the torch
 path, says so in its record (path and plan), and trains as the torch path does where the kernels exist.
 Runs everywhere (no skip): numba is hidden from a fresh interpreter. (No C compiler is ever needed:
-tests/test_native.py::test_no_c_compiler_needed.)"""
+tests/test_native.py::test_kernels_compiled_and_loaded_from_the_cache_give_the_same_numbers.)"""
 
 from __future__ import annotations
 
