@@ -336,7 +336,8 @@ def {name}(weights, prefixes, steps, row_ptr, cols, target, obs, n_steps, up0, u
 # Row widths with a pass of their own (rows in registers), compiled on first use; wider rows go in register
 # blocks (:func:`_wide_kernel`), or, up to :data:`REGISTER_MAX` (AVX-512), in registers too (:func:`_sampled_kernel`).
 REGISTER_WIDTHS = range(1, 33)
-_SAMPLED: dict[int, object] = {}
+_SAMPLED: dict[int, object] = {}  # row width -> its kernel
+_WIDE: dict[int, object] = {}  # register block -> the kernel of rows wider than REGISTER_MAX
 
 
 def _wide_block() -> int:
@@ -395,9 +396,6 @@ def _wide_kernel(k: int):
         name = f"_sampled_steps_wide_{block}"
         _WIDE[block] = _compile_sampled(name, _blocked_pass(block))
     return _WIDE[block]
-
-
-_WIDE: dict[int, object] = {}
 
 
 @contextlib.contextmanager
