@@ -444,8 +444,8 @@ def _sensing_grad(a, y, w, g):
                     s21 += x2[j] * v1
                     s30 += x3[j] * v0
                     s31 += x3[j] * v1
-                for j in range(n_main, n):
-                    v0, v1 = w0[j], w1[j]
+                for j in range(n_main, n):  # the same sums, written again: a loop of its own for the remainder
+                    v0, v1 = w0[j], w1[j]  # keeps both slots of a pair bitwise alike (one fused loop did not)
                     s00 += x0[j] * v0
                     s01 += x0[j] * v1
                     s10 += x1[j] * v0
