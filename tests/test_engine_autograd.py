@@ -1,10 +1,9 @@
 """The fast GD engine against a plain autograd reference, and batched against one-at-a-time training.
 
 The engine computes layer gradients in closed form into preallocated buffers, updates with one
-fused call, steps large CPU batches in cache-sized chunks and drops members once they stop; none
-of that may change the arithmetic: gradients and trajectories match ``torch.autograd`` on the
-problem's own training loss to 1e-10 (float64), and a member trains bitwise the same in a batch as
-alone (MF, MC; MS to rounding, where the batch shares one operator product). Trajectory and batching
+fused call and drops members once they stop; none of that may change the arithmetic: gradients and
+trajectories match ``torch.autograd`` on the problem's own training loss to 1e-10 (float64), and a member
+trains bitwise the same in a batch as alone (MF, MC; MS to rounding). Trajectory and batching
 tests run on every engine path (torch, and the compiled native dense/sampled steps where they apply).
 """
 
@@ -13,19 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdln import engine, native
 from cdln.bench import kernels as bench
-from cdln.engine import TrainSettings, Workspace, gd_steps, layer_gradients, train
+from cdln.engine import TrainSettings, Workspace, layer_gradients, train
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
 from cdln.problems import Problem, ProblemSpec, make_problem
 
 TASK_OPTIONS = {"mf": {}, "mc": {"p": 0.5}, "ms": {"m": 150}}
-NATIVE = native.available()
-ENGINE_PATHS = [
-    "torch",
-    pytest.param("native-dense", marks=pytest.mark.skipif(not NATIVE, reason=f"{native.why_unavailable()}")),
-    pytest.param("native-sampled", marks=pytest.mark.skipif(not NATIVE, reason=f"{native.why_unavailable()}")),
-]
+ENGINE_PATHS = ["torch", "native-dense", "native-sampled"]
 
 
 @pytest.fixture(params=ENGINE_PATHS)
@@ -151,12 +144,8 @@ def _train_alone_and_batched(problem: Problem, model: str, batch: int, settings:
 
 @pytest.mark.parametrize("task,lr", [("mf", 5.0), ("mc", 4.0), ("ms", 5.0)])
 @pytest.mark.parametrize("model", ["original", "cdln"])
-@pytest.mark.parametrize("cache_bytes", [engine.CACHE_BYTES, 1])  # 1: every member its own chunk (torch path)
-def test_batched_members_train_as_if_alone(task, lr, model, cache_bytes, monkeypatch, engine_path):
+def test_batched_members_train_as_if_alone(task, lr, model, engine_path):
     _skip_unless_path_applies(engine_path, task)
-    if engine_path != "torch" and cache_bytes != engine.CACHE_BYTES:
-        pytest.skip("chunking is the torch path's")
-    monkeypatch.setattr(engine, "CACHE_BYTES", cache_bytes)
     problem = _problem(task, 10, 10)
     # tol chosen so that members stop at different checkpoints: exercises dropping stopped members.
     settings = TrainSettings(lr, 25, 200, tol=1e-7)
@@ -180,20 +169,6 @@ def test_batched_members_train_as_if_alone(task, lr, model, cache_bytes, monkeyp
                 assert torch.equal(w_batch[member : member + 1], w_single)
             else:
                 torch.testing.assert_close(w_batch[member : member + 1], w_single, rtol=1e-10, atol=1e-14)
-
-
-def test_chunked_steps_equal_whole_batch_steps(monkeypatch):
-    problem = _problem("mc", 16, 16)
-    network = _network("cdln", problem, 3, batch=5)
-    steps = [(-5.0 * s).view(-1, 1, 1) for s in network.lr_scales]
-    whole = [w.clone() for w in network.weights]
-    gd_steps(whole, steps, problem, 30, path="torch")
-    monkeypatch.setattr(engine, "CACHE_BYTES", 1)
-    assert engine.chunk_size(network.weights, problem) == 1
-    chunked = [w.clone() for w in network.weights]
-    gd_steps(chunked, steps, problem, 30, path="torch")
-    assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
-    assert not torch.equal(whole[0], network.weights[0]), "the steps must have moved the weights"
 
 
 def test_stopped_members_keep_their_weights_at_the_stop():

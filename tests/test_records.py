@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import TINY
 
-from cdln import native
 from cdln.config import RunConfig
 from cdln.io import torch_save, write_csv, write_json, write_text
 from cdln.records import check_record, make_record, read_run_record, read_snapshots, write_run_record
@@ -158,9 +157,9 @@ def test_run_record_contents(tmp_path):
 @pytest.mark.parametrize(
     "task,forced,expected",
     [
-        ("mc", None, "native-dense" if native.available() else "torch"),  # p = 0.7: too dense to sample
+        ("mc", None, "native-dense"),  # p = 0.7: too dense to sample
         ("mc", "torch", "torch"),
-        ("ms", None, "torch+native-one-pass" if native.available() else "torch+torch-two-pass"),
+        ("ms", None, "torch+native-one-pass"),
         ("ms", "torch", "torch+torch-two-pass"),  # torch everywhere, the operator pass included
     ],
 )

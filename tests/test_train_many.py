@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from cdln import native
 from cdln.engine import TrainSettings, train, train_many
 from cdln.networks import compressed_dln, original_dln
 from cdln.problems import ProblemSpec, make_problem
@@ -23,22 +22,17 @@ def _pair(problem):
     ]
 
 
-# The numba one-pass kernel (the default), and torch's fused pass in 7-row blocks (CDLN_ENGINE=torch).
-@pytest.mark.parametrize("block_bytes", [None, 8 * 8 * 8 * 7])
-def test_each_network_trains_as_if_alone(block_bytes, monkeypatch):
+# The numba one-pass kernel (the default), and torch's two passes (CDLN_ENGINE=torch).
+@pytest.mark.parametrize("engine,operator_pass", [("auto", "native-one-pass"), ("torch", "torch-two-pass")])
+def test_each_network_trains_as_if_alone(engine, operator_pass, monkeypatch):
     problem = make_problem(ProblemSpec("ms", 8, 8, 2, data_seed=0, m=200))
-    if block_bytes is not None:
-        monkeypatch.setenv("CDLN_ENGINE", "torch")  # torch everywhere, the operator pass included
-        monkeypatch.setattr(type(problem), "BLOCK_BYTES", block_bytes)
-        assert problem.block_rows() == 7
+    monkeypatch.setenv("CDLN_ENGINE", engine)
     settings = TrainSettings(lr=5.0, n_inner=20, max_outer=15, tol=1e-7)  # members stop at 120-300
     together = _pair(problem)
     results = train_many(together, problem, settings)
     alone = _pair(problem)
     expected = [train(net, problem, settings) for net in alone]
     assert len({i for r in results for i in r.stop_iteration}) > 1, "members should stop at different times"
-    operator_pass = "native-one-pass" if native.available() else "torch-two-pass"  # 200 x 64: one block
-    operator_pass = "torch-blocked" if block_bytes is not None else operator_pass
     assert {r.engine_path for r in results} == {f"lockstep+{operator_pass}"}
     assert {r.engine_path for r in expected} == {f"torch+{operator_pass}"}
     for got, want, net_got, net_want in zip(results, expected, together, alone, strict=True):
@@ -66,7 +60,7 @@ def test_seconds_attribution_adds_up():
             assert curve["seconds"].is_monotonic_increasing
 
 
-def test_mf_and_mc_train_each_network_alone():
+def test_mf_and_mc_networks_of_a_group_train_as_if_alone():
     for task in ("mf", "mc"):
         problem = make_problem(ProblemSpec(task, 10, 10, 2, 0, 0.5 if task == "mc" else None))
         settings = TrainSettings(lr=3.0, n_inner=10, max_outer=4)

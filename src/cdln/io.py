@@ -76,6 +76,30 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+MATRIX_SUFFIXES = (".npy", ".csv", ".txt")
+
+
+def read_matrix(path: str | os.PathLike[str], what: str = "matrix") -> np.ndarray:
+    """A 2-D float64 array from a ``.npy`` file or a comma-separated ``.csv``/``.txt`` file (empty fields
+    and ``nan`` read as NaN). Raises ``ValueError`` naming the file (and ``what`` it was for)."""
+    path = Path(path)
+    if path.suffix.lower() not in MATRIX_SUFFIXES:
+        raise ValueError(f"{what} file {path}: want one of {list(MATRIX_SUFFIXES)}; got {path.suffix or 'no suffix'!r}")
+    if not path.is_file():
+        raise ValueError(f"{what} file {path} does not exist")
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            array = np.genfromtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+        array = np.asarray(array, dtype=np.float64)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{what} file {path} is not a readable matrix: {error}") from None
+    if array.ndim != 2 or 0 in array.shape:
+        raise ValueError(f"{what} file {path} must hold a non-empty 2-D matrix; got shape {array.shape}")
+    return array
+
+
 def json_default(value: Any) -> Any:
     """JSON encoding of the non-JSON values run records hold (numpy scalars, paths, torch types)."""
     import torch

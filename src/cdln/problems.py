@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from cdln import native, seeding
+from cdln import seeding
 
 Task = Literal["mf", "mc", "ms"]
 TASKS: tuple[str, ...] = ("mf", "mc", "ms")
@@ -111,34 +111,34 @@ def low_rank_target(
 
 
 class Problem(ABC):
-    """A low-rank recovery problem; tensors live on ``self.target``'s device and dtype."""
+    """A recovery problem: what the engine needs of one is its loss gradient, its training loss and its
+    recovery error, as functions of a batch of end-to-end matrices (B, d_out, d_in), in torch. A new
+    problem is a subclass defining those three (and :meth:`surrogate`, to build a C-DLN from it); it
+    trains on the engine's torch step with no change to the engine (docs/own-problem.md).
+    ``target`` (d_out, d_in) is what the recovery error compares against."""
 
     spec: ProblemSpec
-    target: Tensor  # (d_out, d_in)
+    target: Tensor
 
     @abstractmethod
-    def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
-        """Gradient of the training loss w.r.t. ``W`` of shape (B, d_out, d_in).
-
-        ``out`` (same shape) is a buffer the result may be written into, to spare an allocation in
-        the GD loop; the returned tensor is the result either way.
-        """
+    def loss_grad(self, end_to_end: Tensor) -> Tensor:
+        """Gradient of the summed per-member training loss w.r.t. ``W``, (B, d_out, d_in)."""
 
     @abstractmethod
     def train_loss(self, end_to_end: Tensor) -> Tensor:
-        """Training loss per batch member, shape (B,)."""
+        """Training loss per batch member, (B,)."""
 
     @abstractmethod
     def recovery_error(self, end_to_end: Tensor) -> Tensor:
-        """Reported recovery error per batch member, shape (B,)."""
+        """Reported recovery error per batch member, (B,)."""
 
-    @abstractmethod
     def surrogate(self) -> Tensor:
-        """Cheap estimate of the target whose singular vectors seed the C-DLN, (d_out, d_in)."""
+        """Cheap estimate of the target whose top singular vectors seed the C-DLN, (d_out, d_in)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no surrogate(), which a C-DLN is built from")
 
-    @abstractmethod
     def tensors(self) -> dict[str, Tensor]:
-        """The problem's data tensors, for saving."""
+        """The problem's data tensors, for saving and for :meth:`to`."""
+        raise NotImplementedError(f"{type(self).__name__} defines no tensors(); it cannot be saved or moved")
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Problem:
         """Copy of the problem with every tensor on ``device`` in ``dtype`` (masks stay bool)."""
@@ -149,7 +149,8 @@ class Problem(ABC):
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.spec.d_out, self.spec.d_in
+        """(d_out, d_in) of the end-to-end matrix."""
+        return tuple(self.target.shape[-2:])
 
 
 class Factorization(Problem):
@@ -158,10 +159,10 @@ class Factorization(Problem):
     def __init__(self, spec: ProblemSpec, target: Tensor) -> None:
         self.spec, self.target = spec, target
         self.observations = target  # what the loss fits (every entry, noiseless)
-        self._scale = 1.0 / target.numel()
+        self.loss_scale = 1.0 / target.numel()  # the loss gradient is (W - M*) * loss_scale
 
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
-        return torch.sub(end_to_end, self.target, out=out).mul_(self._scale)
+        return torch.sub(end_to_end, self.target, out=out).mul_(self.loss_scale)
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * (end_to_end - self.target).square().mean(dim=(-2, -1))
@@ -179,7 +180,8 @@ class Completion(Problem):
     """MC: observe ``floor(p * d_out * d_in)`` entries drawn uniformly without replacement.
 
     ``heldout`` (optional bool mask, disjoint from ``mask``): report the recovery error on these
-    entries only (real data, e.g. held-out MovieLens ratings) instead of on every unobserved entry.
+    entries only (real data, e.g. held-out MovieLens ratings) instead of on every unobserved entry; equal
+    to ``mask``: on the observed entries (no ground truth, see :meth:`from_matrix`).
     ``observations`` (optional, the target's shape): the values the loss fits on the observed entries
     (noisy data); by default the target itself.
     """
@@ -201,21 +203,46 @@ class Completion(Problem):
         unobserved = self.mask.numel() - observed
         if observed == 0:
             raise ValueError("matrix completion needs at least one observed entry")
-        self._observed = self.mask.to(target.dtype) / observed
+        self.loss_weights = self.mask.to(target.dtype) / observed  # mask / n_observed: the gradient is (W - Y) * this
         if self.heldout is not None:
             if self.heldout.shape != self.mask.shape:
                 shapes = f"{tuple(self.heldout.shape)} != mask shape {tuple(self.mask.shape)}"
                 raise ValueError(f"heldout mask shape {shapes}")
-            if not self.heldout.any() or (self.heldout & self.mask).any():
-                raise ValueError("heldout mask must be non-empty and disjoint from the observed mask")
+            overlaps = bool((self.heldout & self.mask).any()) and not torch.equal(self.heldout, self.mask)
+            if not self.heldout.any() or overlaps:
+                raise ValueError("heldout mask must be non-empty and disjoint from the observed mask (or equal to it)")
             held_out = self.heldout
         else:
             # With p = 1 nothing is held out; report the error on all entries instead of 0/0.
             held_out = ~self.mask if unobserved else torch.ones_like(self.mask)
-        self._unobserved = held_out.to(target.dtype) / int(held_out.sum())
+        self.heldout_weights = held_out.to(target.dtype) / int(held_out.sum())
+
+    @classmethod
+    def from_matrix(cls, matrix: Tensor, mask: Tensor, rank: int, heldout: Tensor | None = None) -> Completion:
+        """Completion of a user's own partly observed ``matrix`` (d_out, d_in): the loss fits its entries where
+        ``mask`` (bool, same shape) is true; entries elsewhere are ignored (NaN allowed there). With ``heldout``
+        (a bool mask disjoint from ``mask``, values in ``matrix``) the recovery error is the half mean squared
+        error on those entries; without, there is no ground truth and it is the training error. ``rank``: the
+        rank you expect (sets the C-DLN's default width 2 x rank). The completed matrix is the trained
+        network's :meth:`~cdln.networks.LinearNetwork.end_to_end`."""
+        matrix = torch.as_tensor(matrix, dtype=torch.float64)
+        mask, known = torch.as_tensor(mask).bool(), torch.as_tensor(mask).bool().clone()
+        if heldout is not None:
+            heldout = torch.as_tensor(heldout).bool()
+            if heldout.shape == mask.shape:
+                known |= heldout
+        if matrix.dim() != 2 or mask.shape != matrix.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} != matrix shape {tuple(matrix.shape)}")
+        if not torch.isfinite(matrix[known]).all():
+            raise ValueError("the matrix has non-finite values at observed or held-out entries")
+        values = torch.where(known, matrix, torch.zeros_like(matrix))
+        d_out, d_in = matrix.shape
+        spec = ProblemSpec("mc", d_out, d_in, rank, p=float(mask.float().mean()) or 1.0)
+        spec.validate()
+        return cls(spec, values, mask, heldout=mask if heldout is None else heldout)
 
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
-        return torch.sub(end_to_end, self.observations, out=out).mul_(self._observed)
+        return torch.sub(end_to_end, self.observations, out=out).mul_(self.loss_weights)
 
     def observed_entries(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The observed set in CSR form, row by row: ``row_ptr`` (d_out + 1,) and ``cols`` (n_observed,)
@@ -226,14 +253,14 @@ class Completion(Problem):
             counts = torch.bincount(rows, minlength=self.mask.shape[0])
             row_ptr = torch.zeros(self.mask.shape[0] + 1, dtype=torch.long, device=self.mask.device)
             torch.cumsum(counts, 0, out=row_ptr[1:])
-            self._csr = (row_ptr, cols.contiguous(), self.observations[rows, cols], self._observed[rows, cols])
+            self._csr = (row_ptr, cols.contiguous(), self.observations[rows, cols], self.loss_weights[rows, cols])
         return self._csr
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
-        return 0.5 * ((end_to_end - self.observations).square() * self._observed).sum(dim=(-2, -1))
+        return 0.5 * ((end_to_end - self.observations).square() * self.loss_weights).sum(dim=(-2, -1))
 
     def recovery_error(self, end_to_end: Tensor) -> Tensor:
-        return 0.5 * ((end_to_end - self.target).square() * self._unobserved).sum(dim=(-2, -1))
+        return 0.5 * ((end_to_end - self.target).square() * self.heldout_weights).sum(dim=(-2, -1))
 
     def surrogate(self) -> Tensor:
         p = float(self.mask.float().mean())
@@ -259,56 +286,10 @@ class Sensing(Problem):
         flat = end_to_end.reshape(end_to_end.shape[0], -1)  # (B, d_out*d_in)
         return flat @ self.operator.T - self.measurements  # (B, m): one pass over the operator
 
-    # CPU: one fused pass over the operator in row blocks of about BLOCK_BYTES, each block read from
-    # memory once for A_b w and again from the cache for A_b^T r_b: by the native kernel when it can run
-    # (cdln.native.sensing_grad), else by torch's addmm per block. The step is bound by reading the
-    # operator; two full passes (A w - y, then A^T r) read it twice. `cdln bench --sections shared` times it.
-    BLOCK_BYTES = 4 << 20
-
-    def block_rows(self) -> int:
-        """Operator rows per block of the fused pass (all of them off the CPU: two full passes there)."""
-        m, n = self.operator.shape
-        if self.operator.device.type != "cpu":
-            return m
-        return max(1, min(m, self.BLOCK_BYTES // (n * self.operator.element_size())))
-
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
-        batch = end_to_end.shape[0]
-        flat = end_to_end.reshape(batch, -1)
-        grad = flat.new_empty(flat.shape) if out is None else out.reshape(batch, -1)
-        if self.native_pass(flat, grad):
-            native.sensing_grad(self.operator, self.measurements, flat.contiguous(), grad)
-            return grad.reshape(end_to_end.shape)
-        rows = self.block_rows()
-        m = self.operator.shape[0]
-        if rows >= m:
-            grad.copy_(self._residual(end_to_end) @ self.operator)  # two passes over the operator
-            return grad.reshape(end_to_end.shape)
-        residual = flat.new_empty(batch, rows)
-        for start in range(0, m, rows):
-            block = self.operator[start : start + rows]
-            r = residual[:, : block.shape[0]]
-            torch.addmm(self.measurements[start : start + rows], flat, block.T, beta=-1, out=r)  # A_b w - y_b
-            if start == 0:
-                torch.mm(r, block, out=grad)
-            else:
-                grad.addmm_(r, block)  # += A_b^T r_b, the block still in cache
-        return grad.reshape(end_to_end.shape)
-
-    def native_pass(self, flat: Tensor, grad: Tensor) -> bool:
-        """Whether the native one-pass kernel can compute this gradient (CPU, float32/64, contiguous)."""
-        same = grad.dtype == flat.dtype and grad.device.type == "cpu" and grad.is_contiguous()
-        return same and self.operator_pass(flat.dtype) == "native-one-pass"
-
-    def operator_pass(self, dtype: torch.dtype) -> str:
-        """How :meth:`loss_grad` reads the operator for end-to-end matrices of ``dtype``: ``native-one-pass``
-        (the numba kernel, :func:`cdln.native.sensing_grad`), ``torch-blocked`` (one pass in row blocks) or
-        ``torch-two-pass``; ``CDLN_ENGINE=torch`` means torch here too."""
-        tensors = (self.operator, self.measurements)
-        same = all(t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
-        if same and native.engine_override() != "torch" and native.available(dtype):
-            return "native-one-pass"
-        return "torch-blocked" if self.block_rows() < self.operator.shape[0] else "torch-two-pass"
+        """``A^T (A w - y)``: two passes over the operator (the engine's plan reads it once on the CPU)."""
+        grad = self._residual(end_to_end) @ self.operator
+        return grad.reshape(end_to_end.shape) if out is None else out.copy_(grad.reshape(end_to_end.shape))
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * self._residual(end_to_end).square().sum(dim=-1)

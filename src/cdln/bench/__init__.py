@@ -56,15 +56,15 @@ DEFAULT_CONFIG = Path("config/config.yaml")
 
 
 def environment(device: torch.device) -> dict:
-    from cdln import native
+    from cdln.engine import kernels
 
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "compiled_backend": native.backend(),
-        "compiled_blas": native.blas_info(),
+        "compiled_backend": kernels.backend(),
+        "compiled_blas": kernels.blas_info(),
         "cpu": _cpu_name(),
     }
 

@@ -105,9 +105,9 @@ def _as_jax(tensor: Tensor, jnp: ModuleType) -> Any:
 
 def _problem_arrays(problem: Problem, jnp: ModuleType) -> dict[str, Any]:
     if isinstance(problem, Completion):
-        return {"target": _as_jax(problem.observations, jnp), "weight": _as_jax(problem._observed, jnp)}
+        return {"target": _as_jax(problem.observations, jnp), "weight": _as_jax(problem.loss_weights, jnp)}
     if isinstance(problem, Factorization):
-        return {"target": _as_jax(problem.observations, jnp), "scale": problem._scale}
+        return {"target": _as_jax(problem.observations, jnp), "scale": problem.loss_scale}
     if isinstance(problem, Sensing):
         return {"operator": _as_jax(problem.operator, jnp), "y": _as_jax(problem.measurements, jnp)}
     raise NotImplementedError(f"no JAX baseline for {type(problem).__name__}")

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from cdln.bench.timing import compare, gemm_rate
 from cdln.devices import resolve_dtype
-from cdln.engine import Workspace, gd_steps
+from cdln.engine import plan_engine
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
 from cdln.problems import Completion, Problem, ProblemSpec, Sensing, make_problem
 
@@ -112,15 +112,7 @@ def roofline_fn(pairs: list[tuple[Tensor, Tensor]]) -> Callable[[int], None]:
 def bench_case(case: Case, problems: dict, device: torch.device, target_seconds: float, repeats: int) -> dict:
     """Engine vs roofline for one case; weights are reset before every repeat's steps."""
     network, problem = build_case(case, problems, device)
-    initial = [w.clone() for w in network.weights]
-    weights = [w.clone() for w in initial]
-    neg_steps = [(-case.lr * s).view(-1, 1, 1) for s in network.lr_scales]
-    workspace = Workspace(weights)
-
-    def engine(n: int) -> None:
-        for w, w0 in zip(weights, initial, strict=True):
-            w.copy_(w0)  # O(d^2): negligible next to an iteration, keeps every repeat on the same path
-        gd_steps(weights, neg_steps, problem, n, workspace)
+    engine = engine_runner(network, problem, case.lr, 1)
 
     pairs = matmul_plan(network.weights, problem)
     variants = {"engine": engine, "roofline": roofline_fn(pairs)}
@@ -136,7 +128,7 @@ def bench_case(case: Case, problems: dict, device: torch.device, target_seconds:
     extra = {}
     if "stream" in seconds:
         operator_bytes = problem.operator.numel() * problem.operator.element_size()
-        native_pass = problem.operator_pass(network.weights[-1].dtype) == "native-one-pass"
+        native_pass = plan_engine([network.weights], problem).operator_pass == "native-one-pass"
         passes = 1 if native_pass else 2  # the native kernel reads A once, torch twice
         extra = {
             "operator_passes": passes,
@@ -217,17 +209,17 @@ def hardware_reference_seconds(weights: list[Tensor], problem: Problem, rate: fl
 def engine_runner(
     network: LinearNetwork, problem: Problem, lr: float, n_inner: int, path: str | None = None
 ) -> Callable[[int], None]:
-    """``f(n)``: reset a copy of ``network``'s weights, then n calls of :func:`cdln.engine.gd_steps`
-    (``n_inner`` steps each, one :class:`~cdln.engine.Workspace`) on ``path`` (default: the engine's pick)."""
+    """``f(n)``: reset a copy of ``network``'s weights, then n calls of the engine's stepper (``n_inner`` steps
+    each) on ``path`` (an engine override; default: the engine's pick)."""
     initial = [w.clone() for w in network.weights]
     weights = [w.clone() for w in initial]
     neg_steps = [(-lr * s).view(-1, 1, 1) for s in network.lr_scales]
-    workspace = Workspace(weights)
+    stepper = plan_engine([weights], problem, path).stepper(problem, [weights])
 
     def run(n: int) -> None:
         for w, w0 in zip(weights, initial, strict=True):
             w.copy_(w0)  # O(d^2): negligible next to n_inner steps; every repeat takes the same path
         for _ in range(n):
-            gd_steps(weights, neg_steps, problem, n_inner, workspace, path)
+            stepper.run([0], [weights], [neg_steps], n_inner)
 
     return run

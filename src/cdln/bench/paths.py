@@ -29,7 +29,8 @@ import torch
 from cdln.bench.kernels import engine_runner, step_flops
 from cdln.bench.timing import gemm_rate, interleaved, small_gemm_rates
 from cdln.config import RunConfig
-from cdln.engine import TrainSettings, Workspace, lockstep_step, plan_engine, sampled_max_density, step_path, train
+from cdln.engine import TrainSettings, plan_engine, train
+from cdln.engine.plan import sampled_max_density
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
 from cdln.problems import Completion, Problem, ProblemSpec, make_problem, save_problem
 from cdln.runner import build_network, load_run_problem, train_in_lockstep, train_run
@@ -65,7 +66,7 @@ def bench_jax(mc_runs: Mapping[str, Mapping[str, Any]], repeats: int = 11, echo:
         wall, cpu = comparison.seconds_per_iteration, comparison.cpu_seconds_per_iteration
         flops = step_flops(network.weights, problem)
         row = {
-            "path": step_path(network.weights, problem),
+            "path": plan_engine([network.weights], problem).path,
             "engine_us": 1e6 * wall["engine"],
             "jax_us": 1e6 * wall["jax_autodiff"],
             "engine_cpu_us": 1e6 * cpu["engine"],
@@ -86,12 +87,6 @@ def bench_jax(mc_runs: Mapping[str, Mapping[str, Any]], repeats: int = 11, echo:
     return out
 
 
-# Whole mc runs (per iteration, checkpoints included) of the former C kernels (gd_kernels.c, removed in
-# issue #20), measured side by side with the numba kernels in one process on this project's machine (AMD EPYC,
-# one pinned core, OMP_NUM_THREADS=1, quiet machine, 2026-12-02; the mean of two runs' medians,
-# docs/performance.md). The bench prints them beside its own numba numbers for reference; they are not
-# re-measured (the C is gone), so compare them only with a run on a quiet machine like that one.
-FORMER_C_WHOLE_RUN_US = {"original": 196.5, "cdln": 21.9}
 WHOLE_RUN_OUTER = 20
 
 
@@ -112,7 +107,7 @@ def bench_whole_runs(
     have_jax = jax_loop.jax_available()
     out: dict[str, Any] = {"outer": outer, "n_inner": n_inner}
     for name, network in networks.items():
-        plan = plan_engine(network.weights, problem)
+        plan = plan_engine([network.weights], problem).record()
 
         def engine_run(n: int, network: LinearNetwork = network) -> None:
             for _ in range(n):
@@ -132,19 +127,15 @@ def bench_whole_runs(
 
             variants["jax"] = jax_run
         wall, _, cpu = interleaved(variants, dict.fromkeys(variants, outer * n_inner), repeats, 0.3)
-        row: dict[str, Any] = {"path": plan.path, "backend": plan.backend, "blas": plan.blas}
+        row: dict[str, Any] = {"path": plan["path"], "backend": plan["backend"], "blas": plan["blas"]}
         row["engine_us"], row["engine_cpu_us"] = 1e6 * wall["engine"], 1e6 * cpu["engine"]
-        former = FORMER_C_WHOLE_RUN_US.get(name)
-        text = f"  {name:8} whole run ({plan.path}, {plan.backend}) {row['engine_us']:7.1f} us/iter"
+        text = f"  {name:8} whole run ({plan['path']}, {plan['backend']}) {row['engine_us']:7.1f} us/iter"
         if have_jax:
             row["jax_us"], row["jax_cpu_us"] = 1e6 * wall["jax"], 1e6 * cpu["jax"]
             row["ratio"] = wall["engine"] / wall["jax"]
             text += (
                 f", JAX {row['jax_us']:7.1f}: engine/JAX = {row['ratio']:.3f} (CPU {cpu['engine'] / cpu['jax']:.3f})"
             )
-        if former is not None:
-            row["former_c_us"] = former
-            text += f"; the former C kernels: {former:.1f} (recorded, docs/performance.md)"
         echo(text)
         out[name] = row
     return out
@@ -201,7 +192,7 @@ def bench_sampled(
         f"  MovieLens-shaped C-DLN step ({shape['n_users']} x {shape['n_items']}, {movielens.n_observed} observed; "
         "a synthetic stand-in): "
         f"{1e3 * wall['before']:.2f} ms/iter before (torch path), {1e3 * wall['after']:.2f} after "
-        f"({step_path(network.weights, movielens)}): {wall['before'] / wall['after']:.1f}x faster"
+        f"({plan_engine([network.weights], movielens).path}): {wall['before'] / wall['after']:.1f}x faster"
     )
     return out
 
@@ -268,14 +259,12 @@ def bench_shared(
     problem, networks, lr = _networks(ms_runs)
     alone = {name: engine_runner(net, problem, lr, 1) for name, net in networks.items()}
     lockstep = [net.clone() for net in networks.values()]
-    spaces = [Workspace(net.weights) for net in lockstep]
+    works = [net.weights for net in lockstep]
     steps = [[(-lr * s).view(-1, 1, 1) for s in net.lr_scales] for net in lockstep]
-    d_out, d_in = problem.shape
-    shared = torch.empty(sum(net.batch for net in lockstep), d_out, d_in, dtype=lockstep[0].weights[0].dtype)
+    stepper = plan_engine(works, problem).stepper(problem, works)  # train_many's: one loss gradient for both
 
-    def together(n: int) -> None:  # engine.train_many's step: one loss gradient for both
-        for _ in range(n):
-            lockstep_step(problem, [net.weights for net in lockstep], spaces, steps, shared)
+    def together(n: int) -> None:
+        stepper.run(list(range(len(works))), works, steps, n)
 
     def apart(n: int) -> None:
         for name in networks:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 
@@ -138,6 +139,13 @@ def busy_threads(fn: Callable[[], Any], min_share: float = 0.05) -> dict[str, fl
     return {name: ticks / total for name, ticks in used.items() if ticks / total >= min_share}
 
 
+@numba.njit(cache=True)
+def _numba_gemm_loop(a, b, out, calls):
+    """``calls`` products ``out = a @ b`` by ``np.dot`` in compiled code (scipy's BLAS, as the kernels')."""
+    for _ in range(calls):
+        np.dot(a, b, out)
+
+
 def small_gemm_rates(n: int = 100, repeats: int = 9, calls: int = 200) -> dict[str, float]:
     """FLOP/s of an ``n x n x n`` float64 GEMM into a preallocated output through each library present, at
     the current thread count: ``numpy`` (``np.matmul``: numpy's OpenBLAS), ``numba`` (``np.dot`` in a
@@ -159,14 +167,11 @@ def small_gemm_rates(n: int = 100, repeats: int = 9, calls: int = 200) -> dict[s
             torch.mm(ta, tb, out=tout)
 
     runners["numpy"], runners["torch"] = numpy_run, torch_run
-    from cdln import native
 
-    if native.available():
+    def numba_run() -> None:
+        _numba_gemm_loop(a, b, out, calls)
 
-        def numba_run() -> None:
-            native.gemm_loop(a, b, out, calls)
-
-        runners["numba"] = numba_run
+    runners["numba"] = numba_run
     try:
         from cdln.bench.jax_loop import require_jax
 

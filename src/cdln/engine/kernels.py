@@ -1,43 +1,33 @@
-"""Compiled CPU inner loop of the GD engine for MF and MC, and the MS operator pass, by numba.
+"""The compiled CPU steps of the GD engine (numba): MF/MC steps, dense and sampled, and the MS operator pass.
 
-On one CPU core a small step (d = 100) is bound by per-call overhead and by the GEMM library, not by
-arithmetic: each torch call costs 2-6 us from Python. These kernels run ``n_steps`` whole GD steps per
-call (one call per checkpoint) as plain loops that numba compiles (``numba.njit(cache=True)``: built once
-per machine and CPU into numba's cache, no system compiler needed; x86, ARM, macOS, Windows). Their
-matrix products are ``np.dot(..., out=)``, which numba hands to the BLAS that scipy ships
-(:func:`blas_info` says which). For MC they also offer the sampled step (only the observed entries of the
-end-to-end product), and for MS the loss gradient in one pass over the operator.
+On one CPU core a small step (d = 100) is bound by per-call overhead, not arithmetic: each torch call costs
+microseconds from Python. These kernels run ``n_steps`` whole GD steps per call (one call per checkpoint) as
+loops that numba compiles once per machine into its cache (``njit(cache=True)``; no system compiler). Their
+matrix products are ``np.dot(..., out=)``, which numba hands to the BLAS scipy ships (:func:`blas_info`).
 
-Every matrix is row-major; layer l of batch member b is ``weights[l][b]`` (the (B, n_out, n_in) stacking
-of :mod:`cdln.networks`). Members are stepped one after another, each through all ``n_steps`` steps (its
-working set stays in cache), with the same arithmetic whatever the batch: a member trains bitwise the same
-in a batch as alone.
+Every matrix is row-major; layer l of batch member b is ``weights[l][b]``. Members are stepped one after
+another, each through all ``n_steps`` steps, with the same arithmetic whatever the batch: a member trains
+bitwise the same in a batch as alone.
 
-A step: prefixes P_l = W_l ... W_0, the loss gradient G = dLoss/dE of the end-to-end matrix E = P_{L-1},
-then for l = L-1 .. 1: U_{l-1} = W_l^T U_l (U_{L-1} = G) and W_l += s_l U_l P_{l-1}^T, finally
-W_0 += s_0 U_0, where s_l = -lr * scale_l of the member. Updating W_l in place is safe: later products
-use only W_{l-1} .. W_0 and the prefixes.
+A step: prefixes P_l = W_l ... W_0, the loss gradient G of the end-to-end matrix E = P_{L-1}, then for
+l = L-1 .. 1: U_{l-1} = W_l^T U_l (U_{L-1} = G) and W_l += s_l U_l P_{l-1}^T, finally W_0 += s_0 U_0, where
+s_l = -lr * scale_l of the member. Updating W_l in place is safe: later products use only W_{l-1} .. W_0.
 
-- dense: G = (E - target) * obs (MC: obs = mask / n_observed) or (E - target) * scale (MF).
-- sampled (MC, depth >= 2): the loss gradient is zero off the observed set, so only the observed entries
-  of E = W_{L-1} P_{L-2} are formed, and G's products with P_{L-2}^T and W_{L-1}^T are sparse-dense; all
-  three in one pass over the observed entries (CSR), O(nnz k) with k = dims[L-1] instead of the dense
-  O(d_out d_in k); the rest of the step is dense. P_{L-2}^T comes from one product and U = (U^T)^T is
-  read in place. The pass is generated Python, compiled like the rest: for k <= :data:`REGISTER_MAX` (32,
-  or 104 with AVX-512's 32 vector registers: the original DLN's k = 100) one function per width with the row
-  and its accumulator in scalars that LLVM's SLP vectoriser packs into vector registers
-  (:func:`_vectorising`); wider rows go in register blocks of :data:`WIDE_BLOCK` columns, two sweeps (dot
-  products, then updates), as the former C kernels did. Measured against them: docs/performance.md.
-- MS: :func:`sensing_grad`, ``A^T (A w - y)`` in one pass over the operator, networks in pairs.
+- dense (:class:`CompiledSteps` without ``csr``): G = (E - Y) * weights (MC) or (E - Y) * scale (MF).
+- sampled (MC, depth >= 2): G is zero off the observed set, so only the observed entries of E are formed
+  and G's products are sparse-dense, all in one pass over the observed entries (CSR): O(nnz k) with
+  k = the last layer's input width, instead of O(d_out d_in k). The pass is generated Python compiled like
+  the rest: rows of width k <= :data:`REGISTER_MAX` held in scalars that LLVM's SLP vectoriser packs into
+  vector registers, wider rows in register blocks of :data:`WIDE_BLOCK` columns.
+- MS (:class:`OperatorPass`): ``A^T (A w - y)`` in one pass over the operator, networks in pairs.
 
-Rounding: the paths sum in different orders (and BLAS and LLVM may fuse multiply-adds and reassociate
-sums: ``fastmath`` contract/reassoc, see :data:`FAST`), so they agree with each other and with the torch
-path to rounding, not bitwise (tests/test_native.py). Which instructions run depends on the CPU numba
-compiles for; a member's arithmetic never depends on its batch, nor on whether the process compiled the
-kernel or loaded it from numba's cache.
+Rounding: products and sums run in other orders than torch's (and the kernels may fuse multiply-adds and
+reassociate sums, :data:`FAST`), so they agree with the torch step to rounding, not bitwise
+(tests/test_kernels.py). A member's arithmetic never depends on its batch, nor on whether the process
+compiled the kernel or loaded it from numba's cache.
 
-Every entry point checks the shapes it is given and raises ``ValueError`` on a mismatch before any
-compiled code runs (the kernels index without bounds checks).
+Shapes are checked once, when a :class:`CompiledSteps` or :class:`OperatorPass` is built; the kernels index
+without bounds checks, so they are only ever called through those two classes.
 """
 
 from __future__ import annotations
@@ -46,38 +36,24 @@ import contextlib
 import functools
 from collections.abc import Iterator, Sequence
 
+import numba
 import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
-try:
-    import numba
-    from numba import njit
-
-    _IMPORT_ERROR: str | None = None
-except ImportError as error:  # pragma: no cover - numba is a dependency; this keeps the torch path usable
-    numba = None
-    _IMPORT_ERROR = f"numba is not importable ({error}); pip install numba"
-
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        return (lambda fn: fn) if not args or not callable(args[0]) else args[0]
-
-
 DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
-# Fused multiply-adds and reassociated sums (vectorised reductions); never changes what is computed,
-# only the rounding (as the C kernels' FMA did). Only the kernels called from Python get these flags, and they
-# call no compiled function that has them: numba links a callee into its caller as a copy that is optimised
-# again with the caller, and which copy a call runs depended on whether the process compiled the kernel or
-# loaded it from numba's cache, so the same run ended a few ulps apart across that boundary (measured; the
-# shared helpers below are strict IEEE code, which every copy computes the same). tests/test_native.py checks
-# that a kernel compiled in one process and loaded in the next gives bitwise the same numbers.
+# Fused multiply-adds and reassociated sums (vectorised reductions): only the rounding changes. Only the kernels
+# called from Python get these flags, and they call no compiled function that has them: numba links a callee
+# into its caller as a copy optimised again with the caller, and which copy runs depends on whether the process
+# compiled the kernel or loaded it from the cache, so such a callee would make a run's last bits depend on that.
+# The shared helpers below are strict IEEE code, which every copy computes the same
+# (tests/test_kernels.py::test_kernels_compiled_and_loaded_from_the_cache_give_the_same_numbers).
 FAST = {"contract", "reassoc", "nsz", "arcp"}
-_errors: dict[str, str] = {}
 
 
 def backend() -> str:
-    """``numba <version>``, or why the compiled kernels cannot run."""
-    return f"numba {numba.__version__}" if numba is not None else "unavailable"
+    return f"numba {numba.__version__}"
 
 
 @functools.cache
@@ -95,38 +71,22 @@ def blas_info() -> dict[str, str]:
             "version": str(blas.get("version", "unknown")),
             "configuration": str(blas.get("openblas configuration", "")).strip(),
         }
-    except Exception as error:  # scipy missing or a build without show_config dicts
+    except Exception as error:  # a scipy build without show_config dicts
         return {"library": "scipy", "name": "unknown", "version": "unknown", "configuration": str(error)}
 
 
-def why_unavailable(dtype: torch.dtype = torch.float64) -> str | None:
-    """``None`` when the compiled kernels can run for ``dtype``, else the reason they cannot."""
-    if dtype not in DTYPES:
-        return f"no compiled kernels for {dtype}"
-    if _IMPORT_ERROR is not None:
-        return _IMPORT_ERROR
-    key = str(dtype)
-    if key not in _errors:
-        try:
-            import scipy.linalg.cython_blas  # noqa: F401  (numba's np.dot needs scipy's BLAS)
-
-            _errors[key] = ""
-        except ImportError as error:
-            _errors[key] = f"scipy's BLAS is not importable ({error}); pip install scipy"
-    return _errors[key] or None
+def blas_label() -> str:
+    """``name version (via scipy X)``: what the plan records as the kernels' BLAS."""
+    info = blas_info()
+    return f"{info['name']} {info['version']} (via scipy {info.get('scipy', '?')})"
 
 
-def available(dtype: torch.dtype = torch.float64) -> bool:
-    """Whether :class:`NativeSteps` and :func:`sensing_grad` can run for ``dtype``."""
-    return why_unavailable(dtype) is None
-
-
-def supports(weights: Sequence[Tensor]) -> bool:
-    """Whether the weights suit the kernels: CPU, float32/64, one dtype, contiguous, no autograd."""
-    dtype = weights[0].dtype
-    return all(
-        w.device.type == "cpu" and w.dtype == dtype and w.is_contiguous() and not w.requires_grad for w in weights
-    ) and available(dtype)
+def suits(tensors: Sequence[Tensor]) -> bool:
+    """Whether tensors suit the kernels: CPU, one float32/64 dtype, contiguous, no autograd."""
+    dtype = tensors[0].dtype
+    return dtype in DTYPES and all(
+        t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() and not t.requires_grad for t in tensors
+    )
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -197,8 +157,7 @@ def _register_pass(width: int) -> tuple[list[str], list[str]]:
     e = W[i] . P^T[j], g = (e - target) * obs, acc += g P^T[j], U^T[j] += g W[i] (old row), then
     W[i] += s acc; ``pt`` and ``ut`` (d_in, k) are P^T and U^T. Written out: the row and its accumulator
     are scalars (registers), and LLVM's SLP vectoriser packs the lanes into vector operations
-    (:func:`_vectorising`; the dot product as one reassociated sum measured 1.3x faster than four
-    interleaved ones)."""
+    (:func:`_vectorising`; the dot product is one reassociated sum, which vectorises best)."""
     lanes = range(width)
     step = [
         "for i in range(top.shape[0]):",
@@ -343,19 +302,15 @@ _WIDE: dict[int, object] = {}  # register block -> the kernel of rows wider than
 def _wide_block() -> int:
     """Columns per register block of the wide-row pass: 64 where the CPU has 32 vector registers of 512 bits
     (AVX-512: 64 float64 lanes of the row and 64 of its accumulator fit), else 32 (AVX2, NEON)."""
-    if numba is None:
-        return 32
     import llvmlite.binding as llvm
 
     return 64 if "+avx512f" in llvm.get_host_cpu_features().flatten().split(",") else 32
 
 
 WIDE_BLOCK = _wide_block()
-# Widest row held whole in registers: with 32 vector registers of 512 bits (AVX-512), a row of up to 104 float64
-# and its accumulator take 26 of them, and the one-sweep register pass beats the blocked one. Measured (sampled
-# step, d = 100, p = 0.3, L = 3, one pinned core, AMD EPYC, 2026-12-02): register/blocked time 0.63 at k = 33,
-# 0.84-0.89 at 50-64, 0.80 at k = 100 (the original DLN: the whole mc run now matches the former C kernels,
-# docs/performance.md), 0.85 at 104, 0.84 at 112, 1.07 at 128. Elsewhere (16 registers) 32.
+# Widest row held whole in registers: with 32 vector registers of 512 bits (AVX-512) a row of up to 104 float64
+# and its accumulator take 26 of them, and the one-sweep register pass beats the blocked one up to about there;
+# with 16 registers, 32. `cdln bench --sections sampled` times the sampled step against the dense one.
 REGISTER_MAX = 104 if WIDE_BLOCK == 64 else 32
 
 
@@ -371,9 +326,8 @@ def _compile_sampled(name: str, observed_pass: tuple[list[str], list[str]]):
     return globals()[name]
 
 
-if numba is not None:
-    for _width in REGISTER_WIDTHS:
-        _SAMPLED[_width] = _compile_sampled(f"_sampled_steps_{_width}", _register_pass(_width))
+for _width in REGISTER_WIDTHS:
+    _SAMPLED[_width] = _compile_sampled(f"_sampled_steps_{_width}", _register_pass(_width))
 
 
 def _sampled_kernel(k: int):
@@ -389,8 +343,7 @@ def _sampled_kernel(k: int):
 
 def _wide_kernel(k: int):
     """The sampled steps for rows of width k > :data:`REGISTER_MAX`, in register blocks of :data:`WIDE_BLOCK`
-    columns (the last one padded; measured: k = 100 in two blocks of 64 ran 1.2x faster than in two of 56);
-    defined on first use."""
+    columns (the last one padded); defined on first use."""
     block = WIDE_BLOCK
     if block not in _WIDE:
         name = f"_sampled_steps_wide_{block}"
@@ -401,7 +354,7 @@ def _wide_kernel(k: int):
 @contextlib.contextmanager
 def _vectorising() -> Iterator[None]:
     """Compile with LLVM's SLP vectoriser on (numba leaves it off by default since numba#8705; the
-    register passes need it, and tests/test_native.py checks every kernel against the torch path). Only
+    register passes need it, and tests/test_kernels.py checks every kernel against the torch path). Only
     the kernels compiled inside this block are affected; cached builds are just loaded."""
     config = numba.core.config
     saved = config.SLP_VECTORIZE
@@ -418,8 +371,7 @@ def _sensing_grad(a, y, w, g):
     from cache for the updates), networks two at a time; an odd last network goes with itself (its twin's
     gradient into scratch), so every network runs through the same loops and its gradient is bitwise the
     same whatever the batch and its place in it. The dot products are reassociated sums that LLVM's loop
-    vectoriser spreads over vector lanes (measured: as fast as streaming A; written-out partial sums, which
-    the SLP vectoriser packs with shuffles, ran 1.4x slower)."""
+    vectoriser spreads over vector lanes, so the pass runs at the speed of streaming A."""
     m, n = a.shape
     batch = w.shape[0]
     g[:] = 0.0
@@ -473,45 +425,11 @@ def _sensing_grad(a, y, w, g):
         i += rows
 
 
-@njit(cache=True)
-def gemm_loop(a, b, out, calls):
-    """``calls`` products ``out = a @ b`` by ``np.dot`` (the benchmark's numba GEMM rate)."""
-    for _ in range(calls):
-        np.dot(a, b, out)
-
-
 # ------------------------------------------------------------------------------------------------ API
 
 
 def _array(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
-
-
-def sensing_grad(operator: Tensor, measurements: Tensor, flat: Tensor, out: Tensor) -> Tensor:
-    """MS loss gradient ``out[b] = A^T (A flat[b] - y)`` in one pass over the operator ``A`` (m, n);
-    ``flat`` and ``out`` are (B, n), all CPU, contiguous, one float dtype. A network's result does not
-    depend on the batch (each one's sums run in one order)."""
-    dtype = operator.dtype
-    tensors = (operator, measurements, flat, out)
-    if any(t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
-        raise ValueError("sensing_grad needs CPU tensors of one dtype, contiguous")
-    if dtype not in DTYPES:
-        raise ValueError(f"sensing_grad: no compiled kernel for {dtype}")
-    (m, n), batch = operator.shape, flat.shape[0]
-    if (
-        operator.dim() != 2
-        or tuple(measurements.shape) != (m,)
-        or tuple(flat.shape) != (batch, n)
-        or tuple(out.shape) != (batch, n)
-        or batch < 1
-    ):
-        shapes = (
-            f"A {tuple(operator.shape)}, y {tuple(measurements.shape)}, w {tuple(flat.shape)}, out {tuple(out.shape)}"
-        )
-        raise ValueError(f"sensing_grad: shapes do not fit ({shapes}); want A (m, n), y (m,), w and out (B >= 1, n)")
-    with _vectorising():
-        _sensing_grad(_array(operator), _array(measurements), _array(flat), _array(out))
-    return out
 
 
 def check_shapes(weights: Sequence[Tensor], d_out: int, d_in: int) -> None:
@@ -531,36 +449,59 @@ def check_shapes(weights: Sequence[Tensor], d_out: int, d_in: int) -> None:
             raise ValueError(f"{problem}: layer of shape {above} cannot follow {below}")
 
 
-class NativeSteps:
-    """GD steps of networks with fixed shapes on one MF/MC problem, by the compiled kernels.
+class OperatorPass:
+    """The MS loss gradient ``out[b] = A^T (A w[b] - y)`` in one pass over the operator ``A`` (m, n), y (m,).
 
-    Dense step: G = (E - target) * obs (MC: ``obs`` = mask / n_observed) or (E - target) * scale (``obs``
-    None, MF). ``csr`` (MC, depth >= 2: :meth:`~cdln.problems.Completion.observed_entries`) selects the
-    sampled step instead. The problem's tensors must be on the CPU in the weights' dtype.
-    ``run(weights, neg_steps, n)`` takes n steps in place. Shapes are checked here and on every call:
-    weights that do not chain into the target's shape raise ``ValueError``.
+    Checked once here: CPU, contiguous, one float dtype. A network's result does not depend on the batch
+    (each one's sums run in one order)."""
+
+    def __init__(self, operator: Tensor, measurements: Tensor) -> None:
+        if not suits([operator, measurements]):
+            raise ValueError("the operator pass needs contiguous CPU float32/64 tensors of one dtype")
+        if operator.dim() != 2 or tuple(measurements.shape) != (operator.shape[0],):
+            shapes = f"A {tuple(operator.shape)}, y {tuple(measurements.shape)}"
+            raise ValueError(f"the operator pass needs A (m, n) and y (m,); got {shapes}")
+        self.operator, self.measurements = _array(operator), _array(measurements)
+        self.dtype, self.n = operator.dtype, operator.shape[1]
+
+    def __call__(self, flat: Tensor, out: Tensor) -> Tensor:
+        """``flat`` and ``out``: (B, n) contiguous CPU tensors of the operator's dtype."""
+        if not suits([flat, out]) or flat.dtype != self.dtype or flat.shape != out.shape or flat.shape[-1] != self.n:
+            raise ValueError(f"the operator pass needs w and out of shape (B, {self.n}) in {self.dtype}")
+        with _vectorising():
+            _sensing_grad(self.operator, self.measurements, _array(flat), _array(out))
+        return out
+
+
+class CompiledSteps:
+    """``n_steps`` GD steps of one network's batch on one MF/MC problem, in compiled code.
+
+    ``observations`` (d_out, d_in) are the values the loss fits; the loss gradient is ``(E - Y) * weights``
+    (``weights`` (d_out, d_in): MC's mask / n_observed) or ``(E - Y) * scale`` (``weights`` None: MF).
+    ``csr`` (MC, depth >= 2: :meth:`~cdln.problems.Completion.observed_entries`) selects the sampled step.
+    Built for the per-member shapes of ``weights`` (checked here, once); :meth:`run` takes any batch size.
     """
 
     def __init__(
         self,
         weights: list[Tensor],
-        target: Tensor,
-        obs: Tensor | None,
-        scale: float,
+        observations: Tensor,
+        loss_weights: Tensor | None,
+        scale: float = 0.0,
         csr: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     ) -> None:
         self.dtype = dtype = weights[0].dtype
-        reason = why_unavailable(dtype)
-        if reason is not None:
-            raise RuntimeError(f"the compiled kernels cannot run: {reason}")
-        d_out, d_in = target.shape
+        if not suits(weights) or not suits([observations]) or observations.dtype != dtype:
+            raise ValueError("the compiled steps need contiguous CPU float32/64 weights and data of one dtype")
+        d_out, d_in = observations.shape
         check_shapes(weights, d_out, d_in)
-        if obs is not None and tuple(obs.shape) != (d_out, d_in):
-            raise ValueError(f"loss weights of shape {tuple(obs.shape)} do not fit the target's {(d_out, d_in)}")
+        if loss_weights is not None and tuple(loss_weights.shape) != (d_out, d_in):
+            raise ValueError(
+                f"loss weights of shape {tuple(loss_weights.shape)} do not fit the target's {(d_out, d_in)}"
+            )
         self.depth = depth = len(weights)
-        self.shapes = [tuple(w.shape) for w in weights]
-        self.sampled = csr is not None
-        if self.sampled and depth < 2:
+        self.shapes = [tuple(w.shape[1:]) for w in weights]
+        if csr is not None and depth < 2:
             raise ValueError("the sampled step needs depth >= 2")
         np_dtype = DTYPES[dtype]
         dims = [d_in] + [w.shape[-2] for w in weights]
@@ -569,10 +510,13 @@ class NativeSteps:
         self.tmp = np.empty(max(max(dims[n + 1] * dims[n] for n in range(depth)), 2 * d_out * d_in), np_dtype)
         # prefixes[l] (l >= 1): W_l ... W_0, (dims[l+1], d_in); prefixes[0] is never read (W_0 itself)
         self.prefixes = tuple(np.empty((dims[n + 1] if n else 1, d_in), np_dtype) for n in range(depth))
-        self.target = _array(target.contiguous())
-        self.obs = _array(obs.contiguous()) if obs is not None else np.zeros((1, 1), np_dtype)
+        self.target = _array(observations.contiguous())
+        self.obs = (
+            _array(loss_weights.contiguous().to(dtype)) if loss_weights is not None else np.zeros((1, 1), np_dtype)
+        )
         self.scale = float(scale)
-        if self.sampled:
+        self.csr = None
+        if csr is not None:
             row_ptr, cols, target_obs, obs_values = (_array(t.contiguous()) for t in csr)
             if row_ptr.shape != (d_out + 1,) or cols.shape != target_obs.shape or cols.shape != obs_values.shape:
                 raise ValueError("observed entries (CSR) do not fit the target's shape")
@@ -582,49 +526,19 @@ class NativeSteps:
             k = dims[depth - 1]
             self.kernel = _sampled_kernel(k)
             self.panels = (np.zeros((d_in, k), np_dtype), np.zeros((d_in, k), np_dtype))
-        self.batch = weights[0].shape[0]
-
-    def fits(self, weights: list[Tensor]) -> bool:
-        return [tuple(w.shape) for w in weights] == self.shapes and weights[0].dtype == self.dtype
 
     def run(self, weights: list[Tensor], neg_steps: list[Tensor], n_steps: int) -> None:
-        if not self.fits(weights) or not supports(weights):
-            raise ValueError("NativeSteps.run: weights do not match the shapes/dtype this plan was built for")
-        batch = weights[0].shape[0]
+        """``n_steps`` steps in place; ``weights`` of the built shapes, ``neg_steps[l]`` (B, 1, 1)."""
         steps = torch.cat([s.reshape(-1) for s in neg_steps]).to(self.dtype).contiguous()
-        if steps.numel() != self.depth * batch:
-            raise ValueError(f"NativeSteps.run: want {self.depth} step sizes per member, got {steps.numel()}")
         arrays = tuple(_array(w) for w in weights)
-        if self.sampled:
-            row_ptr, cols, target_obs, obs_values = self.csr
-            with _vectorising():
+        with _vectorising():
+            if self.csr is not None:
                 self.kernel(
-                    arrays, self.prefixes, _array(steps), row_ptr, cols, target_obs, obs_values, int(n_steps),
-                    *self.up, self.tmp, *self.panels,
-                )  # fmt: skip
-        else:
-            has_obs = self.obs.shape == self.target.shape
-            with _vectorising():
+                    arrays, self.prefixes, _array(steps), *self.csr, int(n_steps), *self.up, self.tmp, *self.panels
+                )
+            else:
+                has_obs = self.obs.shape == self.target.shape
                 _dense_steps(
                     arrays, self.prefixes, _array(steps), self.target, self.obs, self.scale, has_obs, int(n_steps),
                     *self.up, self.tmp,
                 )  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------ override
-
-ENGINES = ("auto", "torch", "numba", "native-dense", "native-sampled", "cuda-graph")
-
-
-def engine_override() -> str:
-    """The engine the user asked for: ``$CDLN_ENGINE`` (default ``auto``), the one switch of the engine plan
-    (:func:`cdln.engine.plan_engine`). ``torch``: torch everywhere (MS's operator pass included); ``numba``:
-    the compiled kernels wherever they apply (an error where they cannot run); ``native-dense`` /
-    ``native-sampled``: that MF/MC step; ``cuda-graph``: the torch step captured into a CUDA graph (opt-in:
-    it has not yet run on a GPU); ``auto``: the plan's own choice."""
-    import os
-
-    choice = os.environ.get("CDLN_ENGINE", "").strip() or "auto"
-    if choice not in ENGINES:
-        raise ValueError(f"CDLN_ENGINE must be one of {list(ENGINES)}; got {choice!r}")
-    return choice

@@ -1,4 +1,4 @@
-"""The compiled engine paths (cdln.native, numba): same iterates as the torch path, the sampled MC step
+"""The compiled engine paths (cdln.engine.kernels, numba): same iterates as the torch path, the sampled MC step
 equal to the dense one, the engine plan and its one override (CDLN_ENGINE), shape checks.
 
 Tolerances: the paths differ only in summation order (scipy's OpenBLAS vs torch's MKL products, the sampled
@@ -16,12 +16,13 @@ import pytest
 import torch
 from conftest import REPO, cli_env
 
-from cdln import engine, native
-from cdln.engine import TrainSettings, gd_steps, step_path, train
+from cdln.engine import TrainSettings, gd_steps, kernels, plan, plan_engine, train
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
 from cdln.problems import Completion, ProblemSpec, make_problem
 
-pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.why_unavailable()}")
+
+def step_path(weights, problem) -> str:
+    return plan_engine([weights], problem).path
 
 
 def _relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -80,14 +81,16 @@ def test_sampled_step_equals_dense_step_over_100_steps(model, p):
 
 @pytest.mark.parametrize("wide", [False, True])
 def test_wide_rows_sampled_step_equals_dense_step(wide):
-    """Rows wider than 32 (the original DLN's): in registers up to ``native.REGISTER_MAX`` (AVX-512), in register
+    """Rows wider than 32 (the original DLN's): in registers up to ``kernels.REGISTER_MAX`` (AVX-512), in register
     blocks beyond; either way the sampled step gives the dense step's and the torch path's iterates."""
-    width = native.REGISTER_MAX + 5 if wide else max(33, native.REGISTER_MAX - 3)
+    width = kernels.REGISTER_MAX + 5 if wide else max(33, kernels.REGISTER_MAX - 3)
     problem = make_problem(ProblemSpec("mc", 30, 25, 3, 0, 0.3))
     network = original_dln(30, 25, 3, 0.1, [0], width=width)
     assert network.weights[-1].shape[-1] == width
-    plan = native.NativeSteps(network.weights, problem.observations, problem._observed, 0.0, problem.observed_entries())
-    assert (plan.kernel is native._wide_kernel(width)) == (width > native.REGISTER_MAX)
+    steps = kernels.CompiledSteps(
+        network.weights, problem.observations, problem.loss_weights, 0.0, problem.observed_entries()
+    )
+    assert (steps.kernel is kernels._wide_kernel(width)) == (width > kernels.REGISTER_MAX)
     lr = problem.n_observed / 300
     dense, sampled, torch_path = (
         _steps(network.weights, network, problem, path, lr=lr) for path in ("native-dense", "native-sampled", "torch")
@@ -128,13 +131,11 @@ def test_step_path_choice(monkeypatch):
     assert step_path([w.to(torch.bfloat16) for w in weights], sparse.to("cpu", torch.bfloat16)) == "torch"
     # the choice never depends on the batch size (a member's arithmetic must not either)
     assert step_path(original_dln(20, 20, 3, 0.1, [0, 1, 2]).weights, sparse) == "native-sampled"
-    assert engine.sampled_max_density(weights) == engine.SAMPLED_MAX_DENSITY["registers"]  # k = 20
+    assert plan.sampled_max_density(weights) == plan.SAMPLED_MAX_DENSITY["registers"]  # k = 20
     wide = original_dln(20, 20, 3, 0.1, [0], width=100).weights
-    assert engine.sampled_max_density(wide) == engine.SAMPLED_MAX_DENSITY["cache"]
-    assert (
-        engine.sampled_max_density(original_dln(400, 400, 2, 0.1, [0]).weights) == engine.SAMPLED_MAX_DENSITY["memory"]
-    )
-    monkeypatch.setitem(engine.SAMPLED_MAX_DENSITY, "registers", 0.1)
+    assert plan.sampled_max_density(wide) == plan.SAMPLED_MAX_DENSITY["cache"]
+    assert plan.sampled_max_density(original_dln(400, 400, 2, 0.1, [0]).weights) == plan.SAMPLED_MAX_DENSITY["memory"]
+    monkeypatch.setitem(plan.SAMPLED_MAX_DENSITY, "registers", 0.1)
     assert step_path(weights, sparse) == "native-dense"
     monkeypatch.setenv("CDLN_ENGINE", "native-sampled")
     assert step_path(weights, dense) == "native-sampled"
@@ -146,12 +147,17 @@ def test_step_path_choice(monkeypatch):
     assert step_path(original_dln(6, 6, 3, 0.1, [0]).weights, ms) == "torch"  # MS: torch's step, numba's pass
     with pytest.raises(ValueError, match="not available"):
         step_path([w.mT for w in weights], sparse)
-    monkeypatch.setenv("CDLN_ENGINE", "cuda-graph")
-    with pytest.raises(ValueError, match="needs CUDA"):
-        step_path(weights, sparse)
+    monkeypatch.setenv("CDLN_ENGINE", "auto")
+    # a problem of the user's own (a subclass with another loss) never runs on the MC kernels
+    assert step_path(weights, _OwnLoss(sparse.spec, sparse.target, sparse.mask)) == "torch"
     monkeypatch.setenv("CDLN_ENGINE", "fastest")
     with pytest.raises(ValueError, match="must be one of"):
         step_path(weights, dense)
+
+
+class _OwnLoss(Completion):
+    def loss_grad(self, end_to_end, out=None):
+        return 2 * super().loss_grad(end_to_end)
 
 
 def test_torch_override_means_torch_everywhere(monkeypatch):
@@ -159,23 +165,23 @@ def test_torch_override_means_torch_everywhere(monkeypatch):
     mc = make_problem(ProblemSpec("mc", 20, 20, 2, 0, 0.2))
     ms = make_problem(ProblemSpec("ms", 6, 6, 2, 0, m=40))
     weights = original_dln(20, 20, 3, 0.1, [0]).weights
-    assert engine.plan_engine(weights, mc).backend.startswith("numba")
-    assert ms.operator_pass(torch.float64) == "native-one-pass"
+    ms_weights = original_dln(6, 6, 3, 0.1, [0]).weights
+    assert plan_engine([weights], mc).record()["backend"].startswith("numba")
+    assert plan_engine([ms_weights], ms).operator_pass == "native-one-pass"
     monkeypatch.setenv("CDLN_ENGINE", "torch")
-    plan = engine.plan_engine(weights, mc)
-    assert (plan.path, plan.override) == ("torch", "torch") and plan.backend.startswith("torch")
-    assert plan.blas.startswith("torch") and "numba" not in plan.blas
-    ms_plan = engine.plan_engine(original_dln(6, 6, 3, 0.1, [0]).weights, ms, lockstep=True)
-    assert ms_plan.label == "lockstep+torch-two-pass" and "numba" not in ms_plan.backend
+    record = plan_engine([weights], mc).record()
+    assert (record["path"], record["override"]) == ("torch", "torch") and record["backend"].startswith("torch")
+    assert record["blas"].startswith("torch") and "numba" not in record["blas"]
+    ms_plan = plan_engine([ms_weights, ms_weights], ms)
+    assert ms_plan.label() == "lockstep+torch-two-pass" and "numba" not in ms_plan.record()["backend"]
 
 
 def test_plan_records_backend_and_blas():
     problem = make_problem(ProblemSpec("mc", 20, 20, 2, 0, 0.2))
-    plan = engine.plan_engine(original_dln(20, 20, 3, 0.1, [0]).weights, problem)
-    record = plan.record()
+    record = plan_engine([original_dln(20, 20, 3, 0.1, [0]).weights], problem).record()
     assert record["path"] == "native-sampled" and record["label"] == "native-sampled"
-    assert record["backend"] == f"numba {native.numba.__version__}"
-    info = native.blas_info()
+    assert record["backend"] == f"numba {kernels.numba.__version__}"
+    info = kernels.blas_info()
     assert info["name"] in record["blas"] and info["version"] in record["blas"]
     assert record["override"] == "auto" and record["lockstep"] is False
 
@@ -184,13 +190,12 @@ KERNEL_RUNS = """
 import sys
 import numpy as np
 import torch
-from cdln import native
-from cdln.engine import plan_engine
+from cdln.engine import kernels, plan_engine
 from cdln.networks import compressed_dln, original_dln
 from cdln.problems import ProblemSpec, make_problem
 
 out = {}
-for name, (d, r_hat) in {"register": (24, 5), "wide": (native.REGISTER_MAX + 3, None)}.items():
+for name, (d, r_hat) in {"register": (24, 5), "wide": (kernels.REGISTER_MAX + 3, None)}.items():
     problem = make_problem(ProblemSpec("mc", d, d, 2, 0, 0.3))
     if r_hat is None:
         net = original_dln(d, d, 3, 0.3, [0])
@@ -199,12 +204,12 @@ for name, (d, r_hat) in {"register": (24, 5), "wide": (native.REGISTER_MAX + 3, 
     steps = [(-2.0 * s).view(-1, 1, 1) for s in net.lr_scales]
     for path, csr in (("dense", None), ("sampled", problem.observed_entries())):
         weights = [w.clone() for w in net.weights]
-        native.NativeSteps(weights, problem.observations, problem._observed, 0.0, csr).run(weights, steps, 200)
+        kernels.CompiledSteps(weights, problem.observations, problem.loss_weights, 0.0, csr).run(weights, steps, 200)
         out.update({f"{name}-{path}-{i}": w.numpy() for i, w in enumerate(weights)})
-    print(plan_engine(net.weights, problem).path)
+    print(plan_engine([net.weights], problem).path)
 problem = make_problem(ProblemSpec("ms", 7, 9, 2, 0, m=203))
 flat = torch.randn(3, 63, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-out["ms"] = native.sensing_grad(problem.operator, problem.measurements, flat, torch.empty_like(flat)).numpy()
+out["ms"] = kernels.OperatorPass(problem.operator, problem.measurements)(flat, torch.empty_like(flat)).numpy()
 np.savez(sys.argv[1], **out)
 """
 
@@ -212,9 +217,7 @@ np.savez(sys.argv[1], **out)
 def test_kernels_compiled_and_loaded_from_the_cache_give_the_same_numbers(tmp_path):
     """No system compiler is needed: with an empty PATH (no cc, gcc, clang) and a fresh numba cache, one process
     plans the compiled path and compiles every kernel kind; the next loads them from that cache. Both give
-    bitwise the same weights after 200 steps, and the same MS gradient.
-    (Before the shared helpers became strict IEEE code and the generated passes were written into their
-    kernels, the sampled kernels ended a few ulps apart across that boundary.)"""
+    bitwise the same weights after 200 steps, and the same MS gradient."""
     (tmp_path / "bin").mkdir()
     env = dict(cli_env(), PATH=str(tmp_path / "bin"), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     runs = []
@@ -237,7 +240,7 @@ def test_kernels_compiled_and_loaded_from_the_cache_give_the_same_numbers(tmp_pa
 def test_shape_mismatch_raises_instead_of_crashing(sampled):
     """The C-DLN's U and V swapped on a rectangular (MovieLens-shaped) problem: the end-to-end product has
     the target's transposed shape. The compiled kernels index without bounds checks, so this must be caught
-    before them (it crashed the interpreter with the former C kernels)."""
+    when they are built."""
     problem = make_problem(ProblemSpec("mc", 30, 20, 2, 0, 0.1))
     network = compressed_dln(problem.surrogate(), 4, 3, 0.1)
     swapped = [network.weights[2].mT.contiguous(), network.weights[1], network.weights[0].mT.contiguous()]
@@ -250,10 +253,7 @@ def test_shape_mismatch_raises_instead_of_crashing(sampled):
         step_path(swapped, problem)
     csr = problem.observed_entries() if sampled else None
     with pytest.raises(ValueError, match="do not chain"):
-        native.NativeSteps(swapped, problem.target, problem._observed, 0.0, csr)
-    plan = native.NativeSteps(network.weights, problem.target, problem._observed, 0.0, csr)
-    with pytest.raises(ValueError, match="do not match"):
-        plan.run(swapped, steps, 1)
+        kernels.CompiledSteps(swapped, problem.target, problem.loss_weights, 0.0, csr)
 
 
 def product_shape(weights):
@@ -271,17 +271,6 @@ def test_observed_entries_are_the_mask_in_csr_form():
     assert torch.equal(values, problem.target[problem.mask]) and torch.all(weights == 1.0 / problem.n_observed)
 
 
-def test_workspace_keeps_the_plan_for_the_next_call():
-    problem = make_problem(ProblemSpec("mc", 20, 20, 2, 0, 0.3))
-    network = compressed_dln(problem.surrogate(), 4, 3, 0.1)
-    workspace = engine.Workspace(network.weights)
-    steps = [(-1.0 * s).view(-1, 1, 1) for s in network.lr_scales]
-    gd_steps(network.weights, steps, problem, 2, workspace)
-    plan = workspace.native_plan[2]
-    gd_steps(network.weights, steps, problem, 2, workspace)
-    assert workspace.native_plan[2] is plan and plan.sampled
-
-
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("m", [200, 203])  # a multiple of the kernel's 4-row groups, and not
 def test_one_pass_sensing_gradient_equals_two_passes(dtype, tol, m):
@@ -291,19 +280,24 @@ def test_one_pass_sensing_gradient_equals_two_passes(dtype, tol, m):
     w = torch.randn(3, 9, 7, generator=torch.Generator().manual_seed(1), dtype=dtype)
     flat = w.reshape(3, -1)
     reference = (flat @ problem.operator.T - problem.measurements) @ problem.operator
-    got = native.sensing_grad(problem.operator, problem.measurements, flat, torch.empty_like(flat))
+    one_pass = kernels.OperatorPass(problem.operator, problem.measurements)
+    got = one_pass(flat, torch.empty_like(flat))
     assert float((got - reference).norm() / reference.norm()) < tol
     for b in range(3):
-        alone = native.sensing_grad(problem.operator, problem.measurements, flat[b : b + 1], torch.empty_like(flat[:1]))
+        alone = one_pass(flat[b : b + 1], torch.empty_like(flat[:1]))
         assert torch.equal(alone[0], got[b])
-    assert torch.equal(problem.loss_grad(w).reshape(3, -1), got)  # what the engine calls
+    engine_grad = plan._loss_grad(problem, plan_engine([[w]], problem).operator_pass)  # what the engine calls
+    assert torch.equal(engine_grad(w).reshape(3, -1), got)
 
 
 def test_one_pass_sensing_gradient_refuses_mixed_tensors():
     problem = make_problem(ProblemSpec("ms", 4, 4, 1, data_seed=0, m=20))
+    one_pass = kernels.OperatorPass(problem.operator, problem.measurements)
     flat = torch.zeros(1, 16, dtype=torch.float32)
-    with pytest.raises(ValueError, match="one dtype"):
-        native.sensing_grad(problem.operator, problem.measurements, flat, flat.clone())
+    with pytest.raises(ValueError, match="of shape"):
+        one_pass(flat, flat.clone())
     wrong = torch.zeros(1, 15, dtype=problem.operator.dtype)  # a transposed or mis-sized network
-    with pytest.raises(ValueError, match="shapes do not fit"):
-        native.sensing_grad(problem.operator, problem.measurements, wrong, wrong.clone())
+    with pytest.raises(ValueError, match="of shape"):
+        one_pass(wrong, wrong.clone())
+    with pytest.raises(ValueError, match="one dtype"):
+        kernels.OperatorPass(problem.operator, problem.measurements.float())

@@ -1,0 +1,188 @@
+"""The one decision: how the engine steps a group of networks on one problem.
+
+:func:`plan_engine` reads ``$CDLN_ENGINE`` once and picks, for each network, the step path:
+
+- ``torch`` (:mod:`cdln.engine.torch_step`): any device, any problem; the reference and the GPU path. A
+  group on it steps in lockstep, one loss-gradient call for all networks per step (one MS operator pass).
+- ``native-dense`` / ``native-sampled`` (:mod:`cdln.engine.kernels`): the built-in MF and MC problems on the
+  CPU in float32/64; ``n_inner`` steps per call in compiled code. MC samples (forms only the observed
+  entries of the end-to-end product) below the observed fraction :func:`sampled_max_density`.
+
+and, for MS, how the loss gradient reads the operator: ``native-one-pass`` (CPU, compiled) or
+``torch-two-pass``. ``$CDLN_ENGINE``: ``auto`` (default: the rules above), ``torch`` (torch everywhere,
+MS's pass included), ``numba`` (compiled wherever it applies; an error where nothing does),
+``native-dense`` / ``native-sampled`` (that MF/MC step; an error where it cannot run). The choice depends
+on the problem's type, shapes, density, dtype and device only, never on the batch size.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cdln.engine import kernels
+from cdln.engine.torch_step import LossGrad, TorchSteps
+from cdln.problems import Completion, Factorization, Problem, Sensing
+
+ENGINES = ("auto", "torch", "numba", "native-dense", "native-sampled")
+PATHS = ("torch", "native-dense", "native-sampled")
+
+# The sampled MC step costs ~c_s n_observed k and the dense one ~c_d d_out d_in k (k = the last layer's input
+# width), so sampling pays below an observed fraction c_d / c_s. The pass over the observed entries is
+# load-bound, the more so once a row of width k leaves the registers (k > 32) and once the P^T/U^T panels
+# (2 d_in k numbers) leave a core's cache (CACHE_BYTES). `cdln bench --sections sampled` prints where
+# sampled/dense crosses 1 on this machine; these thresholds sit below those crossings.
+CACHE_BYTES = 1 << 20
+SAMPLED_MAX_DENSITY = {"registers": 0.6, "cache": 0.35, "memory": 0.2}
+
+
+def sampled_max_density(weights: list[Tensor]) -> float:
+    """Observed fraction below which the sampled MC step is the cheaper one (see SAMPLED_MAX_DENSITY)."""
+    k, d_in, itemsize = weights[-1].shape[-1], weights[0].shape[-1], weights[0].element_size()
+    if k <= 32:
+        return SAMPLED_MAX_DENSITY["registers"]
+    return SAMPLED_MAX_DENSITY["cache" if 2 * d_in * k * itemsize <= CACHE_BYTES else "memory"]
+
+
+def engine_override() -> str:
+    """``$CDLN_ENGINE`` (default ``auto``), checked against :data:`ENGINES`."""
+    choice = os.environ.get("CDLN_ENGINE", "").strip() or "auto"
+    if choice not in ENGINES:
+        raise ValueError(f"CDLN_ENGINE must be one of {list(ENGINES)}; got {choice!r}")
+    return choice
+
+
+@functools.cache
+def _torch_blas() -> str:
+    match = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return f"torch {torch.__version__} ({match.group(1) if match else 'unknown BLAS'})"
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """How the engine steps a group of networks: each network's step ``paths[k]`` (one of :data:`PATHS`),
+    whether they step in ``lockstep`` (torch, several networks), MS's ``operator_pass``, and the
+    ``override`` it was chosen under. :meth:`stepper` builds what runs it."""
+
+    paths: tuple[str, ...]
+    operator_pass: str | None = None
+    lockstep: bool = False
+    override: str = "auto"
+
+    @property
+    def path(self) -> str:
+        return self.paths[0]
+
+    def label(self, k: int = 0) -> str:
+        """A record's ``engine_path``: the path (``lockstep`` for a group), for MS ``+`` the operator pass."""
+        path = "lockstep" if self.lockstep else self.paths[k]
+        return f"{path}+{self.operator_pass}" if self.operator_pass else path
+
+    def record(self, k: int = 0) -> dict[str, Any]:
+        """What a run record stores of the plan of network ``k``: path, label, backend, BLAS, operator pass,
+        lockstep, override."""
+        path, numba = self.paths[k], f"{kernels.backend()}"
+        if path != "torch":
+            backend, blas = numba, kernels.blas_label()
+        elif self.operator_pass == "native-one-pass":
+            backend = f"torch {torch.__version__} + {numba} (operator pass)"
+            blas = f"{_torch_blas()}; operator pass: {kernels.blas_label()}"
+        else:
+            backend, blas = f"torch {torch.__version__}", _torch_blas()
+        return {
+            "path": path, "label": self.label(k), "backend": backend, "blas": blas,
+            "operator_pass": self.operator_pass, "lockstep": self.lockstep, "override": self.override,
+        }  # fmt: skip
+
+    def stepper(self, problem: Problem, weights: list[list[Tensor]]) -> GroupSteps:
+        """What runs the plan: ``run(ids, works, neg_steps, n_steps, clock=None)`` steps networks ``ids``
+        (their live weights ``works``, of any batch size, per-member shapes those of ``weights[k]``) ``n_steps``
+        times in place; ``clock`` (optional) times each network's own work and the work they share."""
+        if self.path == "torch":
+            return TorchSteps(_loss_grad(problem, self.operator_pass))
+        return CompiledGroup([_compiled(problem, w, path) for w, path in zip(weights, self.paths, strict=True)])
+
+
+def plan_engine(weights: list[list[Tensor]], problem: Problem, override: str | None = None) -> EnginePlan:
+    """The plan for the networks whose layer weights are ``weights[k]`` on ``problem`` (see the module);
+    ``override`` (one of :data:`ENGINES`) in place of ``$CDLN_ENGINE``, for benchmarks and tests."""
+    override = engine_override() if override is None else override
+    if override not in ENGINES:
+        raise ValueError(f"engine override must be one of {list(ENGINES)}; got {override!r}")
+    paths = tuple(_path(w, problem, override) for w in weights)
+    if "torch" in paths:
+        paths = ("torch",) * len(paths)
+    operator_pass = None
+    if type(problem) is Sensing:
+        one_pass = override != "torch" and kernels.suits([problem.operator, problem.measurements])
+        operator_pass = (
+            "native-one-pass" if one_pass and problem.operator.dtype == weights[0][0].dtype else "torch-two-pass"
+        )
+        if override == "numba" and operator_pass != "native-one-pass":
+            raise ValueError("CDLN_ENGINE=numba is not available here: the MS operator pass needs CPU float32/64 data")
+    return EnginePlan(paths, operator_pass, len(paths) > 1 and paths[0] == "torch", override)
+
+
+def _path(weights: list[Tensor], problem: Problem, override: str) -> str:
+    if override == "torch":
+        return "torch"
+    data = [problem.observations] if type(problem) in (Factorization, Completion) else []
+    compiled = bool(data) and kernels.suits([*weights, *data])
+    if not compiled:
+        if override in ("native-dense", "native-sampled") or (override == "numba" and type(problem) is not Sensing):
+            why = "needs an MF or MC problem with contiguous CPU float32/64 weights and data of one dtype"
+            raise ValueError(f"CDLN_ENGINE={override} is not available here: it {why}")
+        return "torch"
+    kernels.check_shapes(weights, *problem.shape)
+    can_sample = type(problem) is Completion and len(weights) >= 2
+    if override in ("native-dense", "native-sampled"):
+        if override == "native-sampled" and not can_sample:
+            raise ValueError("CDLN_ENGINE=native-sampled needs an MC problem and depth >= 2")
+        return override
+    if can_sample and problem.n_observed < sampled_max_density(weights) * problem.mask.numel():
+        return "native-sampled"
+    return "native-dense"
+
+
+def _loss_grad(problem: Problem, operator_pass: str | None) -> LossGrad:
+    """The problem's own loss gradient, or for MS on the CPU the compiled one-pass one."""
+    if operator_pass != "native-one-pass":
+        return problem.loss_grad
+    assert isinstance(problem, Sensing)
+    one_pass = kernels.OperatorPass(problem.operator, problem.measurements)
+
+    def loss_grad(end_to_end: Tensor) -> Tensor:
+        flat = end_to_end.reshape(end_to_end.shape[0], -1).contiguous()
+        return one_pass(flat, torch.empty_like(flat)).reshape(end_to_end.shape)
+
+    return loss_grad
+
+
+def _compiled(problem: Problem, weights: list[Tensor], path: str) -> kernels.CompiledSteps:
+    if isinstance(problem, Completion):
+        csr = problem.observed_entries() if path == "native-sampled" else None
+        return kernels.CompiledSteps(weights, problem.observations, problem.loss_weights, 0.0, csr)
+    assert isinstance(problem, Factorization)
+    return kernels.CompiledSteps(weights, problem.observations, None, problem.loss_scale)
+
+
+class CompiledGroup:
+    """Each network of a group stepped by its own :class:`~cdln.engine.kernels.CompiledSteps`."""
+
+    def __init__(self, steps: list[kernels.CompiledSteps]) -> None:
+        self.steps = steps
+
+    def run(self, ids: list[int], works: list[list[Tensor]], neg_steps: list[list[Tensor]], n_steps: int, clock=None):
+        for k, work, steps in zip(ids, works, neg_steps, strict=True):
+            with clock.own(k) if clock else nullcontext():
+                self.steps[k].run(work, steps, n_steps)
+
+
+GroupSteps = TorchSteps | CompiledGroup
