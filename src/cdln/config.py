@@ -42,6 +42,9 @@ class RunConfig:
     noise: float = 0.0  # MC/MS: observation noise std relative to the clean observations' RMS
     data_seed: int = 0
     problem: str | None = None  # a problem file from `cdln make-problem`; overrides the fields above
+    matrix: str | None = None  # MC on your own data: a .npy/.csv matrix (with mask; overrides d, p, data_seed)
+    mask: str | None = None  # its observed entries: a .npy/.csv matrix of 0/1, the matrix's shape
+    heldout: str | None = None  # optional: entries (0/1) whose values in the matrix measure the recovery error
     model: str = "original"
     depth: int = 3
     width: int | None = None  # original DLN width; default max(d_out, d_in)
@@ -135,7 +138,7 @@ class RunConfig:
             raise ConfigError(f"--tol must be a finite number >= 0; got {self.tol!r}")
         if self.p is not None and (not _is_number(self.p) or not 0 < self.p <= 1):
             raise ConfigError(f"--p must be in (0, 1] (fraction of observed entries); got {self.p!r}")
-        if self.task == "mc" and self.problem is None and self.p is None:
+        if self.task == "mc" and self.problem is None and self.matrix is None and self.p is None:
             raise ConfigError("--p must be in (0, 1] for task 'mc'; got None")
         if not isinstance(self.snapshots, bool):
             raise ConfigError(f"--snapshots must be true or false; got {self.snapshots!r}")
@@ -154,6 +157,7 @@ class RunConfig:
             raise ConfigError("batch over either --alpha values or --init-seed values, not both")
         if self.problem is not None and not Path(self.problem).is_file():
             raise ConfigError(f"--problem file {self.problem} does not exist")
+        self._validate_matrix_files()
         _choice("dtype", self.dtype, ("float64", "float32"))
         try:
             resolve_device(self.device)
@@ -161,6 +165,27 @@ class RunConfig:
             raise ConfigError(str(error)) from None
         if check_memory:
             self.check_memory()
+
+    def _validate_matrix_files(self) -> None:
+        given = [name for name in ("matrix", "mask", "heldout") if getattr(self, name) is not None]
+        if not given:
+            return
+        if self.matrix is None or self.mask is None:
+            raise ConfigError(
+                f"--matrix and --mask go together (a matrix and its observed entries); got only --{given[0]}"
+            )
+        if self.problem is not None:
+            raise ConfigError("give either --problem or --matrix/--mask, not both")
+        if self.task != "mc":
+            raise ConfigError(f"--matrix/--mask train matrix completion: want --task mc; got --task {self.task}")
+        for name in given:
+            path = Path(getattr(self, name))
+            if not path.is_file():
+                raise ConfigError(f"--{name} file {path} does not exist")
+            if path.suffix.lower() not in (".npy", ".csv", ".txt"):
+                raise ConfigError(
+                    f"--{name} file {path} must be .npy, .csv or .txt; got {path.suffix or 'no suffix'!r}"
+                )
 
     def memory_bytes(self) -> tuple[int, int]:
         """Rough peak bytes ``(host, device)`` of the run: problem data and network, with temporaries.

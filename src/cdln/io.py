@@ -80,8 +80,9 @@ MATRIX_SUFFIXES = (".npy", ".csv", ".txt")
 
 
 def read_matrix(path: str | os.PathLike[str], what: str = "matrix") -> np.ndarray:
-    """A 2-D float64 array from a ``.npy`` file or a comma-separated ``.csv``/``.txt`` file (empty fields
-    and ``nan`` read as NaN). Raises ``ValueError`` naming the file (and ``what`` it was for)."""
+    """A (rows, columns) float64 array from a ``.npy`` file or a comma-separated ``.csv``/``.txt`` file.
+
+    Empty fields and ``nan`` read as NaN. Raises ``ValueError`` naming the file (and ``what`` it was for)."""
     path = Path(path)
     if path.suffix.lower() not in MATRIX_SUFFIXES:
         raise ValueError(f"{what} file {path}: want one of {list(MATRIX_SUFFIXES)}; got {path.suffix or 'no suffix'!r}")

@@ -111,12 +111,13 @@ def random_dln(
 
 
 def original_dln(d_out: int, d_in: int, depth: int, eps: float, init_seeds: Sequence[int], width: int | None = None):
-    """The overparameterised DLN of width ``max(d_out, d_in)`` (square layers for square targets)."""
+    """The overparameterised DLN: layers (B, width, d_in), (B, width, width) x (L-2), (B, d_out, width), width
+    ``max(d_out, d_in)`` by default; every layer ``eps x`` a random orthogonal matrix, one member per seed."""
     return random_dln("original", d_out, d_in, width or max(d_out, d_in), depth, eps, init_seeds)
 
 
 def narrow_dln(d_out: int, d_in: int, depth: int, eps: float, init_seeds: Sequence[int], width: int) -> LinearNetwork:
-    """Baseline: a DLN of width ``width`` (= r_hat) with random orthogonal init."""
+    """Baseline: a DLN of width ``width`` (= r_hat): layers (B, width, d_in) ... (B, d_out, width), random orthogonal init."""
     return random_dln("narrow", d_out, d_in, width, depth, eps, init_seeds)
 
 
@@ -167,7 +168,8 @@ def top_singular_vectors(matrix: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def compressed_dln(
     surrogate: Tensor, r_hat: int, depth: int, eps: float, alpha: float | Sequence[float] = 1.0, batch: int = 1
 ) -> LinearNetwork:
-    """The C-DLN: spectral init from the surrogate's top-``r_hat`` singular vectors, outer rate alpha."""
+    """The C-DLN: layers (B, r_hat, d_in), (B, r_hat, r_hat) x (L-2), (B, d_out, r_hat), initialised from the
+    top-``r_hat`` singular vectors of ``surrogate`` (d_out, d_in); the outer layers step ``alpha`` x."""
     u, v = top_singular_vectors(surrogate, r_hat)
     return spectral_dln("cdln", u, v, depth, eps, alpha, batch)
 

@@ -38,7 +38,8 @@ NOISY_TASKS: tuple[str, ...] = ("mc", "ms")
 
 @dataclass(frozen=True)
 class ProblemSpec:
-    """Everything that determines a problem instance (with ``data_seed``)."""
+    """Everything that determines a problem instance: task, shape (d_out, d_in), rank, ``data_seed``, and the
+    task's own settings."""
 
     task: str
     d_out: int
@@ -111,9 +112,10 @@ def low_rank_target(
 
 
 class Problem(ABC):
-    """A recovery problem: what the engine needs of one is its loss gradient, its training loss and its
-    recovery error, as functions of a batch of end-to-end matrices (B, d_out, d_in), in torch. A new
-    problem is a subclass defining those three (and :meth:`surrogate`, to build a C-DLN from it); it
+    """A recovery problem: loss gradient (B, d_out, d_in), training loss (B,) and recovery error (B,) of a batch of
+    end-to-end matrices (B, d_out, d_in), in torch.
+
+    That is all the engine needs of a problem. A new problem is a subclass defining those three (and :meth:`surrogate`, to build a C-DLN from it); it
     trains on the engine's torch step with no change to the engine (docs/own-problem.md).
     ``target`` (d_out, d_in) is what the recovery error compares against."""
 
@@ -154,7 +156,7 @@ class Problem(ABC):
 
 
 class Factorization(Problem):
-    """MF: observe every entry of the target."""
+    """MF: observe every entry of the target (d_out, d_in)."""
 
     def __init__(self, spec: ProblemSpec, target: Tensor) -> None:
         self.spec, self.target = spec, target
@@ -177,7 +179,10 @@ class Factorization(Problem):
 
 
 class Completion(Problem):
-    """MC: observe ``floor(p * d_out * d_in)`` entries drawn uniformly without replacement.
+    """MC: observe the entries of the target (d_out, d_in) where ``mask`` (d_out, d_in, bool) is true.
+
+    :func:`make_problem` draws ``floor(p * d_out * d_in)`` of them uniformly without replacement;
+    :meth:`from_matrix` takes a user's own matrix and mask.
 
     ``heldout`` (optional bool mask, disjoint from ``mask``): report the recovery error on these
     entries only (real data, e.g. held-out MovieLens ratings) instead of on every unobserved entry; equal
@@ -309,7 +314,7 @@ PROBLEM_CLASSES: dict[str, type[Problem]] = {"mf": Factorization, "mc": Completi
 
 
 def make_problem(spec: ProblemSpec) -> Problem:
-    """Draw a problem instance from ``spec`` on the CPU in float64 (seeded by ``spec.data_seed``)."""
+    """Draw a problem instance from ``spec`` (target (d_out, d_in)) on the CPU in float64, seeded by ``spec.data_seed``."""
     spec.validate()
     generator = seeding.generator(spec.data_seed, "data")
     target, *_ = low_rank_target(spec.d_out, spec.d_in, spec.rank, generator, spec.spectrum, spec.condition)
@@ -344,7 +349,7 @@ def _noise(clean: Tensor, level: float, generator: torch.Generator) -> Tensor:
 
 
 def save_problem(problem: Problem, path: str | Path) -> None:
-    """Write the problem (spec + CPU tensors) to ``path`` atomically."""
+    """Write the problem (its spec and its tensors, e.g. target (d_out, d_in)) to ``path`` atomically."""
     from cdln.io import torch_save
 
     payload: dict[str, Any] = {"spec": asdict(problem.spec)}
@@ -353,7 +358,7 @@ def save_problem(problem: Problem, path: str | Path) -> None:
 
 
 def load_problem(path: str | Path) -> Problem:
-    """Read a problem written by :func:`save_problem` (CPU, stored dtype)."""
+    """Read a problem written by :func:`save_problem` (tensors on the CPU, in their stored dtype)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"problem file {path} does not exist (make it with `cdln make-problem`)")

@@ -105,23 +105,31 @@ def write_run_record(
     record: dict[str, Any],
     curves: pd.DataFrame,
     snapshots: dict[str, np.ndarray] | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write a complete run record to ``run_dir`` (replacing an existing one) atomically."""
+    """Write a complete run record to ``run_dir`` (replacing an existing one) atomically; ``arrays`` as
+    ``<name>.npy`` files beside it."""
     check_record(record)
     missing = [column for column in CURVE_COLUMNS if column not in curves.columns]
     if missing:
         raise ValueError(f"curves lack the columns {missing}")
     run_dir = Path(run_dir)
     with atomic_directory(run_dir) as staging:
-        stage_run_record(staging, record, curves, snapshots)
+        stage_run_record(staging, record, curves, snapshots, arrays)
     return run_dir
 
 
 def stage_run_record(
-    directory: Path, record: dict[str, Any], curves: pd.DataFrame, snapshots: dict[str, np.ndarray] | None
+    directory: Path,
+    record: dict[str, Any],
+    curves: pd.DataFrame,
+    snapshots: dict[str, np.ndarray] | None,
+    arrays: dict[str, np.ndarray] | None = None,
 ) -> None:
     """The files of a run record, written into ``directory`` (a staging directory, renamed later)."""
     directory.mkdir(parents=True, exist_ok=True)
+    for name, array in (arrays or {}).items():
+        np.save(directory / f"{name}.npy", array)
     curves.to_csv(directory / CURVES_FILE, index=False, float_format="%.17g")
     if snapshots:
         np.savez_compressed(directory / SNAPSHOTS_FILE, **snapshots)

@@ -28,7 +28,8 @@ from cdln.networks import (
     original_dln,
     yaras_dln,
 )
-from cdln.problems import Problem, ProblemSpec, Sensing, load_problem, make_problem
+from cdln.io import read_matrix
+from cdln.problems import Completion, Problem, ProblemSpec, Sensing, load_problem, make_problem
 from cdln.records import make_record, write_run_record
 
 
@@ -39,10 +40,15 @@ class RunOutput:
     record: dict[str, Any]
     curves: pd.DataFrame
     snapshots: dict[str, np.ndarray] | None = None
+    completed: np.ndarray | None = None  # runs on a user's matrix: the end-to-end matrices, (B, d_out, d_in)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays written beside the record as ``<name>.npy``."""
+        return {"completed": self.completed} if self.completed is not None else {}
 
     def write(self, run_dir: str | Path) -> Path:
-        """Write the run record to ``run_dir`` atomically."""
-        return write_run_record(run_dir, self.record, self.curves, self.snapshots)
+        """Write the run record to ``run_dir`` atomically (with ``completed.npy`` when there is one)."""
+        return write_run_record(run_dir, self.record, self.curves, self.snapshots, self.arrays())
 
 
 def build_network(config: RunConfig, problem: Problem) -> LinearNetwork:
@@ -70,7 +76,9 @@ def load_run_problem(config: RunConfig) -> tuple[RunConfig, Problem]:
     """The run's problem on the CPU in float64 (its file, or a fresh draw), and the config resolved
     against it: the problem is authoritative for the shape and the rank."""
     config.validate()
-    if config.problem is None:
+    if config.matrix is not None:
+        problem = matrix_problem(config)
+    elif config.problem is None:
         problem = make_problem(config.problem_spec())
     else:
         problem = load_problem(config.problem)
@@ -82,8 +90,31 @@ def load_run_problem(config: RunConfig) -> tuple[RunConfig, Problem]:
     return resolved, problem
 
 
+def matrix_problem(config: RunConfig) -> Completion:
+    """The completion problem of ``config.matrix`` and its ``mask`` (and ``heldout``) files
+    (:meth:`~cdln.problems.Completion.from_matrix`); errors name the file."""
+    matrix = read_matrix(config.matrix, "--matrix")
+    masks = {}
+    for name in ("mask", "heldout"):
+        path = getattr(config, name)
+        if path is None:
+            continue
+        values = read_matrix(path, f"--{name}")
+        if values.shape != matrix.shape:
+            raise ConfigError(f"--{name} file {path} has shape {values.shape}; the --matrix is {matrix.shape}")
+        if not np.isin(values, (0.0, 1.0)).all():
+            raise ConfigError(f"--{name} file {path} must hold only 0 and 1 (1 = the entry is {name})")
+        masks[name] = torch.from_numpy(values != 0)
+    if not masks["mask"].any():
+        raise ConfigError(f"--mask file {config.mask} marks no entry as observed")
+    try:
+        return Completion.from_matrix(torch.from_numpy(matrix), masks["mask"], config.r, masks.get("heldout"))
+    except ValueError as error:
+        raise ConfigError(f"--matrix {config.matrix}: {error}") from None
+
+
 def train_run(config: RunConfig, progress: ProgressFn | None = None) -> RunOutput:
-    """Validate, build, train; the record and curves of the run (nothing is written)."""
+    """Validate, build, train: the run's record and curves (a row per member and checkpoint); nothing is written."""
     config, cpu_problem = load_run_problem(config)
     device = resolve_device(config.device)
     network = build_network(config, cpu_problem).to(device, config.torch_dtype)
@@ -91,7 +122,10 @@ def train_run(config: RunConfig, progress: ProgressFn | None = None) -> RunOutpu
     del cpu_problem
     snapshot = SpectralSnapshots(problem) if config.snapshots else None
     result = train(network, problem, settings_of(config), snapshot=snapshot, progress=progress)
-    return run_output(config, problem.spec, network, result, device)
+    output = run_output(config, problem.spec, network, result, device)
+    if config.matrix is not None:
+        output.completed = network.end_to_end().cpu().numpy()
+    return output
 
 
 def settings_of(config: RunConfig) -> TrainSettings:

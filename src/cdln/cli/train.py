@@ -52,6 +52,9 @@ HELP: dict[str, str] = {
     "noise": "MC/MS: std of Gaussian noise on the observed entries or measurements, relative to their RMS, >= 0",
     "data_seed": "seed of the problem draw (target, mask, operator, noise)",
     "problem": "problem file from `cdln make-problem` (overrides the problem options)",
+    "matrix": "MC on your own data: the partly observed matrix, .npy or comma-separated .csv (needs --mask)",
+    "mask": "the matrix's observed entries: 0/1 in a .npy or .csv of the matrix's shape",
+    "heldout": "optional 0/1 .npy/.csv: entries whose values in --matrix measure the recovery error",
     "model": f"network: {', '.join(MODELS)} (bm = Burer-Monteiro, yaras = Yaras et al. 2024)",
     "depth": "number of layers L >= 2",
     "width": "width of the original DLN (default max(d_out, d_in))",
@@ -289,7 +292,7 @@ def run_job_command(args: argparse.Namespace) -> int:
                 [resolve_config(parsed[name]) for name in together], progress_printer(prefix, args)
             )
             for name, output in zip(together, outputs, strict=True):
-                stage_run_record(staging / name, output.record, output.curves, output.snapshots)
+                stage_run_record(staging / name, output.record, output.curves, output.snapshots, output.arrays())
                 print(f"{args.out}/{name}: {summarise_train(output)}", file=sys.stderr, flush=True)
         for index, (name, run_args) in enumerate(runs, start=1):
             if name in together:
@@ -297,7 +300,7 @@ def run_job_command(args: argparse.Namespace) -> int:
             trainer = TRAINERS[run_args.command]
             prefix = f"{name} {index}/{len(runs)}: {progress_prefix(run_args.command, run_args)}"
             output = trainer.execute(run_args, progress_printer(prefix, args))
-            stage_run_record(staging / name, output.record, output.curves, output.snapshots)
+            stage_run_record(staging / name, output.record, output.curves, output.snapshots, output.arrays())
             print(f"{args.out}/{name}: {trainer.summarise(output)}", file=sys.stderr, flush=True)
         write_json(
             staging / JOB_MANIFEST, {"runs": [{"name": name, "argument": argument} for name, argument in args.run]}

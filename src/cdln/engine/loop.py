@@ -45,8 +45,8 @@ class DivergenceError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Step size ``lr`` (eta), checkpoint every ``n_inner`` steps, at most ``max_outer`` checkpoints,
-    stop a member once its training loss is below ``tol`` (checked at checkpoints)."""
+    """Step size ``lr`` (eta), checkpoint every ``n_inner`` steps, at most ``max_outer`` checkpoints, stop a
+    member once its training loss is below ``tol`` (checked at checkpoints)."""
 
     lr: float
     n_inner: int
@@ -179,8 +179,10 @@ def train(
     snapshot: SnapshotFn | None = None,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
-    """Train ``network`` (modified in place; B members stacked) on ``problem`` by full-batch GD: the group
-    of one of :func:`train_many`. ``snapshot(iteration, network, end_to_end)`` is called at every
+    """Train ``network`` (layers (B, n_out, n_in), modified in place) on ``problem`` by full-batch GD; the
+    result's curves have a row per member and checkpoint.
+
+    The group of one of :func:`train_many`. ``snapshot(iteration, network, end_to_end)`` is called at every
     checkpoint, outside the timed work."""
     return train_many([network], problem, settings, snapshot=snapshot, progress=progress)[0]
 
@@ -192,7 +194,7 @@ def train_many(
     snapshot: SnapshotFn | None = None,
     progress: ProgressFn | None = None,
 ) -> list[TrainResult]:
-    """Train networks (any shapes and batch sizes; modified in place) on one problem by full-batch GD.
+    """Train networks (layers (B_k, n_out, n_in), any shapes; modified in place) on one problem; a result each.
 
     Networks and problem share device and dtype. Seconds are device-synchronised and exclude one warm-up
     step (on copies: compilation, first-call costs) and snapshot work; in a group, see :class:`_Clock`. On

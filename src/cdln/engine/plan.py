@@ -111,8 +111,9 @@ class EnginePlan:
 
 
 def plan_engine(weights: list[list[Tensor]], problem: Problem, override: str | None = None) -> EnginePlan:
-    """The plan for the networks whose layer weights are ``weights[k]`` on ``problem`` (see the module);
-    ``override`` (one of :data:`ENGINES`) in place of ``$CDLN_ENGINE``, for benchmarks and tests."""
+    """How to step the networks whose layers are ``weights[k]`` ((B, n_out, n_in) each) on ``problem``.
+
+    See the module; ``override`` (one of :data:`ENGINES`) in place of ``$CDLN_ENGINE``, for benchmarks and tests."""
     override = engine_override() if override is None else override
     if override not in ENGINES:
         raise ValueError(f"engine override must be one of {list(ENGINES)}; got {override!r}")

@@ -63,6 +63,7 @@ def backward_products(weights: list[Tensor], loss_grad: Tensor, workspace: Works
 
 def layer_gradients(weights: list[Tensor], problem: Problem, workspace: Workspace | None = None) -> list[Tensor]:
     """Closed-form gradients of ``problem``'s training loss w.r.t. each layer (same shapes as ``weights``).
+
     With a ``workspace`` they live in its buffers (overwritten by the next call)."""
     workspace = workspace if workspace is not None and workspace.fits(weights) else Workspace(weights)
     return backward_products(weights, problem.loss_grad(forward_products(weights, workspace)), workspace)

@@ -1,0 +1,143 @@
+"""A researcher's own problem: the worked example of docs/own-problem.md (a new loss in a small class, trained
+with no change to the engine), completion from a user's own matrix in Python and from .npy/.csv files."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, cli_env
+
+from cdln.engine import TrainSettings, train
+from cdln.networks import compressed_dln
+from cdln.problems import Completion, ProblemSpec, make_problem
+
+DOC = REPO / "docs" / "own-problem.md"
+
+
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
+def _relative(completed: torch.Tensor, target: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(completed - target) / torch.linalg.matrix_norm(target))
+
+
+@pytest.fixture(scope="module")
+def example() -> dict:
+    """The page's code, run as written: the data block, then the problem and its training."""
+    data, new = _python_blocks()
+    namespace: dict = {}
+    exec(compile(data + new, str(DOC), "exec"), namespace)  # noqa: S102 - our own documentation
+    return namespace
+
+
+def test_the_new_part_is_at_most_20_lines():
+    _, new = _python_blocks()
+    code = [line for line in new.splitlines() if line.strip() and not line.startswith(("import", "from"))]
+    assert len(code) <= 20, f"{len(code)} lines"
+
+
+def test_the_huber_problem_trains_on_the_torch_step_and_recovers(example):
+    result, clean = example["result"], example["clean"]
+    assert result.engine_path == "torch"  # a problem of one's own never reaches the MC kernels
+    assert result.curves["train_loss"].iloc[-1] < 0.6 * result.curves["train_loss"].iloc[0]  # wrong entries stay
+    assert _relative(example["completed"], clean.target) < 0.25
+
+
+def test_the_squared_loss_on_the_same_data_fits_the_wrong_entries(example):
+    """What the page says of the squared loss, so that the Huber row above means something."""
+    clean, observed = example["clean"], example["observed"]
+    squared = Completion(clean.spec, clean.target, clean.mask, observations=observed)
+    network = compressed_dln(squared.surrogate(), r_hat=6, depth=3, eps=1e-2, alpha=1.0)
+    train(network, squared, TrainSettings(lr=20, n_inner=100, max_outer=100))
+    assert _relative(network.end_to_end()[0], clean.target) > 1.0
+
+
+def test_completion_from_a_users_matrix_with_heldout_entries():
+    truth = make_problem(ProblemSpec("mc", 30, 20, 2, data_seed=3, p=0.5))
+    generator = torch.Generator().manual_seed(0)
+    heldout = ~truth.mask & (torch.rand(30, 20, generator=generator) < 0.5)
+    matrix = truth.target.clone()
+    matrix[~(truth.mask | heldout)] = float("nan")  # entries nobody knows
+    problem = Completion.from_matrix(matrix, truth.mask, rank=2, heldout=heldout)
+    assert problem.shape == (30, 20) and problem.spec.rank == 2
+    network = compressed_dln(problem.surrogate(), 4, 3, 1e-2)
+    result = train(network, problem, TrainSettings(lr=5.0, n_inner=100, max_outer=60))
+    error = result.curves["recovery_error"]
+    held = heldout.double() / heldout.sum()
+    expected = float(0.5 * ((network.end_to_end()[0] - truth.target).square() * held).sum())
+    assert error.iloc[-1] == pytest.approx(expected, rel=1e-9)  # measured on the held-out entries
+    assert error.iloc[-1] < 1e-3 * error.iloc[0]
+
+
+def test_completion_from_a_users_matrix_without_heldout_reports_the_training_error():
+    truth = make_problem(ProblemSpec("mc", 12, 12, 2, data_seed=1, p=0.6))
+    problem = Completion.from_matrix(truth.target, truth.mask, rank=2)
+    w = torch.randn(2, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(problem.recovery_error(w), problem.train_loss(w))
+    with pytest.raises(ValueError, match="non-finite"):
+        Completion.from_matrix(torch.full((4, 4), float("nan")), torch.ones(4, 4, dtype=torch.bool), rank=1)
+    with pytest.raises(ValueError, match="mask shape"):
+        Completion.from_matrix(truth.target, truth.mask[:5], rank=2)
+
+
+def _cdln(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cdln", *args], env=cli_env(), capture_output=True, text=True)
+
+
+def test_cli_trains_on_matrix_files_and_writes_the_completed_matrix(tmp_path):
+    truth = make_problem(ProblemSpec("mc", 16, 12, 2, data_seed=2, p=0.6))
+    heldout = ~truth.mask
+    matrix = truth.target.numpy().copy()
+    np.savetxt(tmp_path / "matrix.csv", matrix, delimiter=",")
+    np.save(tmp_path / "mask.npy", truth.mask.numpy().astype(np.float64))
+    np.savetxt(tmp_path / "heldout.csv", heldout.numpy().astype(int), delimiter=",", fmt="%d")
+    out = tmp_path / "run"
+    result = _cdln(
+        "train", "--task", "mc", "--matrix", str(tmp_path / "matrix.csv"), "--mask", str(tmp_path / "mask.npy"),
+        "--heldout", str(tmp_path / "heldout.csv"), "--r", "2", "--model", "cdln", "--lr", "3",
+        "--n-inner", "50", "--max-outer", "40", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    completed = np.load(out / "completed.npy")
+    assert completed.shape == (1, 16, 12)
+    record = json.loads((out / "record.json").read_text())
+    assert record["problem"]["d_out"] == 16 and record["problem"]["d_in"] == 12
+    assert record["config"]["matrix"].endswith("matrix.csv")
+    held = heldout.numpy()
+    error = 0.5 * np.mean((completed[0][held] - matrix[held]) ** 2)
+    assert record["members"][0]["final_recovery_error"] == pytest.approx(error, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "files,extra,message",
+    [
+        ({"matrix.csv": "1,2\n3,4\n"}, [], "--matrix and --mask go together"),
+        ({"matrix.csv": "1,2\n3,4\n", "mask.csv": "1,0\n0,2\n"}, [], "must hold only 0 and 1"),
+        ({"matrix.csv": "1,2\n3,4\n", "mask.csv": "1,0,1\n0,1,1\n"}, [], "has shape (2, 3)"),
+        ({"matrix.csv": "1,2\n3,x\n", "mask.csv": "1,0\n0,1\n"}, [], "non-finite"),
+        ({"matrix.csv": "1,2\n3,4\n", "mask.csv": "0,0\n0,0\n"}, [], "marks no entry"),
+        ({"matrix.tsv": "1\t2\n", "mask.csv": "1,0\n"}, [], "must be .npy, .csv or .txt"),
+        ({"matrix.npy": "not numpy", "mask.csv": "1,0\n0,1\n"}, [], "not a readable matrix"),
+        ({"matrix.csv": "1,2\n3,4\n", "mask.csv": "1,0\n0,1\n"}, ["--task", "mf"], "want --task mc"),
+    ],
+)
+def test_bad_matrix_files_get_one_line_naming_the_file(tmp_path, files, extra, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    args = ["train", "--r", "1", "--out", str(tmp_path / "run"), *extra]
+    for name in files:
+        args += [f"--{name.split('.')[0]}", str(tmp_path / name)]
+    if "--task" not in extra:
+        args += ["--task", "mc"]
+    result = _cdln(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "run").exists()
