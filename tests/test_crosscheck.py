@@ -16,10 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 
-from cdln import crosscheck as cc
 from cdln.cli import main
+from cdln.engine import TrainSettings
+from cdln.networks import product
 from cdln.problems import ProblemSpec
+from cdln.reference import authors as cc
 
 FAKE_NETWORK = '''
 import numpy as np
@@ -156,14 +159,14 @@ def fake_checkout(root: Path, drop: str | None = None, solver_imports: str = "")
 
 def tiny_panels() -> list[cc.Panel]:
     """MF, MC (with two alphas, the L=2 notebook init) and alignment on tiny instances."""
-    mf_settings = cc.Settings(lr=2.0, n_inner=10, max_outer=100, tol=1e-4)
-    mc_settings = cc.Settings(lr=2.0, n_inner=5, max_outer=40, tol=1e-8)
+    mf_settings = TrainSettings(lr=2.0, n_inner=10, max_outer=100, tol=1e-4)
+    mc_settings = TrainSettings(lr=2.0, n_inner=5, max_outer=40, tol=1e-8)
     return [
         cc.Panel("mf", "tiny", ProblemSpec("mf", 6, 6, 1, data_seed=0), 3, 0.3, 2, mf_settings, error_levels=(1e-3,)),
         cc.Panel("depth", "L2", ProblemSpec("mc", 6, 6, 1, data_seed=0, p=0.8), 2, 0.3, 2, mc_settings,
                  alphas=(1.0, 2.0), splits_before=2, their_depth2_cdln=True),
         cc.Panel("alignment", "mf", ProblemSpec("mf", 6, 6, 2, data_seed=1), 3, 0.3, 4,
-                 cc.Settings(lr=2.0, n_inner=100, max_outer=3, tol=0.0), alignment=True, cdln=False),
+                 TrainSettings(lr=2.0, n_inner=100, max_outer=3, tol=0.0), alignment=True, cdln=False),
     ]  # fmt: skip
 
 
@@ -219,7 +222,7 @@ def test_their_init_follows_their_notebook_key_chain(fake_code: cc.AuthorsCode) 
         np.testing.assert_array_equal(ours, theirs)
     compressed = cc.their_compressed_init(fake_code, problem, 2, 3, 0.1)
     assert [w.shape for w in compressed] == [(2, 6), (2, 2), (6, 2)]
-    np.testing.assert_allclose(cc._product(compressed), cc._product(cc.our_compressed_init(problem, 2, 3, 0.1)),
+    np.testing.assert_allclose(product(compressed), product(cc.our_compressed_init(problem, 2, 3, 0.1)),
                                atol=1e-12)  # fmt: skip
     no_eps = cc.their_compressed_init(fake_code, problem, 2, 2, 0.1, without_eps_at_depth_2=True)
     np.testing.assert_allclose(no_eps[0] @ no_eps[0].T, np.eye(2), atol=1e-12)
@@ -228,7 +231,7 @@ def test_their_init_follows_their_notebook_key_chain(fake_code: cc.AuthorsCode) 
 def test_cli_writes_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import cdln.cli.crosscheck as command
 
-    monkeypatch.setattr(command, "default_panels", lambda seed, tasks: tiny_panels()[:1])
+    monkeypatch.setattr(command, "default_panels", lambda config, seed, tasks: tiny_panels()[:1])
     code = main(["crosscheck", "--authors", str(fake_checkout(tmp_path / "a")), "--out", str(tmp_path / "o"),
                  "--tasks", "mf", "--quiet"])  # fmt: skip
     assert code == 0
@@ -268,7 +271,25 @@ def test_missing_jax_says_how_to_install(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_unknown_task_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown crosscheck task"):
-        cc.default_panels(0, ["mf", "nope"])
+        cc.default_panels({}, 0, ["mf", "nope"])
+
+
+def test_panels_take_the_pipeline_grids_settings() -> None:
+    """The cross-check runs what the figures run: a changed step size in the config changes the panel's."""
+    import copy
+
+    from cdln.pipeline.validate import load_pipeline_config
+
+    config = load_pipeline_config(REPO / "config" / "config.yaml")
+    (mc,) = cc.default_panels(config, 0, ["mc"])
+    section = config["experiments"]["mc"]
+    assert (mc.spec.d_out, mc.spec.rank, mc.spec.p) == (section["d"], section["panels"]["r10"]["r"], section["p"])
+    assert (mc.settings.lr, mc.settings.n_inner, mc.depth, mc.r_hat) == (section["lr"], section["n_inner"], 3, 20)
+    changed = copy.deepcopy(config)
+    changed["experiments"]["mc"]["lr"] = 7
+    assert cc.default_panels(changed, 0, ["mc"])[0].settings.lr == 7
+    depth = {panel.name: panel for panel in cc.default_panels(config, 0, ["depth"])}
+    assert (depth["L2"].depth, depth["L3"].depth, depth["L2"].alphas) == (2, 3, (2.0,))
 
 
 JAX_MISSING = importlib.util.find_spec("jax") is None
@@ -335,7 +356,7 @@ def test_real_authors_code_matches_our_engine_on_tiny_panels() -> None:
 
 
 def test_divergence_is_recorded_not_raised(fake_code: cc.AuthorsCode) -> None:
-    too_large = cc.Settings(lr=10.0, n_inner=5, max_outer=4, tol=1e-8)
+    too_large = TrainSettings(lr=10.0, n_inner=5, max_outer=4, tol=1e-8)
     panel = cc.Panel("mf", "tiny", ProblemSpec("mf", 6, 6, 1, data_seed=0), 3, 0.3, 2, too_large, cdln=False)
     table = cc.run_panels(fake_code, [panel], seed=0)
     assert table.note.str.contains("our engine: training diverged").all()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import REPO, cli_env
 
-from cdln.engine import TrainSettings, train
+from cdln.engine import TrainSettings, plan_engine, train
 from cdln.networks import compressed_dln
 from cdln.problems import Completion, ProblemSpec, make_problem
 
@@ -81,6 +81,11 @@ def test_completion_from_a_users_matrix_without_heldout_reports_the_training_err
     problem = Completion.from_matrix(truth.target, truth.mask, rank=2)
     w = torch.randn(2, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert torch.equal(problem.recovery_error(w), problem.train_loss(w))
+    moved = problem.to("cpu", torch.float32)  # stays a problem without truth
+    assert torch.equal(moved.recovery_error(w.float()), moved.train_loss(w.float()))
+    network = compressed_dln(problem.surrogate(), 4, 3, 1e-2)
+    assert plan_engine([network.weights], problem).path.startswith("native")  # it keeps MC's loss: compiled steps
+
     with pytest.raises(ValueError, match="non-finite"):
         Completion.from_matrix(torch.full((4, 4), float("nan")), torch.ones(4, 4, dtype=torch.bool), rank=1)
     with pytest.raises(ValueError, match="mask shape"):

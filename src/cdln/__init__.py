@@ -19,7 +19,9 @@ _HOMES = {
     "cdln.networks": [
         "LinearNetwork", "original_dln", "compressed_dln", "narrow_dln", "burer_monteiro", "yaras_dln", "product",
     ],
-    "cdln.engine": ["TrainSettings", "TrainResult", "DivergenceError", "train", "train_many", "layer_gradients", "plan_engine"],
+    "cdln.engine": [
+        "TrainSettings", "TrainResult", "DivergenceError", "train", "train_many", "layer_gradients", "plan_engine",
+    ],
     "cdln.config": ["RunConfig", "ConfigError"],
     "cdln.runner": ["RunOutput", "train_run", "run"],
     "cdln.records": ["read_run_record"],

@@ -117,7 +117,7 @@ def original_dln(d_out: int, d_in: int, depth: int, eps: float, init_seeds: Sequ
 
 
 def narrow_dln(d_out: int, d_in: int, depth: int, eps: float, init_seeds: Sequence[int], width: int) -> LinearNetwork:
-    """Baseline: a DLN of width ``width`` (= r_hat): layers (B, width, d_in) ... (B, d_out, width), random orthogonal init."""
+    """Baseline: a DLN of width ``width`` (= r_hat), layers (B, width, d_in) ... (B, d_out, width), orthogonal init."""
     return random_dln("narrow", d_out, d_in, width, depth, eps, init_seeds)
 
 

@@ -115,9 +115,9 @@ class Problem(ABC):
     """A recovery problem: loss gradient (B, d_out, d_in), training loss (B,) and recovery error (B,) of a batch of
     end-to-end matrices (B, d_out, d_in), in torch.
 
-    That is all the engine needs of a problem. A new problem is a subclass defining those three (and :meth:`surrogate`, to build a C-DLN from it); it
-    trains on the engine's torch step with no change to the engine (docs/own-problem.md).
-    ``target`` (d_out, d_in) is what the recovery error compares against."""
+    That is all the engine needs of a problem. A new problem is a subclass defining those three (and
+    :meth:`surrogate`, to build a C-DLN from it); it trains on the engine's torch step with no change to the
+    engine (docs/own-problem.md). ``target`` (d_out, d_in) is what the recovery error compares against."""
 
     spec: ProblemSpec
     target: Tensor
@@ -185,8 +185,7 @@ class Completion(Problem):
     :meth:`from_matrix` takes a user's own matrix and mask.
 
     ``heldout`` (optional bool mask, disjoint from ``mask``): report the recovery error on these
-    entries only (real data, e.g. held-out MovieLens ratings) instead of on every unobserved entry; equal
-    to ``mask``: on the observed entries (no ground truth, see :meth:`from_matrix`).
+    entries only (real data, e.g. held-out MovieLens ratings) instead of on every unobserved entry.
     ``observations`` (optional, the target's shape): the values the loss fits on the observed entries
     (noisy data); by default the target itself.
     """
@@ -213,9 +212,8 @@ class Completion(Problem):
             if self.heldout.shape != self.mask.shape:
                 shapes = f"{tuple(self.heldout.shape)} != mask shape {tuple(self.mask.shape)}"
                 raise ValueError(f"heldout mask shape {shapes}")
-            overlaps = bool((self.heldout & self.mask).any()) and not torch.equal(self.heldout, self.mask)
-            if not self.heldout.any() or overlaps:
-                raise ValueError("heldout mask must be non-empty and disjoint from the observed mask (or equal to it)")
+            if not self.heldout.any() or (self.heldout & self.mask).any():
+                raise ValueError("heldout mask must be non-empty and disjoint from the observed mask")
             held_out = self.heldout
         else:
             # With p = 1 nothing is held out; report the error on all entries instead of 0/0.
@@ -227,9 +225,9 @@ class Completion(Problem):
         """Completion of a user's own partly observed ``matrix`` (d_out, d_in): the loss fits its entries where
         ``mask`` (bool, same shape) is true; entries elsewhere are ignored (NaN allowed there). With ``heldout``
         (a bool mask disjoint from ``mask``, values in ``matrix``) the recovery error is the half mean squared
-        error on those entries; without, there is no ground truth and it is the training error. ``rank``: the
-        rank you expect (sets the C-DLN's default width 2 x rank). The completed matrix is the trained
-        network's :meth:`~cdln.networks.LinearNetwork.end_to_end`."""
+        error on those entries; without, there is no ground truth and it is the training error
+        (:class:`CompletionWithoutTruth`). ``rank``: the rank you expect (sets the C-DLN's default width
+        2 x rank). The completed matrix is the trained network's :meth:`~cdln.networks.LinearNetwork.end_to_end`."""
         matrix = torch.as_tensor(matrix, dtype=torch.float64)
         mask, known = torch.as_tensor(mask).bool(), torch.as_tensor(mask).bool().clone()
         if heldout is not None:
@@ -244,7 +242,9 @@ class Completion(Problem):
         d_out, d_in = matrix.shape
         spec = ProblemSpec("mc", d_out, d_in, rank, p=float(mask.float().mean()) or 1.0)
         spec.validate()
-        return cls(spec, values, mask, heldout=mask if heldout is None else heldout)
+        if heldout is None:
+            return CompletionWithoutTruth(spec, values, mask)
+        return cls(spec, values, mask, heldout=heldout)
 
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
         return torch.sub(end_to_end, self.observations, out=out).mul_(self.loss_weights)
@@ -278,6 +278,14 @@ class Completion(Problem):
         if self.observations is not self.target:
             tensors["observations"] = self.observations
         return tensors
+
+
+class CompletionWithoutTruth(Completion):
+    """Completion of a matrix known only where observed (:meth:`Completion.from_matrix` without held-out
+    entries): the recovery error (B,) is the training error, as nothing else can be measured."""
+
+    def recovery_error(self, end_to_end: Tensor) -> Tensor:
+        return self.train_loss(end_to_end)
 
 
 class Sensing(Problem):
@@ -314,7 +322,7 @@ PROBLEM_CLASSES: dict[str, type[Problem]] = {"mf": Factorization, "mc": Completi
 
 
 def make_problem(spec: ProblemSpec) -> Problem:
-    """Draw a problem instance from ``spec`` (target (d_out, d_in)) on the CPU in float64, seeded by ``spec.data_seed``."""
+    """Draw a problem (target (d_out, d_in)) from ``spec`` on the CPU in float64, seeded by ``spec.data_seed``."""
     spec.validate()
     generator = seeding.generator(spec.data_seed, "data")
     target, *_ = low_rank_target(spec.d_out, spec.d_in, spec.rank, generator, spec.spectrum, spec.condition)

@@ -19,6 +19,7 @@ from cdln.analysis import SpectralSnapshots, stack_snapshots
 from cdln.config import ConfigError, RunConfig
 from cdln.devices import device_name, resolve_device
 from cdln.engine import ProgressFn, TrainResult, TrainSettings, train, train_many
+from cdln.io import read_matrix
 from cdln.networks import (
     LinearNetwork,
     burer_monteiro,
@@ -28,7 +29,6 @@ from cdln.networks import (
     original_dln,
     yaras_dln,
 )
-from cdln.io import read_matrix
 from cdln.problems import Completion, Problem, ProblemSpec, Sensing, load_problem, make_problem
 from cdln.records import make_record, write_run_record
 

@@ -1,5 +1,6 @@
 """Scaling figure: seconds per iteration and seconds to tol against d, original DLN vs C-DLN, with
-the matmul roofline (``cdln bench --scaling``), so O(L d^3) against O(d^2 r_hat) growth is visible.
+a lower bound (the step's FLOPs at the peak GEMM rate; ``cdln bench --scaling``), so O(L d^3) against
+O(d^2 r_hat) growth is visible.
 
 The measurement is one job that times its own runs: run it with no other jobs beside it when the
 numbers matter (``snakemake fig_scaling --cores 1``); per-run seconds always come from unbatched runs.
@@ -16,7 +17,7 @@ rule fig_scaling:
 
 
 rule scaling_measure:
-    """Time one GD iteration (engine and roofline) at every d, and train to tol at ``tol_sizes``."""
+    """Time one GD iteration (as whole runs do, and its bound) at every d, and train to tol at ``tol_sizes``."""
     output:
         f"{ROOT}/tables/scaling.csv",
     log:
@@ -37,7 +38,7 @@ rule scaling_measure:
 
 
 rule plot_scaling:
-    """Seconds per iteration and seconds to tol against d (log-log), roofline dashed."""
+    """Seconds per iteration and seconds to tol against d (log-log), the FLOP bound dashed."""
     input:
         table=f"{ROOT}/tables/scaling.csv",
         code=[f"{PLOTTING}/scaling.py", STYLE],

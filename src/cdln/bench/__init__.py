@@ -4,13 +4,13 @@ Sections (``--sections``), each in its own module:
 
 1. ``kernels`` (:mod:`cdln.bench.kernels`): for MF and MC (L = 3, d in 100, 400, 1000, 2000) and MS
    (d in 100, 200, m = 20 d), float64 and float32, the original DLN and the C-DLN (r = 10,
-   r_hat = 20): the median microseconds of one engine GD iteration, its GFLOP/s, and the ratio to
-   the *roofline*, the median time of the matrix products alone that one iteration needs.
+   r_hat = 20): the median microseconds of one engine GD iteration, its GFLOP/s, and the ratio to its
+   lower bound, the step's FLOPs at the peak GEMM rate measured in the same run.
 2. ``tol`` (:mod:`cdln.bench.runs`): seconds to tol, original DLN / C-DLN, on the config's ``mc`` setting.
 3. ``batch`` (:mod:`cdln.bench.runs`): runs per second, one batched job vs the same runs one at a time.
 4. ``jax``, ``sampled``, ``shared`` (:mod:`cdln.bench.paths`): the engine against the same step compiled
    by JAX on the ``mc`` setting (and the hardware reference), per step and for whole ``train()`` runs
-   (checkpoints included; beside the former C kernels' recorded numbers), the 100^3 GEMM rate of each
+   (checkpoints included), the 100^3 GEMM rate of each
    library present (numpy's OpenBLAS, numba/scipy's, torch's MKL, XLA), the sampled MC step against the dense one
    (d = 2000, p = 0.05; a MovieLens-shaped problem), and the MS step of two runs sharing one operator
    pass against both alone.
@@ -46,7 +46,7 @@ from cdln.bench.paths import (
 )
 from cdln.bench.runs import bench_batch, bench_tol, experiment_runs
 from cdln.bench.scaling import scaling
-from cdln.bench.timing import pin_to_one_core
+from cdln.bench.timing import gemm_rate, pin_to_one_core
 from cdln.cli.common import ExitCode, add_threads_option, apply_threads
 from cdln.devices import device_name, resolve_device
 from cdln.io import write_csv, write_json
@@ -102,14 +102,15 @@ def run_benchmark(
     echo(f"CPU: {env['cpu']}; compiled kernels: {env['compiled_backend']}, BLAS {blas['name']} {blas['version']}")
     mc_runs = experiment_runs(config, "mc", str(device))
     if "kernels" in sections:
-        echo("\n[kernels] median time of one GD iteration vs the roofline (its matrix products alone), L=3")
-        echo("C-DLN: r=10, r_hat=20; MS: m=20d; ratio = engine / roofline")
+        peak = gemm_rate(2000, 3, device=device)
+        echo("\n[kernels] median time of one GD iteration vs its bound (FLOPs at the peak GEMM rate), L=3")
+        echo(f"C-DLN: r=10, r_hat=20; MS: m=20d; peak {peak / 1e9:.1f} GFLOP/s (float64); ratio = engine / bound")
         lrs = {task: config["experiments"][task]["lr"] for task in ("mf", "mc", "ms")}
         rows: list[dict] = []
         problems: dict = {}
         for case in default_cases(lrs, sizes, ms_sizes, dtypes):
             target_seconds, repeats = repeats_for(case)
-            rows.append(bench_case(case, problems, device, target_seconds, repeats))
+            rows.append(bench_case(case, problems, device, target_seconds, repeats, peak))
             echo(format_kernels(rows[-1:]).splitlines()[-1] if rows[:-1] else format_kernels(rows))
         problems.clear()
         results["kernels"] = rows

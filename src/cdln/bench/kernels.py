@@ -1,7 +1,7 @@
-"""Kernel benchmark: one engine GD iteration against its matmul roofline, per task, size, dtype and model.
+"""Kernel benchmark: one engine GD iteration against its lower bound, per task, size, dtype and model.
 
-The roofline is the median time of the matrix products alone that one iteration needs (the same
-shapes, operand layouts and library calls as the engine), timed in the same run, interleaved.
+The bound is the step's matrix-product FLOPs (:func:`step_flops`, written once here) at the peak GEMM rate
+measured in the same run; the ratio engine / bound says how far from the arithmetic limit a step runs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cdln.bench.timing import compare, gemm_rate
+from cdln.bench.timing import compare
 from cdln.devices import resolve_dtype
 from cdln.engine import plan_engine
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
@@ -68,54 +68,14 @@ def build_case(case: Case, problems: dict[tuple, Problem], device: torch.device)
     return network.to(device, dtype), cpu_problem.to(device, dtype)
 
 
-def matmul_plan(weights: list[Tensor], problem: Problem) -> list[tuple[Tensor, Tensor]]:
-    """The operand pairs of every matrix product one engine iteration computes, in its order and
-    layouts (see :func:`cdln.engine.layer_gradients`): L-1 prefix products, the problem's own
-    products (MS: ``A w`` and ``A^T r``), and 2(L-1) backward products."""
-    prefixes = [weights[0]]
-    for weight in weights[1:]:
-        prefixes.append(weight @ prefixes[-1])
-    pairs = [(weights[layer], prefixes[layer - 1]) for layer in range(1, len(weights))]
-    upstream = problem.loss_grad(prefixes[-1])
-    if isinstance(problem, Sensing):
-        flat = prefixes[-1].reshape(prefixes[-1].shape[0], -1)
-        residual = flat @ problem.operator.T - problem.measurements
-        pairs += [(flat, problem.operator.T), (residual, problem.operator)]
-    for layer in range(len(weights) - 1, 0, -1):
-        pairs.append((upstream, prefixes[layer - 1].mT))
-        pairs.append((weights[layer].mT, upstream))
-        upstream = weights[layer].mT @ upstream
-    return pairs
-
-
-def plan_flops(pairs: list[tuple[Tensor, Tensor]]) -> float:
-    """Floating-point operations (2 per multiply-add) of the products in ``pairs``."""
-    total = 0.0
-    for a, b in pairs:
-        batch = a.shape[0] if a.dim() == 3 else 1
-        total += 2.0 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
-    return total
-
-
-def roofline_fn(pairs: list[tuple[Tensor, Tensor]]) -> Callable[[int], None]:
-    """``f(n)`` computes the products of ``pairs`` n times into preallocated outputs, as the engine does."""
-    outs = [torch.empty(*a.shape[:-1], b.shape[-1], dtype=a.dtype, device=a.device) for a, b in pairs]
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            for (a, b), out in zip(pairs, outs, strict=True):
-                torch.matmul(a, b, out=out)
-
-    return run
-
-
-def bench_case(case: Case, problems: dict, device: torch.device, target_seconds: float, repeats: int) -> dict:
-    """Engine vs roofline for one case; weights are reset before every repeat's steps."""
+def bench_case(
+    case: Case, problems: dict, device: torch.device, target_seconds: float, repeats: int, peak: float
+) -> dict:
+    """One engine GD iteration (its stepper, weights reset before every repeat) against its lower bound, the
+    step's FLOPs at the ``peak`` GEMM rate (FLOP/s); for MS also a streaming read of the operator."""
     network, problem = build_case(case, problems, device)
-    engine = engine_runner(network, problem, case.lr, 1)
-
-    pairs = matmul_plan(network.weights, problem)
-    variants = {"engine": engine, "roofline": roofline_fn(pairs)}
+    plan = plan_engine([network.weights], problem)
+    variants = {"engine": engine_runner(network, problem, case.lr, 1)}
     if isinstance(problem, Sensing):  # is the operator-bound MS step at the memory bandwidth?
 
         def stream(n: int) -> None:
@@ -124,12 +84,11 @@ def bench_case(case: Case, problems: dict, device: torch.device, target_seconds:
 
         variants["stream"] = stream
     seconds = compare(variants, device, target_seconds, repeats)
-    flops = plan_flops(pairs)
+    flops = step_flops(network.weights, problem, sampled=plan.path == "native-sampled")
     extra = {}
     if "stream" in seconds:
         operator_bytes = problem.operator.numel() * problem.operator.element_size()
-        native_pass = plan_engine([network.weights], problem).operator_pass == "native-one-pass"
-        passes = 1 if native_pass else 2  # the native kernel reads A once, torch twice
+        passes = 1 if plan.operator_pass == "native-one-pass" else 2  # the compiled pass reads A once, torch twice
         extra = {
             "operator_passes": passes,
             "operator_gbps": passes * operator_bytes / seconds["engine"] / 1e9,
@@ -137,12 +96,11 @@ def bench_case(case: Case, problems: dict, device: torch.device, target_seconds:
         }
     return {
         **dataclasses.asdict(case),
+        "path": plan.path,
         "us_per_iteration": 1e6 * seconds["engine"],
         "gflops": flops / seconds["engine"] / 1e9,
-        "roofline_us": 1e6 * seconds["roofline"],
-        "roofline_gflops": flops / seconds["roofline"] / 1e9,
-        "ratio": seconds["engine"] / seconds["roofline"],
-        "products": len(pairs),
+        "bound_us": 1e6 * flops / peak,
+        "ratio": seconds["engine"] * peak / flops,
         "gflop_per_iteration": flops / 1e9,
         **extra,
     }
@@ -158,13 +116,13 @@ def repeats_for(case: Case) -> tuple[float, int]:
 
 
 def format_kernels(rows: list[dict]) -> str:
-    head = f"{'task':4} {'d':>5} {'m':>5} {'dtype':7} {'model':8} {'us/iter':>11} {'GFLOP/s':>8} {'roof us':>11} "
-    head += f"{'roof GF/s':>9} {'ratio':>6}"
+    head = f"{'task':4} {'d':>5} {'m':>5} {'dtype':7} {'model':8} {'path':14} {'us/iter':>11} {'GFLOP/s':>8} "
+    head += f"{'bound us':>11} {'ratio':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['task']:4} {r['d']:5d} {r['m'] or '':>5} {r['dtype']:7} {r['model']:8} {r['us_per_iteration']:11.1f} "
-            f"{r['gflops']:8.2f} {r['roofline_us']:11.1f} {r['roofline_gflops']:9.2f} {r['ratio']:6.2f}"
+            f"{r['task']:4} {r['d']:5d} {r['m'] or '':>5} {r['dtype']:7} {r['model']:8} {r['path']:14} "
+            f"{r['us_per_iteration']:11.1f} {r['gflops']:8.2f} {r['bound_us']:11.1f} {r['ratio']:6.2f}"
         )
     return "\n".join(lines)
 
@@ -199,11 +157,6 @@ def step_flops(weights: list[Tensor], problem: Problem, sampled: bool = False) -
     if isinstance(problem, Sensing):
         total += 2 * 2.0 * problem.operator.shape[0] * problem.operator.shape[1]
     return batch * total
-
-
-def hardware_reference_seconds(weights: list[Tensor], problem: Problem, rate: float | None = None) -> float:
-    """Seconds one dense GD step would take at the large-GEMM rate: ``step_flops / rate``."""
-    return step_flops(weights, problem) / (gemm_rate() if rate is None else rate)
 
 
 def engine_runner(

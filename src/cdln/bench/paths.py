@@ -18,8 +18,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,9 @@ from cdln.bench.timing import gemm_rate, interleaved, small_gemm_rates
 from cdln.config import RunConfig
 from cdln.engine import TrainSettings, plan_engine, train
 from cdln.engine.plan import sampled_max_density
-from cdln.networks import LinearNetwork, compressed_dln, original_dln
+from cdln.networks import LinearNetwork, compressed_dln, original_dln, product
 from cdln.problems import Completion, Problem, ProblemSpec, make_problem, save_problem
+from cdln.reference import INSTALL_HINT, SINGLE_THREAD_XLA_FLAGS, jax_available, jax_loop
 from cdln.runner import build_network, load_run_problem, train_in_lockstep, train_run
 
 SAMPLED_SETTING = dict(d=2000, p=0.05, r=10, r_hat=20)  # issue #13's case for the sampled step
@@ -49,10 +52,8 @@ def _networks(runs: Mapping[str, Mapping[str, Any]]) -> tuple[Problem, dict[str,
 
 def bench_jax(mc_runs: Mapping[str, Mapping[str, Any]], repeats: int = 11, echo: Callable[[str], None] = print) -> dict:
     """Engine vs JAX per iteration on the mc setting (both models); skipped with a message without JAX."""
-    from cdln.bench import jax_loop
-
-    if not jax_loop.jax_available():
-        echo(f"  skipped: {jax_loop.INSTALL_HINT}")
+    if not jax_available():
+        echo(f"  skipped: {INSTALL_HINT}")
         return {"skipped": "JAX is not installed"}
     problem, networks, lr = _networks(mc_runs)
     rate = gemm_rate(2000, 3)
@@ -62,7 +63,7 @@ def bench_jax(mc_runs: Mapping[str, Mapping[str, Any]], repeats: int = 11, echo:
         "(the reference rate)"
     )
     for name, network in networks.items():
-        comparison = jax_loop.compare_engine_and_jax(network, problem, lr, 100, repeats, 0.05, ("autodiff",))
+        comparison = compare_engine_and_jax(network, problem, lr, 100, repeats, 0.05, ("autodiff",))
         wall, cpu = comparison.seconds_per_iteration, comparison.cpu_seconds_per_iteration
         flops = step_flops(network.weights, problem)
         row = {
@@ -87,6 +88,82 @@ def bench_jax(mc_runs: Mapping[str, Mapping[str, Any]], repeats: int = 11, echo:
     return out
 
 
+@dataclass
+class Comparison:
+    """Median seconds per GD iteration of each variant (steady state), from interleaved repeats.
+
+    ``seconds_per_iteration``: wall clock; ``cpu_seconds_per_iteration``: process CPU time, which on a
+    pinned single-thread run excludes the time other processes held the core (robust on a shared machine).
+    """
+
+    seconds_per_iteration: dict[str, float]
+    samples: dict[str, list[float]]
+    cpu_seconds_per_iteration: dict[str, float] = field(default_factory=dict)
+    compile_seconds: dict[str, float] = field(default_factory=dict)
+    first_call_seconds: dict[str, float] = field(default_factory=dict)
+
+    def ratio(self, a: str, b: str, cpu: bool = False) -> float:
+        seconds = self.cpu_seconds_per_iteration if cpu else self.seconds_per_iteration
+        return seconds[a] / seconds[b]
+
+
+def compare_engine_and_jax(
+    network: LinearNetwork,
+    problem: Problem,
+    lr: float,
+    n_inner: int = 100,
+    repeats: int = 7,
+    target_seconds: float = 0.1,
+    gradients: tuple[str, ...] = ("autodiff", "closed_form"),
+    engine_paths: tuple[str | None, ...] = (None,),
+    engine_variants: dict[str, Callable[[int], None]] | None = None,
+) -> Comparison:
+    """Steady-state seconds per iteration of the engine (its stepper, ``n_inner`` steps
+    per call, weights reset before each repeat's calls) and of the JAX loop for each of ``gradients``,
+    interleaved in one run. Variants: ``engine`` (the path the engine picks) or ``engine[PATH]`` for each
+    of ``engine_paths`` (engine overrides: ``torch``, ``native-dense``, ...), ``jax_autodiff``,
+    ``jax_closed_form``, and any ``engine_variants`` (``f(n)`` = n calls of ``n_inner`` steps).
+    ``compile_seconds`` (JAX) and ``first_call_seconds`` (every variant's first call) are reported apart."""
+    variants: dict[str, Callable[[int], None]] = {}
+    first = {}
+    for path in engine_paths:
+        name = "engine" if path is None else f"engine[{path}]"
+        variants[name] = engine_runner(network, problem, lr, n_inner, path)
+        start = time.perf_counter()
+        variants[name](1)
+        first[name] = time.perf_counter() - start
+    variants.update(engine_variants or {})
+    compile_seconds = {}
+    for gradient in gradients:
+        loop = jax_loop.build_jax_loop(network, problem, lr, n_inner, gradient)
+        name = f"jax_{gradient}"
+        compile_seconds[name], first[name] = loop.compile_seconds, loop.first_call_seconds
+        variants[name] = loop_runner(loop)
+    medians, samples, cpu = interleaved(variants, {name: n_inner for name in variants}, repeats, target_seconds)
+    return Comparison(medians, samples, cpu, compile_seconds, first)
+
+
+def time_jax_loop(loop: jax_loop.JaxLoop, repeats: int = 7, target_seconds: float = 0.1) -> dict[str, float]:
+    """Steady-state seconds per GD iteration of a compiled loop alone (median over ``repeats``; the
+    compilation and first call are in ``loop`` and reported here as they were measured)."""
+    seconds, _, cpu = interleaved({"jax": loop_runner(loop)}, {"jax": loop.n_inner}, repeats, target_seconds)
+    return {
+        "seconds_per_iteration": seconds["jax"],
+        "cpu_seconds_per_iteration": cpu["jax"],
+        "compile_seconds": loop.compile_seconds,
+        "first_call_seconds": loop.first_call_seconds,
+    }
+
+
+def loop_runner(loop: jax_loop.JaxLoop) -> Callable[[int], None]:
+    """``f(n)``: n calls of the compiled loop from its initial weights (each ``loop.n_inner`` steps)."""
+
+    def run(n: int) -> None:
+        loop.steps(n)
+
+    return run
+
+
 WHOLE_RUN_OUTER = 20
 
 
@@ -99,12 +176,10 @@ def bench_whole_runs(
     """Whole ``train()`` runs on the mc setting (``outer`` checkpoints of ``n_inner`` steps, tol 0, so every
     repeat runs the same iterations) against the same run in JAX (the compiled ``fori_loop`` per checkpoint,
     then the checkpoint's losses), interleaved; per iteration, checkpoints included."""
-    from cdln.bench import jax_loop
-
     problem, networks, lr = _networks(mc_runs)
     settings = RunConfig.from_dict(dict(mc_runs["original"]))
     n_inner = settings.n_inner
-    have_jax = jax_loop.jax_available()
+    have_jax = jax_available()
     out: dict[str, Any] = {"outer": outer, "n_inner": n_inner}
     for name, network in networks.items():
         plan = plan_engine([network.weights], problem).record()
@@ -122,7 +197,7 @@ def bench_whole_runs(
                     weights = loop.initial
                     for _ in range(outer):
                         weights = loop.run(weights)
-                        end = torch.from_numpy(np.array(jax_loop.end_to_end(weights)))
+                        end = torch.from_numpy(np.array(product(weights)))
                         problem.train_loss(end).tolist(), problem.recovery_error(end).tolist()
 
             variants["jax"] = jax_run
@@ -314,6 +389,5 @@ def check_attribution(
 
 def single_thread_jax() -> None:
     """Make a later JAX import single-threaded (see :func:`cdln.bench.timing.pin_to_one_core`)."""
-    from cdln.bench.jax_loop import SINGLE_THREAD_XLA_FLAGS
 
     os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_XLA_FLAGS)

@@ -69,15 +69,22 @@ def compare(
     return medians
 
 
-def gemm_rate(n: int = 2000, repeats: int = 3, dtype: torch.dtype = torch.float64, library: str = "torch") -> float:
-    """FLOP/s of a large ``n x n x n`` CPU GEMM into a preallocated output: the median of ``repeats`` timed
-    products after one warm-up, at the current thread count. ``library``: ``"torch"`` (``torch.mm``: MKL in
-    the PyPI wheels) or ``"numpy"`` (``np.matmul``: numpy's OpenBLAS).
-    The hardware reference of a step is its FLOPs (:func:`cdln.bench.kernels.step_flops`) over this rate."""
+def gemm_rate(
+    n: int = 2000,
+    repeats: int = 3,
+    dtype: torch.dtype = torch.float64,
+    library: str = "torch",
+    device: torch.device | str = "cpu",
+) -> float:
+    """FLOP/s of a large ``n x n x n`` GEMM into a preallocated output: the median of ``repeats`` timed,
+    device-synchronised products after one warm-up, at the current thread count. ``library``: ``"torch"``
+    (``torch.mm``: MKL in the PyPI wheels; any device) or ``"numpy"`` (``np.matmul``: numpy's OpenBLAS).
+    A step's lower bound is its FLOPs (:func:`cdln.bench.kernels.step_flops`) over this rate."""
+    device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=generator, dtype=dtype)
-    b = torch.randn(n, n, generator=generator, dtype=dtype)
-    out = torch.empty(n, n, dtype=dtype)
+    a = torch.randn(n, n, generator=generator, dtype=dtype).to(device)
+    b = torch.randn(n, n, generator=generator, dtype=dtype).to(device)
+    out = torch.empty(n, n, dtype=dtype, device=device)
     if library == "torch":
 
         def product() -> None:
@@ -94,8 +101,10 @@ def gemm_rate(n: int = 2000, repeats: int = 3, dtype: torch.dtype = torch.float6
     product()  # numpy's OpenBLAS follows OMP_NUM_THREADS / OPENBLAS_NUM_THREADS (cdln bench: 1)
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         product()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2.0 * n**3 / statistics.median(times)
 
@@ -173,7 +182,7 @@ def small_gemm_rates(n: int = 100, repeats: int = 9, calls: int = 200) -> dict[s
 
     runners["numba"] = numba_run
     try:
-        from cdln.bench.jax_loop import require_jax
+        from cdln.reference import require_jax
 
         jax = require_jax()
         ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)

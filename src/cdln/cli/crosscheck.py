@@ -1,4 +1,4 @@
-"""``cdln crosscheck``: the authors' own code on our problem instances and settings (:mod:`cdln.crosscheck`).
+"""``cdln crosscheck``: the authors' own code on our problem instances and settings (:mod:`cdln.reference.authors`).
 
 Their code is imported at run time from the checkout ``--authors`` names; nothing of it is copied here.
 """
@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from cdln.cli.common import ExitCode, add_progress_options
-from cdln.crosscheck import (
+from cdln.pipeline.validate import load_pipeline_config
+from cdln.reference.authors import (
     DEFAULT_TASKS,
     TASKS,
     default_panels,
@@ -30,7 +32,7 @@ HELP = (
 
 def crosscheck_command(args: argparse.Namespace) -> int:
     code = load_authors_code(args.authors)
-    panels = default_panels(args.seed, args.tasks)
+    panels = default_panels(load_pipeline_config(args.config), args.seed, args.tasks)
     start = time.monotonic()
 
     def progress(line: str) -> None:
@@ -62,5 +64,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--tasks", nargs="+", choices=TASKS, default=list(DEFAULT_TASKS), help="which comparisons (default: all but ms)"
     )
     parser.add_argument("--seed", type=int, default=0, help="data and init seed (default: 0)")
+    parser.add_argument(
+        "--config", type=Path, default=Path("config/config.yaml"), help="pipeline config whose settings the panels use"
+    )
     add_progress_options(parser)
     parser.set_defaults(handler=crosscheck_command)

@@ -4,9 +4,10 @@
 
 - ``torch`` (:mod:`cdln.engine.torch_step`): any device, any problem; the reference and the GPU path. A
   group on it steps in lockstep, one loss-gradient call for all networks per step (one MS operator pass).
-- ``native-dense`` / ``native-sampled`` (:mod:`cdln.engine.kernels`): the built-in MF and MC problems on the
-  CPU in float32/64; ``n_inner`` steps per call in compiled code. MC samples (forms only the observed
-  entries of the end-to-end product) below the observed fraction :func:`sampled_max_density`.
+- ``native-dense`` / ``native-sampled`` (:mod:`cdln.engine.kernels`): the built-in MF and MC problems (and
+  subclasses that keep their loss) on the CPU in float32/64; ``n_inner`` steps per call in compiled code.
+  MC samples (forms only the observed entries of the end-to-end product) below the observed fraction
+  :func:`sampled_max_density`.
 
 and, for MS, how the loss gradient reads the operator: ``native-one-pass`` (CPU, compiled) or
 ``torch-two-pass``. ``$CDLN_ENGINE``: ``auto`` (default: the rules above), ``torch`` (torch everywhere,
@@ -32,6 +33,7 @@ from cdln.engine.torch_step import LossGrad, TorchSteps
 from cdln.problems import Completion, Factorization, Problem, Sensing
 
 ENGINES = ("auto", "torch", "numba", "native-dense", "native-sampled")
+COMPILED = (Factorization, Completion)  # problems whose loss the compiled steps implement
 PATHS = ("torch", "native-dense", "native-sampled")
 
 # The sampled MC step costs ~c_s n_observed k and the dense one ~c_d d_out d_in k (k = the last layer's input
@@ -121,7 +123,7 @@ def plan_engine(weights: list[list[Tensor]], problem: Problem, override: str | N
     if "torch" in paths:
         paths = ("torch",) * len(paths)
     operator_pass = None
-    if type(problem) is Sensing:
+    if _keeps_loss(problem, (Sensing,)):
         one_pass = override != "torch" and kernels.suits([problem.operator, problem.measurements])
         operator_pass = (
             "native-one-pass" if one_pass and problem.operator.dtype == weights[0][0].dtype else "torch-two-pass"
@@ -134,15 +136,17 @@ def plan_engine(weights: list[list[Tensor]], problem: Problem, override: str | N
 def _path(weights: list[Tensor], problem: Problem, override: str) -> str:
     if override == "torch":
         return "torch"
-    data = [problem.observations] if type(problem) in (Factorization, Completion) else []
+    data = [problem.observations] if _keeps_loss(problem, COMPILED) else []
     compiled = bool(data) and kernels.suits([*weights, *data])
     if not compiled:
-        if override in ("native-dense", "native-sampled") or (override == "numba" and type(problem) is not Sensing):
+        if override in ("native-dense", "native-sampled") or (
+            override == "numba" and not _keeps_loss(problem, (Sensing,))
+        ):
             why = "needs an MF or MC problem with contiguous CPU float32/64 weights and data of one dtype"
             raise ValueError(f"CDLN_ENGINE={override} is not available here: it {why}")
         return "torch"
     kernels.check_shapes(weights, *problem.shape)
-    can_sample = type(problem) is Completion and len(weights) >= 2
+    can_sample = isinstance(problem, Completion) and len(weights) >= 2
     if override in ("native-dense", "native-sampled"):
         if override == "native-sampled" and not can_sample:
             raise ValueError("CDLN_ENGINE=native-sampled needs an MC problem and depth >= 2")
@@ -150,6 +154,11 @@ def _path(weights: list[Tensor], problem: Problem, override: str) -> str:
     if can_sample and problem.n_observed < sampled_max_density(weights) * problem.mask.numel():
         return "native-sampled"
     return "native-dense"
+
+
+def _keeps_loss(problem: Problem, kinds: tuple[type[Problem], ...]) -> bool:
+    """Whether ``problem`` is one of ``kinds`` with that kind's own loss (a subclass may change anything else)."""
+    return any(isinstance(problem, kind) and type(problem).loss_grad is kind.loss_grad for kind in kinds)
 
 
 def _loss_grad(problem: Problem, operator_pass: str | None) -> LossGrad:

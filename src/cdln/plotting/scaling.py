@@ -1,8 +1,8 @@
 """Scaling figure: seconds per GD iteration and seconds to tol against d, original DLN vs C-DLN.
 
 Reads the table of ``cdln bench --scaling`` (columns d, model, quantity, value, converged, device,
-dtype). Left: seconds per iteration (solid, engine) and the roofline (dashed: the time of the
-iteration's matrix products alone), with d^3 and d^2 guide slopes. Right: seconds to tol (hollow
+dtype). Left: seconds per iteration of whole training runs (solid) and its lower bound (dashed: the step's
+matrix-product FLOPs at the peak GEMM rate), with d^3 and d^2 guide slopes. Right: seconds to tol (hollow
 markers where the run hit its budget instead of tol).
 """
 
@@ -25,9 +25,9 @@ def plot(table: pd.DataFrame, title: str) -> plt.Figure:
         color, label = style.model_color(model), style.model_label(model)
         rows = table[table["model"] == model]
         per_iter = rows[rows["quantity"] == "seconds_per_iteration"].sort_values("d")
-        roof = rows[rows["quantity"] == "roofline_seconds"].sort_values("d")
+        bound = rows[rows["quantity"] == "bound_seconds"].sort_values("d")
         left.plot(per_iter["d"], per_iter["value"], "o-", color=color, label=label)
-        left.plot(roof["d"], roof["value"], "--", color=color, alpha=0.7, label=f"{label}: roofline")
+        left.plot(bound["d"], bound["value"], "--", color=color, alpha=0.7, label=f"{label}: lower bound (FLOPs)")
         to_tol = rows[rows["quantity"] == "seconds_to_tol"].sort_values("d")
         if not to_tol.empty:
             right.plot(to_tol["d"], to_tol["value"], "-", color=color, label=label)

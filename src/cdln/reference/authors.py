@@ -9,7 +9,8 @@ update, their discrepant rate ``dlr``) and once with our :func:`cdln.engine.trai
 quantities off both curves. Initial weights come either from our builders (:mod:`cdln.networks`, our
 init seed stream) or from theirs (``init_net`` with the ``PRNGKey`` chain of their notebooks,
 ``kwon_compress_network`` with their notebooks' layer merging), so a row says which of init or training
-code a difference comes from.
+code a difference comes from. The panels' settings are the pipeline grid's (:func:`default_panels` reads
+them from the config), so the cross-check runs what the figures run.
 
 Output (:func:`write_table`): ``crosscheck.csv`` with columns ``task, panel, model, quantity,
 authors_code, ours, note`` and a markdown rendering ``crosscheck.md``.
@@ -36,8 +37,10 @@ import torch
 from cdln import io as cdln_io
 from cdln.analysis import first_iteration_reaching
 from cdln.engine import DivergenceError, TrainSettings, train
-from cdln.networks import LinearNetwork, compressed_dln, original_dln
-from cdln.problems import Completion, Problem, ProblemSpec, Sensing, make_problem
+from cdln.networks import LinearNetwork, compressed_dln, original_dln, product
+from cdln.pipeline.grid import Grid
+from cdln.problems import Problem, ProblemSpec, make_problem
+from cdln.reference import jax_available, problem_arrays, require_jax
 
 REQUIRED_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "network": ("init_net", "compute_end_to_end", "kwon_compress_network"),
@@ -89,16 +92,6 @@ def _their_import_path(path: Path) -> Iterator[None]:
         sys.modules.update(saved)
 
 
-def _enable_x64() -> bool:
-    """Switch JAX to float64 (their notebooks do the same); False when JAX is not installed."""
-    try:
-        import jax
-    except ImportError:
-        return False
-    jax.config.update("jax_enable_x64", True)
-    return True
-
-
 def load_authors_code(path: str | Path) -> AuthorsCode:
     """Import their ``network``, ``loss`` and ``solver`` modules from the checkout at ``path``.
 
@@ -116,7 +109,7 @@ def load_authors_code(path: str | Path) -> AuthorsCode:
         raise AuthorsCodeError(
             f"--authors {path} is not a checkout of soominkwon/comp-deep-nets: missing {', '.join(missing_files)}"
         )
-    x64 = _enable_x64()
+    x64 = jax_available() and bool(require_jax())  # float64, as their notebooks set it
     modules: dict[str, ModuleType] = {}
     with _their_import_path(path):
         for name in REQUIRED_FUNCTIONS:
@@ -152,21 +145,6 @@ def load_authors_code(path: str | Path) -> AuthorsCode:
 # Problems, initial networks and the two trainers
 
 
-@dataclass(frozen=True)
-class Settings:
-    """GD settings of one case: step ``lr`` (eta), checkpoint every ``n_inner`` steps, ``max_outer`` checkpoints,
-    stop below training loss ``tol``."""
-
-    lr: float
-    n_inner: int
-    max_outer: int
-    tol: float
-
-    @property
-    def budget(self) -> int:
-        return self.n_inner * self.max_outer
-
-
 @dataclass
 class Case:
     """One initial network (``weights``: first layer first, (n_out, n_in) float64 each) on one problem.
@@ -181,7 +159,7 @@ class Case:
     problem: Problem
     weights: list[np.ndarray]
     outer_scale: float | None
-    settings: Settings
+    settings: TrainSettings
     note: str = ""
     error_levels: tuple[float, ...] = ()
     alignment: bool = False
@@ -198,20 +176,6 @@ class Curves:
     seconds: float
     alignment_u: np.ndarray | None = None
     alignment_v: np.ndarray | None = None
-
-
-def problem_arrays(problem: Problem) -> dict[str, np.ndarray]:
-    """Our instance as float64 numpy arrays: ``target`` (d_out, d_in); MC ``mask`` (d_out, d_in) 0/1;
-    MS ``sensing_matrices`` (m, d_out, d_in) (row-major reshape of our (m, d_out*d_in) operator) and
-    ``labels`` (m,)."""
-    arrays = {"target": problem.target.numpy().astype(np.float64)}
-    if isinstance(problem, Completion):
-        arrays["mask"] = problem.mask.numpy().astype(np.float64)
-    if isinstance(problem, Sensing):
-        m = problem.operator.shape[0]
-        arrays["sensing_matrices"] = problem.operator.numpy().reshape(m, *problem.shape)
-        arrays["labels"] = problem.measurements.numpy()
-    return arrays
 
 
 def their_losses(code: AuthorsCode, problem: Problem) -> dict[str, Callable[[Any], Any]]:
@@ -354,9 +318,8 @@ def train_with_our_engine(case: Case) -> Curves:
             u, v = _alignments(net.weights[0][0].numpy(), net.weights[-1][0].numpy(), u_star, v_star)
             return {"alignment_u": np.array(u), "alignment_v": np.array(v)}
 
-    s = case.settings
     start = time.perf_counter()
-    result = train(network, case.problem, TrainSettings(s.lr, s.n_inner, s.max_outer, s.tol), snapshot=snapshot)
+    result = train(network, case.problem, case.settings, snapshot=snapshot)
     seconds = time.perf_counter() - start
     curves = result.curves.sort_values("iteration")
     out = Curves(
@@ -423,7 +386,7 @@ def run_case(code: AuthorsCode, case: Case, progress: ProgressFn | None = None) 
     """Train ``case`` with their code and with our engine; one row per quantity."""
     label = f"{case.task}/{case.panel}/{case.model}"
     if progress:
-        progress(f"{label}: authors' code, up to {case.settings.budget} iterations ...")
+        progress(f"{label}: authors' code, up to {case.settings.max_iterations} iterations ...")
     theirs = train_with_their_code(code, case)
     if progress:
         progress(f"{label}: authors' code done in {theirs.seconds:.1f}s; our engine ...")
@@ -467,7 +430,7 @@ class Panel:
     depth: int
     eps: float
     r_hat: int
-    settings: Settings
+    settings: TrainSettings
     alphas: tuple[float, ...] = (1.0,)
     splits_before: int = 1
     error_levels: tuple[float, ...] = ()
@@ -478,46 +441,61 @@ class Panel:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def default_panels(seed: int = 0, tasks: Sequence[str] = DEFAULT_TASKS) -> list[Panel]:
-    """The cross-check's panels for ``tasks`` at our config's settings (config/config.yaml), data seed ``seed``."""
+# The cross-check's panels: task -> (experiment, the grid runs' keys, what only the cross-check sets). The
+# settings (problem, depth, eps, r_hat, lr, n_inner, max_outer, tol) are read from the grid's runs of seed 0.
+# splits_before: the data splits their notebook draws before the init key; alphas: C-DLN outer rates, one case each.
+CROSSCHECK_PANELS: dict[str, list[tuple[str, dict[str, str], dict[str, Any]]]] = {
+    "mf": [("mf", {"panel": "r10"}, {"error_levels": (1e-10,)})],
+    "mc": [("mc", {"panel": "r10"}, {"splits_before": 2})],
+    "alignment": [
+        ("alignment", {"task": "mf"}, {"alignment": True, "cdln": False}),
+        ("alignment", {"task": "mc"}, {"splits_before": 2, "alignment": True, "cdln": False}),
+    ],
+    "alpha": [("ablation_alpha", {"panel": "r5"}, {"alphas": (0.5, 1.0, 2.0, 5.0, 9.75), "splits_before": 2})],
+    "depth": [
+        ("ablation_depth", {"panel": "L2"}, {"splits_before": 2, "their_depth2_cdln": True}),
+        ("ablation_depth", {"panel": "L3"}, {"splits_before": 3}),
+    ],
+    "ms": [("ms", {"panel": "r3"}, {"error_levels": (1e-4,)})],
+}
 
-    def mc_spec(r: int, p: float, d: int = 100) -> ProblemSpec:
-        return ProblemSpec("mc", d, d, r, data_seed=seed, p=p)
 
-    panels: dict[str, list[Panel]] = {
-        "mf": [
-            Panel("mf", "r10", ProblemSpec("mf", 100, 100, 10, data_seed=seed), 3, 0.01, 20,
-                  Settings(lr=20, n_inner=10, max_outer=1000, tol=0.0), error_levels=(1e-10,)),
-        ],
-        "mc": [
-            Panel("mc", "r10", mc_spec(10, 0.3), 3, 0.01, 20, Settings(lr=10, n_inner=100, max_outer=500, tol=1e-12),
-                  splits_before=2),
-        ],
-        "alignment": [
-            Panel("alignment", "mf", ProblemSpec("mf", 100, 100, 10, data_seed=seed), 3, 0.01, 20,
-                  Settings(lr=3, n_inner=100, max_outer=500, tol=1e-9), alignment=True, cdln=False),
-            Panel("alignment", "mc", mc_spec(10, 0.3), 3, 0.01, 20,
-                  Settings(lr=3, n_inner=100, max_outer=500, tol=1e-9), splits_before=2, alignment=True, cdln=False),
-        ],
-        "alpha": [
-            Panel("alpha", "r5", mc_spec(5, 0.2), 3, 0.01, 10, Settings(lr=10, n_inner=100, max_outer=1000, tol=1e-10),
-                  alphas=(0.5, 1.0, 2.0, 5.0, 9.75), splits_before=2),
-        ],
-        "depth": [
-            Panel("depth", "L2", mc_spec(10, 0.3), 2, 0.01, 20, Settings(lr=50, n_inner=50, max_outer=2000, tol=1e-12),
-                  alphas=(2.0,), splits_before=2, their_depth2_cdln=True),
-            Panel("depth", "L3", mc_spec(10, 0.3), 3, 0.01, 20, Settings(lr=50, n_inner=50, max_outer=2000, tol=1e-12),
-                  alphas=(2.0,), splits_before=3),
-        ],
-        "ms": [
-            Panel("ms", "r3", ProblemSpec("ms", 200, 200, 3, data_seed=seed, m=4000), 3, 0.01, 6,
-                  Settings(lr=20, n_inner=50, max_outer=400, tol=1e-12), error_levels=(1e-4,)),
-        ],
-    }  # fmt: skip
-    unknown = sorted(set(tasks) - set(panels))
+def default_panels(config: dict[str, Any], seed: int = 0, tasks: Sequence[str] = DEFAULT_TASKS) -> list[Panel]:
+    """The cross-check's panels for ``tasks``, at the settings of the pipeline ``config``'s grid (data seed
+    ``seed``): the original DLN's run of each panel gives the problem and the GD settings, the C-DLN's its
+    width and outer rate."""
+    unknown = sorted(set(tasks) - set(CROSSCHECK_PANELS))
     if unknown:
         raise ValueError(f"unknown crosscheck task(s) {unknown}; choose from {list(TASKS)}")
-    return [panel for task in tasks for panel in panels[task]]
+    grid = Grid(config)
+    panels = []
+    for task in tasks:
+        for experiment, keys, extra in CROSSCHECK_PANELS[task]:
+            runs = {
+                run.keys["model"]: run.options | _problem_options(grid, job)
+                for job, run in grid.runs(experiment)
+                if run.keys.get("seed") == 0 and all(run.keys.get(k) == v for k, v in keys.items())
+            }
+            if "original" not in runs:
+                raise ValueError(f"the config's experiments.{experiment} has no original-DLN run for {keys}")
+            original, cdln = runs["original"], runs.get("cdln", {})
+            d = original["d"]
+            spec = ProblemSpec(original["task"], d, d, original["r"], seed, original.get("p"), original.get("m"))
+            settings = TrainSettings(original["lr"], original["n_inner"], original["max_outer"], original["tol"])
+            r_hat = cdln.get("r_hat") or 2 * original["r"]
+            alphas = tuple(extra.get("alphas", (cdln.get("alpha") or 1.0,)))
+            options = {k: v for k, v in extra.items() if k != "alphas"}
+            name = keys.get("panel") or keys["task"]
+            panels.append(
+                Panel(task, name, spec, original["depth"], original["eps"], r_hat, settings, alphas, **options)
+            )
+    return panels
+
+
+def _problem_options(grid: Grid, job: Any) -> dict[str, Any]:
+    """The problem a job's runs train on: the options of its problem file, or of the run itself (drawn in job)."""
+    drawn = {key: value for path in job.inputs for key, value in grid.data_file(path).options.items()}
+    return {key: value for key, value in drawn.items() if key in ("d", "r", "p", "m") and value is not None}
 
 
 def panel_cases(code: AuthorsCode, panel: Panel, seed: int) -> list[Case]:
@@ -568,22 +546,16 @@ def compare_spectral_inits(problem: Problem, theirs: list[np.ndarray], ours: lis
     r_hat = theirs[0].shape[0]
     k = min(r_hat, int(np.sum(s > 1e-10 * s[0])))
     project = lambda w: u[:, :k].T @ w @ vh[:k].T  # noqa: E731
-    gap = np.abs(project(_product(theirs)) - project(_product(ours))).max() / np.abs(project(_product(ours))).max()
+    gap = np.abs(project(product(theirs)) - project(product(ours))).max() / np.abs(project(product(ours))).max()
     arbitrary = f"; the other {r_hat - k} directions are arbitrary (surrogate rank {k})" if k < r_hat else ""
     return f"W(0) vs our compressed_dln on the top-{k} surrogate directions: rel. diff {gap:.1e}{arbitrary}"
-
-
-def _product(weights: list[np.ndarray]) -> np.ndarray:
-    result = weights[0]
-    for weight in weights[1:]:
-        result = weight @ result
-    return result
 
 
 def settings_note(panel: Panel) -> str:
     s, spec = panel.settings, panel.spec
     shape = f"d={spec.d_out} r={spec.rank}" + (f" p={spec.p:g}" if spec.p else "") + (f" m={spec.m}" if spec.m else "")
-    return f"{shape} L={panel.depth} eps={panel.eps:g} eta={s.lr:g} n_inner={s.n_inner} budget={s.budget} tol={s.tol:g}"
+    budget = s.max_iterations
+    return f"{shape} L={panel.depth} eps={panel.eps:g} eta={s.lr:g} n_inner={s.n_inner} budget={budget} tol={s.tol:g}"
 
 
 def run_panels(
