@@ -49,12 +49,25 @@ include: "workflow/rules/scaling.smk"
 include: "workflow/rules/robustness.smk"
 
 
-# On a cluster only the rules that train or draw data are submitted (CLUSTER_RULES, common.smk): every other
+# On a cluster only the rules that train or draw data are submitted (cdln.pipeline.cluster): every other
 # rule (tables, plots, claims, notebooks: seconds each) is a local rule, run by Snakemake itself.
 workflow.localrules(*(rule.name for rule in workflow.rules if rule.name not in CLUSTER_RULES))
 
 
+if workflow.is_main_process:
+    say_what_is_left_out("start")
+
+
+onsuccess:
+    say_what_is_left_out("end")
+
+
+onerror:
+    say_what_is_left_out("end")
+
+
 rule all:
+    """Every target the data on disk allows; what missing data leaves out is said at start and end."""
     input:
-        all_final_targets(),
+        TARGETS.files("all"),
     default_target: True

@@ -376,7 +376,7 @@ def test_targets_do_not_depend_on_the_include_order(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Real data appearing and disappearing between runs (workflow/rules/common.smk: real_data_present).
+# Real data appearing and disappearing between runs (cdln.pipeline.targets: real_data_present).
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -400,12 +400,13 @@ def test_real_data_that_appears_joins_and_that_disappears_keeps_its_results(tmp_
 
     counts, output = plan()
     assert counts["claims_figure"] == len(figures) - 1
-    assert "Real data for nonlinear: FashionMNIST directory" in output and "made without it" in output
+    assert "left out of the default target: fig_nonlinear: FashionMNIST directory" in output
+    assert "to add it: apt-get install dataset-fashion-mnist" in output
 
     # It appears: its claims (and the summary's rows) join the next run's DAG.
     make_fashion_mnist(fashion, n_train=600, n_test=200)
     counts, output = plan()
-    assert counts["claims_figure"] == len(figures) and "Real data for nonlinear" not in output
+    assert counts["claims_figure"] == len(figures) and "fig_nonlinear" not in output
 
     # Built with it...
     table = "results/ci/tables/nonlinear.md"
@@ -418,7 +419,7 @@ def test_real_data_that_appears_joins_and_that_disappears_keeps_its_results(tmp_
         path.unlink()
     counts, output = plan()
     assert counts["claims_figure"] == len(figures)
-    assert "Keeping its results built earlier" in output
+    assert "data missing for fig_nonlinear" in output and "keeping its results built earlier" in output
     result = snakemake("-n", table, "--configfile", "real.yaml", cwd=clone)
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stderr[-2000:]
     assert (clone / table).stat().st_mtime_ns == stamp

@@ -13,7 +13,7 @@ rule aggregate_synthetic:
     wildcard_constraints:
         experiment="|".join(SYNTHETIC),
     params:
-        flags=lambda wc: cli_flags({"reach_error": reach_error(wc.experiment)}),
+        flags=lambda wc: cli_flags({"reach_error": GRID.reach_error(wc.experiment)}),
     threads: 1
     conda:
         CONDA_ENV
@@ -27,7 +27,7 @@ if experiment_enabled("summary"):
         """Per synthetic configuration: parameters, iterations/seconds to tol, final errors, speed-up."""
         input:
             runs=[f"{ROOT}/tables/{name}_runs.csv" for name in experiment("summary")["experiments"]],
-            real_data=summary_real_data_tables(),
+            real_data=TARGETS.summary_real_data_tables(experiment("summary").get("real_data", [])),
         output:
             csv=report(
                 f"{ROOT}/tables/summary.csv",
@@ -47,4 +47,3 @@ if experiment_enabled("summary"):
             "python3 -m cdln summary --csv {output.csv} --markdown {output.markdown} {params.flags} "
             "--real-data {input.real_data} -- {input.runs} > {log} 2>&1"
 
-    register_target("summary_table", [f"{ROOT}/tables/summary.csv", f"{ROOT}/tables/summary.md"])

@@ -38,24 +38,18 @@ rule analysis_notebook:
         "--no-progress-bar -y {params.parameters} > {log} 2>&1"
 
 
-for _name in ANALYSIS:
-    if experiment_enabled(_name):
-        register_target(
-            f"fig_{_name}",
-            [*figure_files(f"fig_{_name}"), f"{ROOT}/tables/{_name}_findings.json", f"{ROOT}/notebooks/{_name}.ipynb"],
-        )
 
 
 rule fig_incremental:
     input:
-        final_targets("fig_incremental"),
+        target_files("fig_incremental"),
 
 
 rule fig_invariance:
     input:
-        final_targets("fig_invariance"),
+        target_files("fig_invariance"),
 
 
 rule fig_alignment:
     input:
-        final_targets("fig_alignment"),
+        target_files("fig_alignment"),

@@ -1,11 +1,7 @@
 """The paper's claims on this run: each figure's target also writes the claims its tables support
-(ROOT/tables/claims/<figure>.csv), so rerunning one figure rechecks its claims; ``claims_table``
-gathers them all into tables/claims.csv and tables/claims.md (part of the default target and the report).
-Each figure's target lists its claims file whatever the include order (targets are read when the DAG is
-built)."""
-
-for _figure in claim_figures():
-    register_target(_figure, [f"{ROOT}/tables/claims/{_figure}.csv"])
+(ROOT/tables/claims/<figure>.csv, :meth:`cdln.pipeline.targets.Targets.files`), so rerunning one figure
+rechecks its claims; ``claims_table`` gathers them all into tables/claims.csv and tables/claims.md (part of
+the default target and the report)."""
 
 
 rule claims_figure:
@@ -35,7 +31,7 @@ if CLAIMS:
     rule claims_table:
         """Every figure's claims in one table (CSV for the report, Markdown to read)."""
         input:
-            [f"{ROOT}/tables/claims/{figure}.csv" for figure in claim_figures()],
+            [f"{ROOT}/tables/claims/{figure}.csv" for figure in TARGETS.evaluated_claim_figures()],
         output:
             csv=report(
                 f"{ROOT}/tables/claims.csv",
@@ -55,8 +51,6 @@ if CLAIMS:
             "python3 -m cdln claims gather --csv {output.csv} --markdown {output.markdown} {params.flags} {input} "
             "> {log} 2>&1"
 
-    register_target("claims_table", [f"{ROOT}/tables/claims.csv", f"{ROOT}/tables/claims.md"])
-
     rule claims:
         input:
-            final_targets("claims_table"),
+            target_files("claims_table"),

@@ -19,7 +19,7 @@ rule make_problem:
         flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
     group:
-        SHORT_GROUP
+        cluster.SHORT_GROUP
     conda:
         CONDA_ENV
     shell:

@@ -77,36 +77,33 @@ rule plot_ablation_alpha:
         "{params.flags} > {log} 2>&1"
 
 
-for _name in ("mf", "mc", "ms", "ablation_depth", "ablation_alpha", "baselines"):
-    if experiment_enabled(_name):
-        register_target(f"fig_{_name}", figure_files(f"fig_{_name}") + [f"{ROOT}/tables/{_name}_curves.csv"])
 
 
 rule fig_mf:
     input:
-        final_targets("fig_mf"),
+        target_files("fig_mf"),
 
 
 rule fig_mc:
     input:
-        final_targets("fig_mc"),
+        target_files("fig_mc"),
 
 
 rule fig_ms:
     input:
-        final_targets("fig_ms"),
+        target_files("fig_ms"),
 
 
 rule fig_ablation_alpha:
     input:
-        final_targets("fig_ablation_alpha"),
+        target_files("fig_ablation_alpha"),
 
 
 rule fig_ablation_depth:
     input:
-        final_targets("fig_ablation_depth"),
+        target_files("fig_ablation_depth"),
 
 
 rule fig_baselines:
     input:
-        final_targets("fig_baselines"),
+        target_files("fig_baselines"),

@@ -16,7 +16,7 @@ rule movielens_synthetic_archive:
         flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
     group:
-        SHORT_GROUP
+        cluster.SHORT_GROUP
     conda:
         CONDA_ENV
     shell:
@@ -33,7 +33,7 @@ rule fashion_mnist_synthetic:
         flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
     group:
-        SHORT_GROUP
+        cluster.SHORT_GROUP
     conda:
         CONDA_ENV
     shell:
@@ -95,18 +95,13 @@ for _name in ("movielens", "nonlinear"):
             "{params.flags} > {log} 2>&1"
 
 
-for _name in ("movielens", "nonlinear"):
-    if experiment_enabled(_name):
-        register_target(
-            f"fig_{_name}", [*figure_files(f"fig_{_name}"), f"{ROOT}/tables/{_name}.csv", f"{ROOT}/tables/{_name}.md"]
-        )
 
 
 rule fig_movielens:
     input:
-        final_targets("fig_movielens"),
+        target_files("fig_movielens"),
 
 
 rule fig_nonlinear:
     input:
-        final_targets("fig_nonlinear"),
+        target_files("fig_nonlinear"),

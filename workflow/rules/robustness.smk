@@ -51,8 +51,7 @@ if experiment_enabled("robustness"):
             "python3 -m cdln plot robustness --table {input.table} --png {output.png} --pdf {output.pdf} "
             "--title {params.title} > {log} 2>&1"
 
-    register_target("fig_robustness", figure_files("fig_robustness") + [f"{ROOT}/tables/robustness.csv"])
 
     rule fig_robustness:
         input:
-            final_targets("fig_robustness"),
+            target_files("fig_robustness"),

@@ -7,13 +7,9 @@ numbers matter (``snakemake fig_scaling --cores 1``); per-run seconds always com
 """
 
 
-if experiment_enabled("scaling"):
-    register_target("fig_scaling", figure_files("fig_scaling"))
-
-
 rule fig_scaling:
     input:
-        final_targets("fig_scaling"),
+        target_files("fig_scaling"),
 
 
 rule scaling_measure:

@@ -219,6 +219,18 @@ class Grid:
             out.setdefault(run.keys["task"], []).append(job.run_dir(run))
         return out
 
+    def notebook_parameters(self, name: str, png: str, pdf: str, findings: str) -> dict[str, Any]:
+        """The parameters of analysis ``name``'s notebook (papermill): its runs, its outputs, its title."""
+        title = self.section(name).get("description", name)
+        return {"run_dirs": self.analysis_run_dirs(name), "figure_png": png, "figure_pdf": pdf,
+                "findings_json": findings, "title": title}  # fmt: skip
+
+    def reach_error(self, name: str) -> float | None:
+        """The recovery error of experiment ``name``'s 'reach' columns (``summary.reach_error``), if any."""
+        if not self.enabled("summary"):
+            return None
+        return self.section("summary").get("reach_error", {}).get(name)
+
     def scaling_options(self, gpu: bool) -> dict[str, Any]:
         """``cdln bench --scaling`` options of the scaling section (``gpu_sizes`` when jobs use a GPU)."""
         section = self.section("scaling")

@@ -1,0 +1,139 @@
+"""What each target of the pipeline builds, and what the data on disk leaves out.
+
+:meth:`Targets.files` is the one place a target's files come from (``fig_mc``: its figure, curves table and
+claims; ``all``: every target the data on disk allows), so a figure's route reads in one place. Nothing here
+imports torch: the Snakefile's parse uses it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cdln.pipeline.grid import ANALYSIS, Grid
+
+CURVE_FIGURES = ("mf", "mc", "ms", "ablation_alpha", "ablation_depth", "baselines")
+REAL_DATA = ("movielens", "nonlinear")
+# The one step that adds a real data set, per experiment (resources/README.md has the details).
+HOW_TO_ADD = {
+    "movielens": "put ml-100k.zip (from grouplens.org) in resources/ or set experiments.movielens.zip_path",
+    "nonlinear": "apt-get install dataset-fashion-mnist, or put the four IDX files in resources/fashion-mnist/",
+}
+
+
+def missing_real_data(name: str, section: dict[str, Any], resources: str = "resources") -> str | None:
+    """Why real-data experiment ``name``'s data set is not on disk, or None when it is (or the pipeline makes a
+    synthetic stand-in). File checks only: no download, no torch."""
+    if section.get("synthetic", False):
+        return None
+    if name == "movielens":
+        candidates = (section.get("zip_path"), f"{resources}/ml-100k.zip")
+        if any(path and Path(path).exists() for path in candidates):
+            return None
+        return f"MovieLens archive ml-100k.zip not found ({resources}/ml-100k.zip or movielens.zip_path)"
+    from cdln.data import DataUnavailableError
+    from cdln.data.fashion_mnist import locate_fashion_mnist
+
+    try:
+        locate_fashion_mnist(section.get("data_dir"), resources, allow_download=False)
+    except DataUnavailableError as error:
+        return str(error)
+    return None
+
+
+@dataclass
+class Targets:
+    """The targets of one config. ``claim_figures``: the figures the claims file has rows for.
+    ``exists``: how a path is checked (tests pass their own)."""
+
+    grid: Grid
+    claim_figures: Sequence[str] = ()
+    exists: Callable[[str], bool] = lambda path: Path(path).exists()
+
+    @property
+    def root(self) -> str:
+        return self.grid.root
+
+    def figure_files(self, name: str) -> list[str]:
+        """PNG and PDF of figure ``name`` (e.g. ``fig_mc``)."""
+        return [f"{self.root}/figures/{name}.png", f"{self.root}/figures/{name}.pdf"]
+
+    def names(self) -> list[str]:
+        """Every target the config defines, figures first."""
+        experiments = [*CURVE_FIGURES, *ANALYSIS, *REAL_DATA, "scaling", "robustness"]
+        names = [f"fig_{name}" for name in experiments if self.grid.enabled(name)]
+        names += ["summary_table"] if self.grid.enabled("summary") else []
+        return names + (["claims_table"] if self.claim_figures else [])
+
+    def files(self, target: str) -> list[str]:
+        """The files target ``target`` builds (a name of :meth:`names`, or ``all``)."""
+        if target == "all":
+            return sorted({path for name in self.names() if name not in self.left_out() for path in self.files(name)})
+        if target not in self.names():
+            raise ValueError(f"no target {target!r} in this config; its targets: {self.names()}")
+        root, name = self.root, target.removeprefix("fig_")
+        if target == "summary_table":
+            return [f"{root}/tables/summary.csv", f"{root}/tables/summary.md"]
+        if target == "claims_table":
+            return [f"{root}/tables/claims.csv", f"{root}/tables/claims.md"]
+        files = self.figure_files(target)
+        if name in CURVE_FIGURES:
+            files.append(f"{root}/tables/{name}_curves.csv")
+        elif name in ANALYSIS:
+            files += [f"{root}/tables/{name}_findings.json", f"{root}/notebooks/{name}.ipynb"]
+        elif name in REAL_DATA:
+            files += [f"{root}/tables/{name}.csv", f"{root}/tables/{name}.md"]
+        elif name == "robustness":
+            files.append(f"{root}/tables/robustness.csv")
+        if target in self.evaluated_claim_figures():
+            files.append(f"{root}/tables/claims/{target}.csv")
+        return files
+
+    @functools.cached_property
+    def missing_data(self) -> dict[str, str]:
+        """Enabled real-data experiment -> why its data set is not on disk (only those whose data is missing)."""
+        reasons = {
+            name: missing_real_data(name, self.grid.section(name)) for name in REAL_DATA if self.grid.enabled(name)
+        }
+        return {name: reason for name, reason in reasons.items() if reason is not None}
+
+    def real_data_present(self, name: str) -> bool:
+        """Whether experiment ``name``'s results can be used: its data set is on disk, or its table was built
+        before (from data since removed: built results stay, and are not rebuilt while up to date)."""
+        return name not in self.missing_data or self.exists(f"{self.root}/tables/{name}.md")
+
+    def left_out(self) -> dict[str, str]:
+        """Targets the default target leaves out -> why, and the one step that adds it."""
+        return {
+            f"fig_{name}": f"{reason}; to add it: {HOW_TO_ADD[name]}"
+            for name, reason in self.missing_data.items()
+            if not self.real_data_present(name)
+        }
+
+    def kept(self) -> dict[str, str]:
+        """Targets whose data set is gone but whose results were built before -> what is kept."""
+        return {
+            f"fig_{name}": f"{reason}; keeping its results built earlier ({self.root}/tables/{name}.md)"
+            for name, reason in self.missing_data.items()
+            if self.real_data_present(name)
+        }
+
+    def evaluated_claim_figures(self) -> list[str]:
+        """Figures whose claims are evaluated: enabled, and for real data, with the data present."""
+        enabled = set(self.names())
+        return [
+            figure
+            for figure in dict.fromkeys(self.claim_figures)
+            if figure in enabled and figure not in self.left_out()
+        ]
+
+    def summary_real_data_tables(self, names: Sequence[str]) -> list[str]:
+        """The real-data tables (``names``: the summary section's ``real_data``) the summary can include."""
+        return [
+            f"{self.root}/tables/{name}.md"
+            for name in names
+            if self.grid.enabled(name) and self.real_data_present(name)
+        ]

@@ -1,0 +1,82 @@
+"""The pipeline's targets (cdln.pipeline.targets) and its cluster cost model (cdln.pipeline.cluster), from the
+real configs, without Snakemake."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import REPO
+
+from cdln.pipeline import cluster
+from cdln.pipeline.claims import load_claims
+from cdln.pipeline.grid import Grid
+from cdln.pipeline.targets import HOW_TO_ADD, Targets, missing_real_data
+from cdln.pipeline.validate import load_pipeline_config
+
+
+def _targets(name: str, exists=lambda path: False, **section_overrides) -> Targets:
+    config = load_pipeline_config(REPO / "config" / name)
+    for experiment, values in section_overrides.items():
+        config["experiments"][experiment].update(values)
+    claims = [claim.figure for claim in load_claims(REPO / config["claims"]["file"])]
+    return Targets(Grid(config), claims, exists=exists)
+
+
+def test_a_figure_target_lists_its_figure_tables_and_claims():
+    targets = _targets("config.yaml")
+    root = targets.root
+    assert targets.files("fig_mc") == [
+        f"{root}/figures/fig_mc.png", f"{root}/figures/fig_mc.pdf", f"{root}/tables/mc_curves.csv",
+        f"{root}/tables/claims/fig_mc.csv",
+    ]  # fmt: skip
+    assert f"{root}/notebooks/invariance.ipynb" in targets.files("fig_invariance")
+    assert f"{root}/tables/robustness.csv" in targets.files("fig_robustness")
+    assert targets.files("claims_table") == [f"{root}/tables/claims.csv", f"{root}/tables/claims.md"]
+    with pytest.raises(ValueError, match="no target 'fig_foo'.*fig_mc"):
+        targets.files("fig_foo")
+
+
+def test_missing_real_data_leaves_its_figure_out_of_the_default_target_and_says_how_to_add_it(tmp_path):
+    targets = _targets("config.yaml", movielens={"zip_path": str(tmp_path / "none.zip")})
+    left = targets.left_out()
+    assert "fig_movielens" in left and HOW_TO_ADD["movielens"] in left["fig_movielens"]
+    assert "ml-100k.zip" in left["fig_movielens"]
+    everything = targets.files("all")
+    assert not any("movielens" in path for path in everything)
+    assert set(targets.files("fig_mc")) <= set(everything) and set(targets.files("claims_table")) <= set(everything)
+    assert "fig_movielens" not in targets.evaluated_claim_figures()
+    assert targets.files("fig_movielens")  # asked for by name it still lists its files (and fails without data)
+
+
+def test_data_that_appears_or_was_built_before_is_in(tmp_path):
+    archive = tmp_path / "ml-100k.zip"
+    archive.write_bytes(b"x")
+    assert missing_real_data("movielens", {"zip_path": str(archive)}) is None
+    present = _targets("config.yaml", movielens={"zip_path": str(archive)})
+    assert "fig_movielens" not in present.left_out()
+    assert any("movielens" in path for path in present.files("all"))
+    built = _targets("config.yaml", exists=lambda path: path.endswith("tables/movielens.md"),
+                     movielens={"zip_path": str(tmp_path / "gone.zip")})  # fmt: skip
+    assert "fig_movielens" not in built.left_out() and built.real_data_present("movielens")
+
+
+def test_the_reduced_grid_makes_stand_ins_so_nothing_is_left_out():
+    targets = _targets("ci.yaml")
+    assert targets.left_out() == {}
+    assert {"fig_movielens", "fig_nonlinear", "claims_table"} <= set(targets.names())
+
+
+def test_short_jobs_are_the_reduced_grids_and_none_of_the_paper_grids():
+    for name, short in (("ci.yaml", True), ("config.yaml", False)):
+        grid = Grid(load_pipeline_config(REPO / "config" / name))
+        for job in grid.jobs():
+            if any(run.command == "train" for run in job.runs):
+                group = cluster.training_group(grid, job.experiment, job.job_id)
+                assert (group == cluster.SHORT_GROUP) == short, (name, job.job_id, cluster.estimated_work(grid, job))
+
+
+def test_estimated_work_grows_with_the_budget():
+    config = load_pipeline_config(REPO / "config" / "ci.yaml")
+    job = Grid(config).jobs("mc")[0]
+    before = cluster.estimated_work(Grid(config), job)
+    config["experiments"]["mc"]["max_outer"] *= 10
+    assert cluster.estimated_work(Grid(config), Grid(config).jobs("mc")[0]) == pytest.approx(10 * before)
