@@ -66,8 +66,8 @@ onerror:
     say_what_is_left_out("end")
 
 
+# Every target the data on disk allows; what missing data leaves out is said at start and end.
 rule all:
-    """Every target the data on disk allows; what missing data leaves out is said at start and end."""
     input:
         TARGETS.files("all"),
     default_target: True

@@ -3,7 +3,7 @@ equal to the dense one, the engine plan and its one override (CDLN_ENGINE), shap
 
 Tolerances: the paths differ only in summation order (scipy's OpenBLAS vs torch's MKL products, the sampled
 step's sparse-dense sums, reassociated and fused multiply-adds), so after 100 steps float64 iterates agree
-to a relative 1e-12 (issue #13's requirement for the sampled step) and float32 to 1e-4.
+to a relative 1e-12 and float32 to 1e-4.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_native_paths_match_the_torch_path(dtype, tol, task, shape, depth):
 @pytest.mark.parametrize("model", ["original", "cdln"])
 @pytest.mark.parametrize("p", [0.05, 0.3])
 def test_sampled_step_equals_dense_step_over_100_steps(model, p):
-    """Issue #13: the sampled C-DLN step gives the dense step's iterates within 1e-12 (relative, 100 steps)."""
+    """The sampled C-DLN step gives the dense step's iterates within 1e-12 (relative, 100 steps)."""
     problem = make_problem(ProblemSpec("mc", 60, 50, 3, 0, p))
     if model == "original":
         network = original_dln(60, 50, 3, 0.1, [0])
