@@ -24,7 +24,11 @@ if not workflow.overwrite_configfiles:
 import sys
 
 sys.path.insert(0, f"{workflow.basedir}/src")  # this checkout's package, installed or not
-from cdln.pipeline.validate import cached_run_errors, pipeline_config_errors
+from snakemake.utils import update_config
+from cdln.pipeline.validate import cached_run_errors, pipeline_config_errors, typed_overrides
+
+# `--config seeds=[0]`: Snakemake reads the list's items as strings; give them their types back.
+update_config(config, typed_overrides(dict(workflow.config_settings.config)))
 
 _errors = pipeline_config_errors(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 if not _errors and workflow.is_main_process:
@@ -47,6 +51,7 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/realdata.smk"
 include: "workflow/rules/scaling.smk"
 include: "workflow/rules/robustness.smk"
+include: "workflow/rules/gallery.smk"
 
 
 # On a cluster only the rules that train or draw data are submitted (cdln.pipeline.cluster): every other

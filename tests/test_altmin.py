@@ -55,7 +55,7 @@ def test_training_loss_never_increases_without_ridge():
 
 def test_settings_are_validated():
     problem = low_rank_completion(5, 6, 1, 0.8, seed=0)
-    with pytest.raises(ValueError, match=r"--k must be in \[1, 5\]"):
+    with pytest.raises(ValueError, match=r"--r \(rank k\) must be in \[1, 5\]"):
         altmin(problem, AltMinSettings(k=6))
     with pytest.raises(ValueError, match="--ridge"):
         altmin(problem, AltMinSettings(k=1, ridge=-1.0))
@@ -65,7 +65,7 @@ def test_cli_writes_a_run_record(tmp_path):
     problem = low_rank_completion(20, 25, 2, 0.6, seed=3)
     save_problem(problem, tmp_path / "p.pt")
     out = tmp_path / "run"
-    code = main(["altmin", "--problem", str(tmp_path / "p.pt"), "--out", str(out), "--k", "2", "--iterations", "30",
+    code = main(["altmin", "--problem", str(tmp_path / "p.pt"), "--out", str(out), "--r", "2", "--iterations", "30",
                  "--ridge", "0", "--device", "cpu", "--quiet"])  # fmt: skip
     assert code == 0
     record = json.loads((out / "record.json").read_text())
@@ -78,5 +78,5 @@ def test_cli_rejects_a_non_completion_problem(tmp_path, capsys):
     from cdln.problems import make_problem
 
     save_problem(make_problem(ProblemSpec("mf", 5, 5, 1)), tmp_path / "mf.pt")
-    assert main(["altmin", "--problem", str(tmp_path / "mf.pt"), "--out", str(tmp_path / "r"), "--k", "1"]) == 2
+    assert main(["altmin", "--problem", str(tmp_path / "mf.pt"), "--out", str(tmp_path / "r"), "--r", "1"]) == 2
     assert "AltMin needs 'mc'" in capsys.readouterr().err

@@ -188,7 +188,7 @@ def ci_mc_claims(root: Path, monkeypatch) -> pd.DataFrame:
         str(CLAIMS_FILE),
         "--figure",
         "fig_mc",
-        "--tables",
+        "--table-dir",
         str(root / "tables"),
     ]
     assert main([*command, "--panels", panels, "--out", str(out)]) == 0

@@ -209,7 +209,7 @@ def test_cli_builds_a_problem_that_cdln_train_accepts(tmp_path):
     ml.synthetic_ml100k(tmp_path / "ml-100k.zip", n_ratings=20_000)
     problem_file = tmp_path / "p.pt"
     args = ["movielens-problem", "--out", str(problem_file), "--resources", str(tmp_path), "--no-download"]
-    assert main([*args, "--n-users", "60", "--n-items", "80", "--rank", "3", "--split-seed", "4"]) == 0
+    assert main([*args, "--n-users", "60", "--n-items", "80", "--r", "3", "--split-seed", "4"]) == 0
     problem = load_problem(problem_file)
     assert problem.shape == (60, 80) and problem.spec.data_seed == 4
     out = tmp_path / "run"

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from cdln.devices import SyncTimer, device_name
 from cdln.problems import Completion
+from cdln.progress import time_left
 from cdln.records import make_record
 
 
@@ -38,7 +39,7 @@ class AltMinSettings:
 
     def validate(self, d_out: int, d_in: int) -> None:
         if not 1 <= self.k <= min(d_out, d_in):
-            raise ValueError(f"--k must be in [1, {min(d_out, d_in)}]; got {self.k}")
+            raise ValueError(f"--r (rank k) must be in [1, {min(d_out, d_in)}]; got {self.k}")
         if self.iterations < 1 or self.n_inner < 1:
             raise ValueError(f"--iterations and --n-inner must be >= 1; got {self.iterations}, {self.n_inner}")
         if not math.isfinite(self.ridge) or self.ridge < 0:
@@ -77,7 +78,8 @@ def altmin(
         rows.append((0, iteration, seconds, loss, error))
         if progress is not None:
             progress(
-                f"iter {iteration:>6d}/{settings.iterations}  {seconds:8.2f}s  loss {loss:.3e}  recovery {error:.3e}"
+                f"iter {iteration:>6d}/{settings.iterations}  {seconds:8.2f}s  loss {loss:.3e}  recovery {error:.3e}  "
+                + time_left(seconds, iteration, settings.iterations)
             )
 
     timer.start()

@@ -2,7 +2,10 @@
 
 Each helper writes to a temporary sibling (same directory, so the final ``os.replace`` is an atomic
 rename on one file system) and renames it into place; on any failure, interrupts included, the
-temporary file is removed and an existing file at ``path`` is left as it was.
+temporary file is removed and an existing file at ``path`` is left as it was. What appears has the
+permissions the umask gives (0644 files and 0755 folders under umask 022), not the private ones of the
+temporary file. An existing folder is replaced only if it holds what the package wrote
+(:func:`check_output_dir`), so a user's files are never deleted.
 """
 
 from __future__ import annotations
@@ -20,15 +23,33 @@ import numpy as np
 import pandas as pd
 
 
+class OutputError(ValueError):
+    """An output path that cannot be written without losing something; the message says what to do."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: Path, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would (0666 / 0777 less the umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it to ``path``."""
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     os.close(fd)
     tmp = Path(name)
     try:
         write(tmp)
+        public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -58,16 +79,46 @@ def torch_save(payload: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-@contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty staging directory; on success it replaces ``path`` (an existing directory there
-    is removed first, e.g. the empty one Snakemake creates for a ``directory()`` output); on failure
-    it is removed and ``path`` is left as it was."""
+# What marks a folder as the package's own output: a run record or a job's manifest.
+OWN_MARKERS = ("record.json", "job.json")
+
+
+def check_output_dir(path: str | os.PathLike[str], force: bool = False, what: str = "--out") -> Path:
+    """Raise :class:`OutputError` unless ``path`` can become an output folder without losing anything: it
+    does not exist, or is an empty folder, or holds a cdln run record or job (``record.json``/``job.json``), or
+    ``force``. A file there is refused too. Call it before the work whose result goes there."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file, not a folder; name a new folder for the output")
+    if path.is_dir() and not force and any(path.iterdir()) and not any((path / m).is_file() for m in OWN_MARKERS):
+        raise OutputError(
+            f"{what} {path} exists and holds files that are not a cdln run record; name a new folder, "
+            "or pass --force to replace it"
+        )
+    return path
+
+
+def _walk_public(root: Path) -> None:
+    public_mode(root, directory=True)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            public_mode(Path(folder) / name, directory=True)
+        for name in files:
+            public_mode(Path(folder) / name)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory; on success it replaces ``path``; on failure it is removed and
+    ``path`` is left as it was. An existing ``path`` is replaced only when :func:`check_output_dir` allows it
+    (checked before anything is staged), e.g. an earlier run record or the empty folder Snakemake creates for
+    a ``directory()`` output."""
+    path = check_output_dir(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
     try:
         yield staging
+        _walk_public(staging)
         if path.exists():
             shutil.rmtree(path)
         os.replace(staging, path)

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from cdln import seeding
 from cdln.devices import SyncTimer, device_name
 from cdln.networks import random_orthogonal, top_singular_vectors
+from cdln.progress import time_left
 from cdln.records import make_record
 
 MODELS: tuple[str, ...] = ("mlp", "dln", "cdln", "relu_dln", "relu_cdln")
@@ -314,7 +315,8 @@ def train_classifier(
         rows.append((0, step, timer.elapsed, train_loss, test_loss, accuracy))
         running, seen = 0.0, 0
         if progress is not None:
-            progress(f"step {step:>6d}/{config.steps}  {timer.elapsed:7.2f}s  test acc {accuracy:.4f}")
+            left = time_left(timer.elapsed, step, config.steps)
+            progress(f"step {step:>6d}/{config.steps}  {timer.elapsed:7.2f}s  test acc {accuracy:.4f}  {left}")
         timer.start()
 
     checkpoint(0)

@@ -365,14 +365,36 @@ def save_problem(problem: Problem, path: str | Path) -> None:
     torch_save(payload, path)
 
 
-def load_problem(path: str | Path) -> Problem:
-    """Read a problem written by :func:`save_problem` (tensors on the CPU, in their stored dtype)."""
+def _read_problem_file(path: str | Path, mmap: bool) -> tuple[ProblemSpec, dict[str, Tensor]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"problem file {path} does not exist (make it with `cdln make-problem`)")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    spec = ProblemSpec(**payload["spec"])
-    return PROBLEM_CLASSES[spec.task](spec, **payload["tensors"])
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        spec = ProblemSpec(**payload["spec"])
+        spec.validate()
+        tensors = dict(payload["tensors"])
+    except Exception as error:  # unpickling, truncation, a foreign file: all say the same to the user
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
+        raise ValueError(
+            f"problem file {path} is not a readable cdln problem ({reason}); remake it with `cdln make-problem`"
+        ) from None
+    return spec, tensors
+
+
+def load_problem_spec(path: str | Path) -> ProblemSpec:
+    """The spec of a problem file, without reading its tensors (they are memory-mapped, not loaded)."""
+    return _read_problem_file(path, mmap=True)[0]
+
+
+def load_problem(path: str | Path) -> Problem:
+    """Read a problem written by :func:`save_problem` (tensors on the CPU, in their stored dtype); a file
+    that is not one raises ``ValueError`` naming it."""
+    spec, tensors = _read_problem_file(path, mmap=False)
+    try:
+        return PROBLEM_CLASSES[spec.task](spec, **tensors)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"problem file {path} is not a readable cdln problem ({error})") from None
 
 
 def target_factors(problem: Problem, rank: int | None = None) -> tuple[Tensor, Tensor, Tensor]:

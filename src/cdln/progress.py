@@ -6,6 +6,14 @@ import sys
 import time
 
 
+def time_left(seconds: float, done: int, total: int) -> str:
+    """``"~1m23s left"``: the time ``total - done`` more units take at the rate so far (``"left ?"`` before any)."""
+    if done <= 0 or seconds <= 0:
+        return "left ?"
+    left = round(seconds / done * max(0, total - done))
+    return f"~{left // 60}m{left % 60:02d}s left" if left >= 60 else f"~{left}s left"
+
+
 class ThrottledProgress:
     """Progress lines to stderr, at most one per ``interval`` seconds (the first always)."""
 

@@ -8,8 +8,11 @@ directory and renamed into place, so an interrupted run never leaves a directory
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import platform
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,10 +43,32 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 CURVE_COLUMNS = ("member", "iteration", "seconds")
 
 
-def environment() -> dict[str, str]:
-    """Versions of everything that can change a number."""
+@functools.cache
+def git_state() -> dict[str, Any]:
+    """The commit of the checkout the package runs from and whether it has uncommitted changes to tracked
+    files (``commit`` None when it is not a git checkout, e.g. an installed wheel)."""
+    root = Path(cdln.__file__).resolve().parents[2]
+    state: dict[str, Any] = {"commit": None, "dirty": None}
+    if not (root / ".git").exists():
+        return state
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if commit.returncode == 0 and status.returncode == 0:
+            state = {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    return state
+
+
+def environment() -> dict[str, Any]:
+    """Versions of everything that can change a number, and the git commit of the code."""
     return {
         "cdln": cdln.__version__,
+        "git": git_state(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "pandas": pd.__version__,
@@ -106,15 +131,16 @@ def write_run_record(
     curves: pd.DataFrame,
     snapshots: dict[str, np.ndarray] | None = None,
     arrays: dict[str, np.ndarray] | None = None,
+    force: bool = False,
 ) -> Path:
     """Write a complete run record to ``run_dir`` (replacing an existing one) atomically; ``arrays`` as
-    ``<name>.npy`` files beside it."""
+    ``<name>.npy`` files beside it. A folder there that is not a run record is refused unless ``force``."""
     check_record(record)
     missing = [column for column in CURVE_COLUMNS if column not in curves.columns]
     if missing:
         raise ValueError(f"curves lack the columns {missing}")
     run_dir = Path(run_dir)
-    with atomic_directory(run_dir) as staging:
+    with atomic_directory(run_dir, force) as staging:
         stage_run_record(staging, record, curves, snapshots, arrays)
     return run_dir
 
@@ -143,7 +169,11 @@ def read_run_record(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     record_path = run_dir / RECORD_FILE
     if not record_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a complete run record (missing {RECORD_FILE})")
-    return json.loads(record_path.read_text()), pd.read_csv(run_dir / CURVES_FILE)
+    try:
+        record = json.loads(record_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"run record {record_path} is not valid JSON ({error}); rerun the run to remake it") from None
+    return record, pd.read_csv(run_dir / CURVES_FILE)
 
 
 def read_snapshots(run_dir: str | Path) -> dict[str, np.ndarray]:

@@ -46,9 +46,10 @@ class RunOutput:
         """The arrays written beside the record as ``<name>.npy``."""
         return {"completed": self.completed} if self.completed is not None else {}
 
-    def write(self, run_dir: str | Path) -> Path:
-        """Write the run record to ``run_dir`` atomically (with ``completed.npy`` when there is one)."""
-        return write_run_record(run_dir, self.record, self.curves, self.snapshots, self.arrays())
+    def write(self, run_dir: str | Path, force: bool = False) -> Path:
+        """Write the run record to ``run_dir`` atomically (with ``completed.npy`` when there is one); an
+        existing ``run_dir`` that is not a run record is replaced only with ``force``."""
+        return write_run_record(run_dir, self.record, self.curves, self.snapshots, self.arrays(), force)
 
 
 def build_network(config: RunConfig, problem: Problem) -> LinearNetwork:
@@ -189,6 +190,20 @@ def run_output(
     return RunOutput(record, curves, stack_snapshots(result.snapshots) or None)
 
 
+def resolved_settings(config: RunConfig, spec: ProblemSpec) -> dict[str, Any]:
+    """The run's settings as they ran: the defaults that depend on others (the compressed width 2r, the
+    B-M width r and scale eps, the original DLN's width) replaced by their values."""
+    settings = asdict(config)
+    if config.model in ("cdln", "narrow", "yaras"):
+        settings["r_hat"] = config.compressed_width
+    if config.model == "bm":
+        settings["bm_rank"] = config.bm_rank or config.r
+        settings["bm_scale"] = config.bm_scale if config.bm_scale is not None else config.eps
+    if config.model in ("original", "yaras"):
+        settings["width"] = config.width or max(spec.d_out, spec.d_in)
+    return settings
+
+
 def training_record(
     config: RunConfig, spec: ProblemSpec, network: LinearNetwork, result: TrainResult, device: torch.device
 ) -> dict[str, Any]:
@@ -208,7 +223,7 @@ def training_record(
     iterations = int(result.curves["iteration"].max())
     return make_record(
         "train",
-        config=asdict(config),
+        config=resolved_settings(config, spec),
         problem=asdict(spec),
         members=members,
         parameters={"model": network.n_params(), "original_dln": original_params},

@@ -22,7 +22,7 @@ rule claims_figure:
     conda:
         CONDA_ENV
     shell:
-        "python3 -m cdln claims evaluate --claims {input.claims} --figure {wildcards.figure} --tables {params.tables} "
+        "python3 -m cdln claims evaluate --claims {input.claims} --figure {wildcards.figure} --table-dir {params.tables} "
         "{params.flags} --out {output} > {log} 2>&1"
 
 
@@ -43,12 +43,19 @@ if CLAIMS:
         log:
             f"{ROOT}/logs/claims/claims.log",
         params:
-            flags=cli_flags({"config_name": config["output_root"]}),
+            flags=cli_flags({"config_name": config["output_root"], "claims": CLAIMS_FILE,
+                             "absolute": config["claims"].get("absolute", True)}),
+            not_evaluated=" ".join(
+                f"--not-evaluated {figure} {shlex.quote(why)}"
+                for figure, why in TARGETS.left_out().items()
+                if figure in TARGETS.claim_figures
+            ),
         threads: 1
         conda:
             CONDA_ENV
         shell:
-            "python3 -m cdln claims gather --csv {output.csv} --markdown {output.markdown} {params.flags} {input} "
+            "python3 -m cdln claims gather --csv {output.csv} --markdown {output.markdown} {params.flags} "
+            "{params.not_evaluated} {input} "
             "> {log} 2>&1"
 
     rule claims:

@@ -46,7 +46,7 @@ rule plot_error_curves:
     conda:
         CONDA_ENV
     shell:
-        "python3 -m cdln plot error-curves --table {input.table} --png {output.png} --pdf {output.pdf} {params.flags} "
+        "python3 -m cdln plot error-curves --table {input.table} --out {output.png} --pdf {output.pdf} {params.flags} "
         "> {log} 2>&1"
 
 
@@ -73,7 +73,7 @@ rule plot_ablation_alpha:
     conda:
         CONDA_ENV
     shell:
-        "python3 -m cdln plot ablation-alpha --table {input.table} --png {output.png} --pdf {output.pdf} "
+        "python3 -m cdln plot ablation-alpha --table {input.table} --out {output.png} --pdf {output.pdf} "
         "{params.flags} > {log} 2>&1"
 
 

@@ -91,7 +91,7 @@ for _name in ("movielens", "nonlinear"):
         conda:
             CONDA_ENV
         shell:
-            "python3 -m cdln plot {params.figure} --table {input.table} --png {output.png} --pdf {output.pdf} "
+            "python3 -m cdln plot {params.figure} --table {input.table} --out {output.png} --pdf {output.pdf} "
             "{params.flags} > {log} 2>&1"
 
 

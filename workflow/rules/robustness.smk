@@ -48,7 +48,7 @@ if experiment_enabled("robustness"):
         conda:
             CONDA_ENV
         shell:
-            "python3 -m cdln plot robustness --table {input.table} --png {output.png} --pdf {output.pdf} "
+            "python3 -m cdln plot robustness --table {input.table} --out {output.png} --pdf {output.pdf} "
             "--title {params.title} > {log} 2>&1"
 
 

@@ -54,5 +54,5 @@ rule plot_scaling:
     conda:
         CONDA_ENV
     shell:
-        "python3 -m cdln plot scaling --table {input.table} --png {output.png} --pdf {output.pdf} {params.flags} "
+        "python3 -m cdln plot scaling --table {input.table} --out {output.png} --pdf {output.pdf} {params.flags} "
         "> {log} 2>&1"

@@ -9,7 +9,7 @@ Sections (``--sections``), each in its own module:
 2. ``tol`` (:mod:`cdln.bench.runs`): seconds to tol, original DLN / C-DLN, on the config's ``mc`` setting.
 3. ``batch`` (:mod:`cdln.bench.runs`): runs per second, one batched job vs the same runs one at a time.
 4. ``jax``, ``sampled``, ``shared`` (:mod:`cdln.bench.paths`): the engine against the same step compiled
-   by JAX on the ``mc`` setting (and the hardware reference), per step and for whole ``train()`` runs
+   by JAX on the ``mc`` setting (and its FLOP bound), per step and for whole ``train()`` runs
    (checkpoints included), the 100^3 GEMM rate of each
    library present (numpy's OpenBLAS, numba/scipy's, torch's MKL, XLA), the sampled MC step against the dense one
    (d = 2000, p = 0.05; a MovieLens-shaped problem), and the MS step of two runs sharing one operator

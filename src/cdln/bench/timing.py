@@ -1,5 +1,5 @@
 """Timing primitives of the benchmark: device-synchronised, interleaved medians (wall clock and CPU
-time), the rate of a large GEMM (the hardware reference), and single-core pinning with a check of
+time), the rate of a large GEMM (for a step's lower bound), and single-core pinning with a check of
 which threads did the work."""
 
 from __future__ import annotations

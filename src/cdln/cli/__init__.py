@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cdln import __version__
 from cdln.cli import crosscheck, data, results, train
 from cdln.cli.common import run_handler
 
@@ -24,7 +25,9 @@ from cdln.cli.common import run_handler
 def build_parser() -> argparse.ArgumentParser:
     from cdln import bench
 
-    parser = argparse.ArgumentParser(prog="cdln", description=__doc__.splitlines()[0])
+    description = "Compressed deep linear networks: train, plot, check the paper's claims (python -m cdln works too)."
+    parser = argparse.ArgumentParser(prog="cdln", description=description)
+    parser.add_argument("--version", action="version", version=f"cdln {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (train, data, results, crosscheck, bench):
         module.register(commands)

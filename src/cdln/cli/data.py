@@ -40,9 +40,9 @@ def movielens_problem_command(args: argparse.Namespace) -> int:
     path = locate_ml100k(args.zip_path, args.resources, allow_download=not args.no_download)
     check_archive(path)
     ratings = slice_ratings(read_ml100k(path), args.n_users, args.n_items)
-    if not 1 <= args.rank <= min(ratings.n_users, ratings.n_items):
-        raise ValueError(f"--rank must be in [1, {min(ratings.n_users, ratings.n_items)}]; got {args.rank}")
-    problem = completion_problem(ratings, args.rank, args.test_fraction, args.split_seed)
+    if not 1 <= args.r <= min(ratings.n_users, ratings.n_items):
+        raise ValueError(f"--r must be in [1, {min(ratings.n_users, ratings.n_items)}]; got {args.r}")
+    problem = completion_problem(ratings, args.r, args.test_fraction, args.split_seed)
     save_problem(problem, args.out)
     n_test = int(problem.heldout.sum()) if problem.heldout is not None else 0
     print(
@@ -83,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     ml.add_argument("--zip-path", type=Path, default=None, help="ml-100k.zip to use (default: RESOURCES/ml-100k.zip)")
     ml.add_argument("--resources", type=Path, default=Path("resources"), help="resources folder (default: resources)")
     ml.add_argument("--no-download", action="store_true", help="fail instead of downloading from GroupLens")
-    ml.add_argument("--rank", type=int, default=10, help="target rank r recorded in the problem (C-DLN r_hat = 2r)")
+    ml.add_argument("--r", type=int, default=10, help="target rank r recorded in the problem (C-DLN r_hat = 2r)")
     ml.add_argument("--test-fraction", type=float, default=0.2, help="share of ratings held out, in (0, 1)")
     ml.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split")
     ml.add_argument("--n-users", type=int, default=None, help="keep only the first N users (a small slice)")

@@ -23,6 +23,17 @@ from cdln.io import write_csv, write_text
 from cdln.pipeline import aggregate, realdata, regression, summary
 
 PLOTS = ("error-curves", "ablation-alpha", "movielens", "nonlinear", "scaling", "robustness")
+# Each plot, the figure targets it draws and the table it reads (tables/ of the run's root), and the columns it
+# needs of it: checked first, so that a wrong table gets one line naming the table to pass.
+PLOT_TABLES = {
+    "error-curves": ("fig_mf fig_mc fig_ms fig_ablation_depth fig_baselines", "<experiment>_curves.csv",
+                     {"panel", "model", "seed", "iteration", "seconds"}),
+    "ablation-alpha": ("fig_ablation_alpha", "ablation_alpha_runs.csv", {"panel", "model", "alpha", "converged"}),
+    "movielens": ("fig_movielens", "movielens_curves.csv", {"model", "seed", "iteration", "seconds"}),
+    "nonlinear": ("fig_nonlinear", "nonlinear_curves.csv", {"model", "seed", "iteration", "seconds", "test_accuracy"}),
+    "scaling": ("fig_scaling", "scaling.csv", {"d", "model", "quantity", "value", "converged", "dtype"}),
+    "robustness": ("fig_robustness", "robustness.csv", {"factor", "value", "model", "seed", "relative_error"}),
+}  # fmt: skip
 
 
 def aggregate_command(args: argparse.Namespace) -> int:
@@ -98,9 +109,16 @@ def plot_command(args: argparse.Namespace) -> int:
     from cdln.plotting import ablation_alpha, error_curves, robustness, scaling, style
     from cdln.plotting import realdata as realdata_plots
 
+    targets, expected, columns = PLOT_TABLES[args.figure]
     if not args.table.is_file():
-        raise FileNotFoundError(f"--table {args.table} does not exist (make it with `cdln aggregate` or `cdln bench`)")
+        raise FileNotFoundError(f"--table {args.table} does not exist (cdln plot {args.figure} reads {expected})")
     table = pd.read_csv(args.table)
+    missing = sorted(columns - set(table.columns))
+    if missing:
+        raise ValueError(
+            f"--table {args.table} lacks the column(s) {missing} of cdln plot {args.figure} ({targets}): "
+            f"pass its {expected}"
+        )
     title = args.title or args.figure
     if args.figure in ("error-curves", "ablation-alpha") and not args.panels:
         raise ValueError(f"cdln plot {args.figure} needs --panels (the config's panel names)")
@@ -117,8 +135,16 @@ def plot_command(args: argparse.Namespace) -> int:
         figure = robustness.plot(table, title)
     else:
         figure = scaling.plot(scaling.check_table(table, args.table), title)
-    style.save_figure(figure, args.png, args.pdf)
-    print(f"wrote {args.png}" + (f" and {args.pdf}" if args.pdf else ""), file=sys.stderr)
+    style.save_figure(figure, args.out, args.pdf)
+    print(f"wrote {args.out}" + (f" and {args.pdf}" if args.pdf else ""), file=sys.stderr)
+    return ExitCode.OK
+
+
+def gallery_command(args: argparse.Namespace) -> int:
+    from cdln.pipeline.gallery import make_gallery
+
+    stamp = make_gallery(args.root, args.out, args.log_dir)
+    print(f"wrote {args.out}: {len(stamp['files'])} files, commit {stamp['commit']}", file=sys.stderr)
     return ExitCode.OK
 
 
@@ -161,13 +187,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     robust.add_argument("--out", type=Path, required=True, help="robustness.csv to write")
     robust.set_defaults(handler=robustness_table_command)
 
-    plot = commands.add_parser("plot", help="one figure (PNG and PDF) from its table")
-    plot.add_argument("figure", choices=PLOTS)
+    mapping = "; ".join(f"{name}: {targets} (reads {table})" for name, (targets, table, _) in PLOT_TABLES.items())
+    plot = commands.add_parser(
+        "plot",
+        help="one figure (PNG and PDF) from its table",
+        description=f"Plots and their figure targets: {mapping}.",
+    )
+    plot.add_argument("figure", choices=PLOTS, help="which plot (see above for the figure targets each draws)")
     plot.add_argument("--table", type=Path, required=True, help="the figure's table (curves, runs or scaling CSV)")
-    plot.add_argument("--png", type=Path, required=True)
+    plot.add_argument("--out", type=Path, required=True, help="the figure as PNG")
     plot.add_argument("--pdf", type=Path, default=None)
     plot.add_argument("--title", default=None)
-    plot.add_argument("--panels", nargs="+", default=None, help="error-curves: panels, one row each, in this order")
+    plot.add_argument(
+        "--panels", nargs="+", default=None, help="required by error-curves and ablation-alpha: the panels, in order"
+    )
     plot.add_argument(
         "--columns",
         nargs="+",
@@ -175,6 +208,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="error-curves: <error>:<x> per column, e.g. recovery_error:iteration recovery_error:seconds",
     )
     plot.set_defaults(handler=plot_command)
+
+    gallery = commands.add_parser("gallery", help="a finished replication's figures and claims -> a tracked folder")
+    gallery.add_argument("--root", type=Path, required=True, help="the replication's results (results/paper)")
+    gallery.add_argument("--out", type=Path, required=True, help="the gallery folder (docs/gallery)")
+    gallery.add_argument("--log-dir", type=Path, default=Path(".snakemake/log"), help="Snakemake's run logs")
+    gallery.set_defaults(handler=gallery_command)
     register_claims(commands)
 
 
@@ -183,14 +222,24 @@ def claims_command(args: argparse.Namespace) -> int:
 
     if args.action == "evaluate":
         rules = claims.load_claims(args.claims)
+        figures = sorted({rule.figure for rule in rules})
+        if args.figure not in figures:
+            raise ValueError(f"--figure {args.figure!r} has no claims in {args.claims}; its figures: {figures}")
         panels = json.loads(args.panels) if args.panels else {}
-        table = claims.evaluate(rules, args.figure, args.tables, panels, args.absolute, args.timing)
+        table = claims.evaluate(rules, args.figure, args.table_dir, panels, args.absolute, args.timing)
         write_csv(args.out, table)
         print(f"wrote {args.out}: {int(table['holds'].sum())} of {len(table)} claims hold", file=sys.stderr)
         return ExitCode.OK
     if args.action == "gather":
         frames = [pd.read_csv(path, keep_default_na=False, dtype={"measured": str}) for path in args.tables]
-        table = pd.concat(frames, ignore_index=True)
+        if args.not_evaluated:
+            if args.claims is None:
+                raise ValueError("--not-evaluated needs --claims (the rows of the figure come from it)")
+            rules = claims.load_claims(args.claims)
+            frames += [
+                claims.not_evaluated(rules, figure, reason, args.absolute) for figure, reason in args.not_evaluated
+            ]
+        table = pd.concat(frames, ignore_index=True).reindex(columns=claims.COLUMNS, fill_value="")
         table["holds"] = table["holds"].astype(str) == "True"
         write_csv(args.csv, table)
         write_text(args.markdown, claims.to_markdown(table, args.config_name))
@@ -199,6 +248,8 @@ def claims_command(args: argparse.Namespace) -> int:
         )
         return ExitCode.OK
     table = pd.read_csv(args.table, keep_default_na=False, dtype={"measured": str})
+    if table.empty:
+        raise ValueError(f"--table {args.table} holds no claims: a check over nothing proves nothing")
     table["holds"] = table["holds"].astype(str) == "True"
     failed = claims.violations(table)
     if len(failed):
@@ -219,7 +270,9 @@ def register_claims(commands: argparse._SubParsersAction) -> None:
     evaluate = actions.add_parser("evaluate", help="one figure's claims -> CSV (figure, claim, paper, measured, holds)")
     evaluate.add_argument("--claims", type=Path, required=True, help="claims file (config/claims.yaml)")
     evaluate.add_argument("--figure", required=True, help="the figure whose claims to evaluate, e.g. fig_mf")
-    evaluate.add_argument("--tables", type=Path, required=True, help="the run's tables folder (results/<root>/tables)")
+    evaluate.add_argument(
+        "--table-dir", type=Path, required=True, help="the run's tables folder (results/<root>/tables)"
+    )
     evaluate.add_argument("--out", type=Path, required=True, help="CSV to write")
     evaluate.add_argument("--panels", default=None, help="JSON: experiment -> {paper panel: this grid's panel}")
     evaluate.add_argument(
@@ -231,6 +284,16 @@ def register_claims(commands: argparse._SubParsersAction) -> None:
     gather.add_argument("--markdown", type=Path, required=True)
     gather.add_argument("--config-name", default="?", help="output root of the config that made the runs")
     gather.add_argument("tables", type=Path, nargs="+", help="per-figure claim CSVs")
+    gather.add_argument("--claims", type=Path, default=None, help="claims file (for --not-evaluated)")
+    gather.add_argument(
+        "--not-evaluated",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("FIGURE", "WHY"),
+        help="a figure whose claims cannot be evaluated on this run, and why (repeatable); its rows are listed apart",
+    )
+    gather.add_argument("--absolute", action="store_true", help="with --not-evaluated: the absolute claims too")
     check = actions.add_parser("check", help="exit 1 when a claim does not hold and is not a known deviation")
     check.add_argument("--table", type=Path, required=True, help="claims.csv (or one figure's)")
     claims.set_defaults(handler=claims_command)

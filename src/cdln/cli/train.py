@@ -30,14 +30,14 @@ from cdln.cli.common import ExitCode, add_progress_options, add_threads_option, 
 from cdln.config import ConfigError, RunConfig
 from cdln.devices import resolve_device, resolve_dtype
 from cdln.engine import ProgressFn
-from cdln.io import atomic_directory, write_json
+from cdln.io import atomic_directory, check_output_dir, write_json
 from cdln.networks import MODELS
 from cdln.nonlinear import MODELS as CLASSIFIERS
 from cdln.nonlinear import OPTIMIZERS, NonlinearConfig, train_classifier
 from cdln.pipeline.grid import JOB_MANIFEST
-from cdln.problems import SPECTRA, TASKS, Completion, load_problem
+from cdln.problems import SPECTRA, TASKS, Completion, load_problem, load_problem_spec
 from cdln.records import stage_run_record
-from cdln.runner import RunOutput, can_share_passes, train_in_lockstep, train_run
+from cdln.runner import RunOutput, can_share_passes, matrix_problem, train_in_lockstep, train_run
 
 HELP: dict[str, str] = {
     "task": f"recovery problem: {', '.join(TASKS)} (factorization, completion, sensing)",
@@ -101,7 +101,13 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if config_file is not None:
         if not config_file.is_file():
             raise ConfigError(f"--config file {config_file} does not exist")
-        loaded = yaml.safe_load(config_file.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(config_file.read_text()) or {}
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            line = f" (line {where.line + 1})" if where is not None else ""
+            reason = getattr(error, "problem", None) or type(error).__name__
+            raise ConfigError(f"--config {config_file} is not valid YAML{line}: {reason}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {config_file} must hold a mapping of option: value")
         values.update(loaded)
@@ -122,6 +128,19 @@ def execute_train(args: argparse.Namespace, progress: ProgressFn | None) -> RunO
     return train_run(resolve_config(args), progress)
 
 
+def check_train(args: argparse.Namespace) -> None:
+    """Every check of ``train`` that needs no training: the options, and against the problem file's spec."""
+    config = resolve_config(args)
+    config.validate()
+    if config.problem is not None:
+        spec = load_problem_spec(config.problem)
+        if spec.task != config.task:
+            raise ConfigError(f"--problem {config.problem} holds a {spec.task!r} problem but --task is {config.task!r}")
+        config.with_problem(spec).validate()
+    elif config.matrix is not None:
+        config.with_problem(matrix_problem(config).spec).validate()
+
+
 def summarise_train(output: RunOutput) -> str:
     member, record = output.record["members"][0], output.record
     return (
@@ -132,12 +151,20 @@ def summarise_train(output: RunOutput) -> str:
 
 def add_altmin_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--problem", type=Path, required=True, help="MC problem file (e.g. `cdln movielens-problem`)")
-    parser.add_argument("--k", type=int, default=10, help="rank of the factors, >= 1")
+    parser.add_argument("--r", type=int, default=10, help="rank of the factors (AltMin's k), >= 1")
     parser.add_argument("--iterations", type=int, default=100, help="ALS sweeps (each solves both factors)")
     parser.add_argument("--n-inner", type=int, default=1, help="sweeps between checkpoints")
     parser.add_argument("--ridge", type=float, default=1e-6, help="ridge on each least-squares solve, >= 0")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def check_altmin(args: argparse.Namespace) -> None:
+    resolve_device(args.device)
+    spec = load_problem_spec(args.problem)
+    if spec.task != "mc":
+        raise ValueError(f"--problem {args.problem} holds a {spec.task!r} problem; AltMin needs 'mc'")
+    AltMinSettings(args.r, args.iterations, args.n_inner, args.ridge).validate(spec.d_out, spec.d_in)
 
 
 def execute_altmin(args: argparse.Namespace, progress: ProgressFn | None) -> RunOutput:
@@ -146,7 +173,7 @@ def execute_altmin(args: argparse.Namespace, progress: ProgressFn | None) -> Run
     if not isinstance(problem, Completion):
         raise ValueError(f"--problem {args.problem} holds a {problem.spec.task!r} problem; AltMin needs 'mc'")
     problem = problem.to(device, dtype)
-    settings = AltMinSettings(args.k, args.iterations, args.n_inner, args.ridge)
+    settings = AltMinSettings(args.r, args.iterations, args.n_inner, args.ridge)
     curves, _, seconds = altmin(problem, settings, progress=progress)
     record = altmin_record(problem, settings, curves, seconds, device, args.dtype)
     return RunOutput(record, curves.assign(model="altmin", init_seed=0, alpha=1.0))
@@ -180,10 +207,19 @@ def add_nonlinear_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def nonlinear_config(args: argparse.Namespace) -> NonlinearConfig:
+    return NonlinearConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(NonlinearConfig)})
+
+
+def check_nonlinear(args: argparse.Namespace) -> None:
+    nonlinear_config(args).validate()
+    resolve_device(args.device)
+
+
 def execute_nonlinear(args: argparse.Namespace, progress: ProgressFn | None) -> RunOutput:
     from cdln.data.fashion_mnist import load_fashion_mnist, locate_fashion_mnist, to_tensors
 
-    config = NonlinearConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(NonlinearConfig)})
+    config = nonlinear_config(args)
     config.validate()
     device = resolve_device(args.device)
     files = locate_fashion_mnist(args.data_dir, args.resources, allow_download=not args.no_download)
@@ -208,15 +244,16 @@ class Trainer:
     add_options: Callable[[argparse.ArgumentParser], None]
     execute: Callable[[argparse.Namespace, ProgressFn | None], RunOutput]
     summarise: Callable[[RunOutput], str]
+    check: Callable[[argparse.Namespace], None]  # every check that needs no training (run-job: all runs first)
 
 
 TRAINERS: dict[str, Trainer] = {
     "train": Trainer("train one run (or a batch) and write its run record", add_train_options, execute_train,
-                     summarise_train),
+                     summarise_train, check_train),
     "altmin": Trainer("AltMin (alternating least squares) on an MC problem file", add_altmin_options, execute_altmin,
-                      summarise_altmin),
+                      summarise_altmin, check_altmin),
     "nonlinear": Trainer("train one FashionMNIST classifier (mlp, dln or cdln block)", add_nonlinear_options,
-                         execute_nonlinear, summarise_nonlinear),
+                         execute_nonlinear, summarise_nonlinear, check_nonlinear),
 }  # fmt: skip
 
 
@@ -228,9 +265,11 @@ def progress_prefix(command: str, args: argparse.Namespace) -> str:
 
 def train_command(command: str, args: argparse.Namespace) -> int:
     apply_threads(args)
+    check_output_dir(args.out, args.force)  # before training: nothing of the user's is lost, no training wasted
     trainer = TRAINERS[command]
+    trainer.check(args)
     output = trainer.execute(args, progress_printer(progress_prefix(command, args), args))
-    output.write(args.out)
+    output.write(args.out, force=args.force)
     print(f"wrote {args.out}: {trainer.summarise(output)}", file=sys.stderr)
     return ExitCode.OK
 
@@ -265,9 +304,9 @@ def parse_job(runs: list[list[str]], validate: bool = True) -> list[tuple[str, a
         names.add(name)
         try:
             args = parser.parse_args(shlex.split(argument))
-            if validate and args.command == "train":
-                resolve_config(args).validate()
-        except ConfigError as error:
+            if validate:
+                TRAINERS[args.command].check(args)
+        except (ConfigError, ValueError, FileNotFoundError) as error:
             raise ConfigError(f"--run {name}: {error}") from None
         parsed.append((name, args))
     return parsed
@@ -284,7 +323,7 @@ def run_job_command(args: argparse.Namespace) -> int:
     apply_threads(args)
     runs = parse_job(args.run)
     together = lockstep_group(runs) if args.share_passes else []
-    with atomic_directory(args.out) as staging:
+    with atomic_directory(args.out, force=args.force) as staging:
         if together:  # one pass over the sensing operator per step for all of them
             parsed = dict(runs)
             prefix = f"{'+'.join(together)} (shared operator passes)"
@@ -314,12 +353,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     for name, trainer in TRAINERS.items():
         parser = commands.add_parser(name, help=trainer.help)
         parser.add_argument("--out", type=Path, required=True, help="run record directory to write")
+        parser.add_argument("--force", action="store_true", help="replace --out even if it holds other files")
         add_threads_option(parser)
         add_progress_options(parser)
         trainer.add_options(parser)
         parser.set_defaults(handler=lambda args, name=name: train_command(name, args))
     job = commands.add_parser("run-job", help="train several runs one after another into one job directory")
     job.add_argument("--out", type=Path, required=True, help="job directory to write (one run record per run)")
+    job.add_argument("--force", action="store_true", help="replace --out even if it holds other files")
     job.add_argument(
         "--run",
         nargs=2,

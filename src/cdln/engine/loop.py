@@ -26,6 +26,7 @@ from cdln.devices import synchronize
 from cdln.engine.plan import plan_engine
 from cdln.networks import LinearNetwork, product
 from cdln.problems import Problem
+from cdln.progress import time_left
 
 SnapshotFn = Callable[[int, LinearNetwork, Tensor], dict[str, np.ndarray]]
 ProgressFn = Callable[[str], None]
@@ -277,10 +278,10 @@ def train_many(
 
 
 def _progress_line(run: _Run, iteration: int, losses, errors, seconds: float, settings: TrainSettings, group: int):
-    """``[name] iter i/N  s  loss  recovery  active  left``: the time left assumes no member stops early."""
+    """``[name] iter i/N  s  loss  recovery  active  ~time left`` (to the budget: a member below tol stops sooner)."""
     name = f"[{run.network.name}] " if group > 1 else ""
-    left = seconds / iteration * (settings.max_iterations - iteration) if iteration and run.live else 0.0
+    left = time_left(seconds, iteration, settings.max_iterations if run.live else iteration)
     return (
         f"{name}iter {iteration:>8d}/{settings.max_iterations}  {seconds:8.2f}s  loss {min(losses):.3e}  "
-        f"recovery {min(errors):.3e}  active {len(run.live)}/{run.network.batch}  at most {left:.0f}s left"
+        f"recovery {min(errors):.3e}  active {len(run.live)}/{run.network.batch}  {left}"
     )

@@ -89,6 +89,7 @@ COLUMNS = [
     "calibrated",
     "measure",
     "deviation",
+    "not_evaluated",  # why a row was not evaluated (its data is absent) and the step that would evaluate it
 ]
 OVER = ("mean", "min", "max", "gmean")
 ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -591,6 +592,20 @@ def evaluate(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def not_evaluated(claims: list[Claim], figure: str, reason: str, absolute: bool = True) -> pd.DataFrame:
+    """The rows of ``figure``'s claims that cannot be evaluated on this run (``reason``: why, and the step that
+    would evaluate them): kept in the table, counted apart, never a verdict."""
+    rows = [
+        {"figure": figure, "section": claim.section, "id": claim.id, "claim": claim.claim, "paper": claim.paper,
+         "measured": "not evaluated", "holds": False, "aggregation": "", "device": "",
+         "calibrated": claim.calibrated or "", "measure": claim.measure, "deviation": claim.deviation or "",
+         "not_evaluated": reason}
+        for claim in claims
+        if claim.figure == figure and (absolute or not claim.absolute)
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
 def _flag(table: pd.DataFrame, column: str) -> pd.Series:
     if column not in table:
         return pd.Series(False, index=table.index)
@@ -598,8 +613,8 @@ def _flag(table: pd.DataFrame, column: str) -> pd.Series:
 
 
 def violations(table: pd.DataFrame) -> pd.DataFrame:
-    """Claims that do not hold and are not known deviations."""
-    return table[~table["holds"].astype(bool) & ~_flag(table, "deviation")]
+    """Evaluated claims that do not hold and are not known deviations."""
+    return table[~table["holds"].astype(bool) & ~_flag(table, "deviation") & ~_flag(table, "not_evaluated")]
 
 
 SECTION_TITLES = {
@@ -611,16 +626,21 @@ SECTION_TITLES = {
 
 
 def headline(table: pd.DataFrame) -> str:
-    """'N of M paper claims hold (K calibrated, reported apart)', and the same for our own claims."""
-    holds, calibrated = table["holds"].astype(bool), _flag(table, "calibrated")
+    """'N of M evaluated paper claims hold; K not evaluated (why)', the calibrated ones apart, and the same for
+    our own claims."""
+    holds, calibrated, skipped = table["holds"].astype(bool), _flag(table, "calibrated"), _flag(table, "not_evaluated")
     section = table["section"] if "section" in table else pd.Series("paper", index=table.index)
-    paper = section.isin(["abstract", "paper"])
-    counted, ours = paper & ~calibrated, section == "ours"
+    paper = section.isin(["abstract", "paper"]) & ~skipped
+    counted, ours = paper & ~calibrated, (section == "ours") & ~skipped
     text = (
-        f"**{int((holds & counted).sum())} of {int(counted.sum())} paper claims hold** "
+        f"**{int((holds & counted).sum())} of {int(counted.sum())} evaluated paper claims hold** "
         f"({int((paper & calibrated).sum())} calibrated, reported apart: {int((holds & paper & calibrated).sum())} "
         f"of them hold)"
     )
+    if skipped.any():
+        reasons = table.loc[skipped].groupby("figure", sort=False)["not_evaluated"].first()
+        why = "; ".join(f"{figure}: {reason}" for figure, reason in reasons.items())
+        text += f"; **{int(skipped.sum())} not evaluated** ({why})"
     if ours.any():
         text += f"; {int((holds & ours).sum())} of {int(ours.sum())} of our own claims hold"
     return text + "."
@@ -629,7 +649,8 @@ def headline(table: pd.DataFrame) -> str:
 def to_markdown(table: pd.DataFrame, config_name: str) -> str:
     """Every claim, by section then figure: the statement, the paper's value, ours, whether it holds
     (and why not), over what it was measured and on which device."""
-    holds, known = table["holds"].astype(bool), _flag(table, "deviation")
+    holds, known, skipped = table["holds"].astype(bool), _flag(table, "deviation"), _flag(table, "not_evaluated")
+    holds, known = holds & ~skipped, known & ~skipped
     section = table["section"] if "section" in table else pd.Series("paper", index=table.index)
     group_of = section.where(~(_flag(table, "calibrated") & section.isin(["abstract", "paper"])), "calibrated")
     lines = [
@@ -637,8 +658,9 @@ def to_markdown(table: pd.DataFrame, config_name: str) -> str:
         "",
         headline(table),
         "",
-        f"In all, {int(holds.sum())} of {len(table)} rows hold; {int((~holds & known).sum())} do not and are known "
-        f"deviations, each with its measured reason below; {int((~holds & ~known).sum())} do not and are not. "
+        f"In all, {int(holds.sum())} of {int((~skipped).sum())} evaluated rows hold; {int((~holds & known).sum())} "
+        f"do not and are known deviations, each with its measured reason below; "
+        f"{int((~holds & ~known & ~skipped).sum())} do not and are not; {int(skipped.sum())} were not evaluated. "
         "`measured` is computed from this run's tables by the claim's measure (config/claims.yaml); `over` says how "
         "the seeds were combined (a bound on the max, or min, over seeds holds on every seed; *paired* compares the "
         "two networks seed by seed, on the same problem instance); seconds were measured on the device named (with "
@@ -659,6 +681,8 @@ def to_markdown(table: pd.DataFrame, config_name: str) -> str:
             ]
             for row in group.itertuples():
                 verdict = "yes" if row.holds else ("no (known deviation)" if row.deviation else "**no**")
+                if getattr(row, "not_evaluated", ""):
+                    verdict = "not evaluated"
                 calibrated = "yes (below)" if row.calibrated else "no"
                 cells = [row.claim, row.paper, f"`{row.measured}`", verdict, row.aggregation or "-", calibrated,
                          row.device or "-"]  # fmt: skip
@@ -667,5 +691,8 @@ def to_markdown(table: pd.DataFrame, config_name: str) -> str:
                 lines.append(f"\n- *{row.id}* (calibrated): {row.calibrated}")
             for row in group[_flag(group, "deviation")].itertuples():
                 lines.append(f"\n- *{row.id}*: {row.deviation}")
+            skipped_here = group[_flag(group, "not_evaluated")]
+            if not skipped_here.empty:
+                lines.append(f"\n- not evaluated: {skipped_here['not_evaluated'].iloc[0]}")
             lines.append("")
     return "\n".join(lines) + "\n"

@@ -415,7 +415,7 @@ class Grid:
                     "zip_path": zip_path,
                     "resources": RESOURCES,
                     "no_download": not section.get("download", True),
-                    "rank": section["r"],
+                    "r": section["r"],
                     "test_fraction": section["test_fraction"],
                     "split_seed": seed,
                     "n_users": section.get("n_users"),
@@ -442,7 +442,12 @@ class Grid:
                 ),
                 "altmin": (
                     "altmin",
-                    {**{k: section["altmin"][k] for k in ("k", "iterations", "ridge")}, **device, "problem": path},
+                    {
+                        "r": section["altmin"]["k"],
+                        **{k: section["altmin"][k] for k in ("iterations", "ridge")},
+                        **device,
+                        "problem": path,
+                    },
                 ),
             }
             keys = {"experiment": name, "seed": seed}

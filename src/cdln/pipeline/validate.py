@@ -24,6 +24,23 @@ from cdln.pipeline.grid import Grid
 SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 
 
+def typed_overrides(value: Any) -> Any:
+    """Snakemake's ``--config key=value`` reads nested values as strings (``seeds=[0]`` gives ``['0']``):
+    each string that reads as an integer, a float or a YAML boolean or null becomes one, at any depth."""
+    if isinstance(value, dict):
+        return {key: typed_overrides(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [typed_overrides(item) for item in value]
+    if not isinstance(value, str):
+        return value
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "null": None, "~": None}.get(value.lower(), value)
+
+
 def pipeline_config_errors(config: dict[str, Any], schema_path: str | Path) -> list[str]:
     """Every violation of the pipeline schema, one line each: ``dotted.key: problem (description)``.
 

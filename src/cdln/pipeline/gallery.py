@@ -1,0 +1,120 @@
+"""The gallery: a full replication's figures, claims table, summary and report, copied into a tracked folder
+(``docs/gallery/``) with a stamp saying what made them, so that a newcomer sees every figure before a run.
+
+The stamp (``stamp.json``, and its first lines in ``README.md`` there) holds the commit the runs were made with
+and whether the checkout had uncommitted changes (from the run records), the date, the machine (cores, GPU or
+none), the elapsed time of the Snakemake run that built the default target, and the library versions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cdln.io import write_json, write_text
+
+STAMP = "stamp.json"
+LOG_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{6})\.\d+\.snakemake\.log$")
+
+
+def run_elapsed(log_dir: str | Path) -> dict[str, Any] | None:
+    """Start, end and seconds of the latest Snakemake run (``.snakemake/log``) that built the default target
+    (its log names ``rule all`` / ``localrule all``): the start from the log's name, the end from its last write."""
+    logs = sorted(Path(log_dir).glob("*.snakemake.log"), reverse=True)
+    for log in logs:
+        match = LOG_NAME.match(log.name)
+        if not match or not re.search(r"^(local)?rule all:", log.read_text(errors="replace"), flags=re.M):
+            continue
+        start = datetime.datetime.strptime(match.group(1), "%Y-%m-%dT%H%M%S")
+        end = datetime.datetime.fromtimestamp(log.stat().st_mtime)
+        return {
+            "start": start.isoformat(),
+            "end": end.isoformat(timespec="seconds"),
+            "seconds": int((end - start).total_seconds()),
+        }
+    return None
+
+
+def _machine() -> dict[str, Any]:
+    gpus = []
+    if shutil.which("nvidia-smi"):
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+        gpus = [line for line in listed.stdout.splitlines() if line.strip()] if listed.returncode == 0 else []
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), flags=re.M)
+        cpu = names[0] if names else cpu
+    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpus or "none", "platform": platform.platform()}
+
+
+def _record_environment(root: Path) -> dict[str, Any]:
+    """The environment (versions, git commit) of the run records under ``root``: every record must agree on the
+    commit, else the gallery would mix code versions."""
+    environments = [json.loads(path.read_text())["environment"] for path in sorted(root.glob("runs/**/record.json"))]
+    if not environments:
+        raise ValueError(f"{root} holds no run records: run the replication first")
+    commits = {json.dumps(env.get("git"), sort_keys=True) for env in environments}
+    if len(commits) > 1:
+        raise ValueError(f"the run records under {root} come from {len(commits)} code versions: {sorted(commits)}")
+    return environments[0]
+
+
+def make_gallery(root: str | Path, out: str | Path, log_dir: str | Path = ".snakemake/log") -> dict[str, Any]:
+    """Copy ``root``'s figures (PNG), claims table, summary and report (``report.html``, when built) into ``out``
+    and write the stamp; returns it. Files of an earlier gallery there are replaced, nothing else is touched."""
+    root, out = Path(root), Path(out)
+    required = [root / "tables" / "claims.md", root / "tables" / "claims.csv", root / "tables" / "summary.md"]
+    missing = [str(path) for path in required if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the gallery needs a finished replication; missing {missing}")
+    environment = _record_environment(root)
+    out.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for source in [*sorted((root / "figures").glob("*.png")), *required, root / "report.html"]:
+        if source.is_file():
+            shutil.copyfile(source, out / source.name)
+            copied.append(source.name)
+    stamp = {
+        "commit": environment.get("git", {}).get("commit"),
+        "dirty": environment.get("git", {}).get("dirty"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "run": run_elapsed(log_dir),
+        "versions": {key: value for key, value in environment.items() if key != "git"},
+        "files": copied,
+    }
+    write_json(out / STAMP, stamp)
+    write_text(out / "README.md", stamp_markdown(stamp))
+    return stamp
+
+
+def stamp_markdown(stamp: dict[str, Any]) -> str:
+    run = stamp["run"] or {}
+    minutes = f"{run['seconds'] // 60} min {run['seconds'] % 60} s" if run else "unknown"
+    machine = stamp["machine"]
+    gpu = machine["gpu"] if isinstance(machine["gpu"], str) else "; ".join(machine["gpu"])
+    figures = [name for name in stamp["files"] if name.endswith(".png")]
+    lines = [
+        "# Gallery: a full replication's figures and claims",
+        "",
+        "Made by `snakemake gallery` from the results of `snakemake --cores all` (the README's first command);",
+        "regenerate both to refresh it. Nothing here is edited by hand.",
+        "",
+        f"- commit: `{stamp['commit']}`" + (" (with uncommitted changes)" if stamp["dirty"] else ""),
+        f"- date: {stamp['date']}; the Snakemake run took {minutes}",
+        f"- machine: {machine['cores']} cores ({machine['cpu']}), GPU: {gpu}",
+        "- versions: " + ", ".join(f"{key} {value}" for key, value in stamp["versions"].items() if key != "platform"),
+        "",
+        "[Claims table](claims.md) · [summary](summary.md)"
+        + (" · [report](report.html)" if "report.html" in stamp["files"] else ""),
+        "",
+        *(f"![{name}]({name})" for name in figures),
+    ]
+    return "\n".join(lines) + "\n"

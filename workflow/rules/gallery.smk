@@ -1,0 +1,26 @@
+"""The gallery (config ``gallery``, the paper grid only): a finished replication's figures, claims table,
+summary and report copied into a tracked folder with a stamp (commit, date, machine, elapsed time, versions).
+Build the report first (``snakemake --report results/paper/report.html``) to include it."""
+
+
+if "gallery" in config:
+
+    localrules:
+        gallery,
+
+    rule gallery:
+        """Copy the default target's figures and tables, and the report when built, into the gallery folder."""
+        input:
+            claims=f"{ROOT}/tables/claims.md",
+            everything=TARGETS.files("all"),
+        output:
+            stamp=f"{config['gallery']}/stamp.json",
+        log:
+            f"{ROOT}/logs/gallery.log",
+        params:
+            root=lambda wc, input: Path(input.claims).parent.parent,
+            folder=lambda wc, output: Path(output.stamp).parent,
+        conda:
+            CONDA_ENV
+        shell:
+            "python3 -m cdln gallery --root {params.root} --out {params.folder} > {log} 2>&1"
