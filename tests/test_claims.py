@@ -329,3 +329,11 @@ def test_calibrated_and_our_claims_are_reported_apart(tables):
         < text.index("## Our own claims")
     )
     assert "- *cal* (calibrated): eta fitted to this figure" in text
+
+
+def test_a_failing_value_never_prints_equal_to_its_bound():
+    from cdln.pipeline.claims import format_value
+
+    assert format_value(1.1016, [1.1]) == "1.102" and format_value(1.1, [1.1]) == "1.1"
+    assert format_value(1.0000001, [1.0]) != "1" and format_value(0.5, [0.25, 1.0]) == "0.5"
+    assert format_value(float("nan"), [1.0]) == "never / n/a"

@@ -17,10 +17,15 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from cdln.problems import Problem, ProblemSpec
 
 
 class OutputError(ValueError):
@@ -161,3 +166,53 @@ def json_default(value: Any) -> Any:
     if isinstance(value, (Path, torch.device, torch.dtype)):
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in a JSON file")
+
+
+# ---- problem files: the problem's spec and tensors, torch.save'd (cdln.problems holds the classes)
+
+
+def save_problem(problem: Problem, path: str | os.PathLike[str]) -> None:
+    """Write the problem (its spec and its tensors, e.g. target (d_out, d_in)) to ``path`` atomically."""
+    from dataclasses import asdict
+
+    payload: dict[str, Any] = {"spec": asdict(problem.spec)}
+    payload["tensors"] = {k: v.cpu() for k, v in problem.tensors().items()}
+    torch_save(payload, path)
+
+
+def _read_problem_file(path: str | os.PathLike[str], mmap: bool) -> tuple[ProblemSpec, dict[str, Tensor]]:
+    import torch
+
+    from cdln.problems import ProblemSpec
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"problem file {path} does not exist (make it with `cdln make-problem`)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        spec = ProblemSpec(**payload["spec"])
+        spec.validate()
+        tensors = dict(payload["tensors"])
+    except Exception as error:  # unpickling, truncation, a foreign file: all say the same to the user
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
+        raise ValueError(
+            f"problem file {path} is not a readable cdln problem ({reason}); remake it with `cdln make-problem`"
+        ) from None
+    return spec, tensors
+
+
+def load_problem_spec(path: str | os.PathLike[str]) -> ProblemSpec:
+    """The spec of a problem file, without reading its tensors (they are memory-mapped, not loaded)."""
+    return _read_problem_file(path, mmap=True)[0]
+
+
+def load_problem(path: str | os.PathLike[str]) -> Problem:
+    """Read a problem written by :func:`save_problem` (tensors on the CPU, in their stored dtype); a file
+    that is not one raises ``ValueError`` naming it."""
+    spec, tensors = _read_problem_file(path, mmap=False)
+    try:
+        from cdln.problems import PROBLEM_CLASSES
+
+        return PROBLEM_CLASSES[spec.task](spec, **tensors)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"problem file {path} is not a readable cdln problem ({error})") from None

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
+from importlib import import_module
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
-
-from cdln import seeding
 
 Task = Literal["mf", "mc", "ms"]
 TASKS: tuple[str, ...] = ("mf", "mc", "ms")
@@ -80,35 +78,6 @@ class ProblemSpec:
         itemsize = torch.empty((), dtype=dtype).element_size()
         entries = self.d_out * self.d_in
         return itemsize * entries * (self.m if self.task == "ms" else 1)
-
-
-def low_rank_target(
-    d_out: int,
-    d_in: int,
-    rank: int,
-    generator: torch.Generator,
-    spectrum: str = "spread",
-    condition: float | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Rank-``rank`` target from the SVD of a standard-normal ``d_out x d_in`` matrix.
-
-    ``spectrum="spread"`` (the authors' generator) keeps the singular triplets at indices
-    ``0, n/(2r), 2n/(2r), ...`` (n = min(d_out, d_in)); ``"top"`` keeps the top ``rank``. ``"flat"``
-    and ``"geometric"`` keep the spread triplets' vectors and Frobenius norm but set the singular values
-    all equal, or to ``condition^(-i/(r-1))`` (i = 0..r-1) times a common scale.
-    Returns ``(M, U, S, V)`` with ``M = U diag(S) V^T`` of shape (d_out, d_in), U (d_out, r),
-    S (r,) descending, V (d_in, r). Computed in float64 on the CPU.
-    """
-    gaussian = torch.randn(d_out, d_in, generator=generator, dtype=torch.float64)
-    u, s, vh = torch.linalg.svd(gaussian, full_matrices=False)
-    step = 1 if spectrum == "top" else max(1, min(d_out, d_in) // (2 * rank))
-    idx = torch.arange(rank) * step
-    u_r, s_r, v_r = u[:, idx], s[idx], vh[idx].T
-    if spectrum in ("flat", "geometric"):
-        ratio = 1.0 if spectrum == "flat" or rank == 1 else float(condition) ** (-1.0 / (rank - 1))
-        shape = ratio ** torch.arange(rank, dtype=torch.float64)
-        s_r = shape * (torch.linalg.vector_norm(s_r) / torch.linalg.vector_norm(shape))
-    return (u_r * s_r) @ v_r.T, u_r, s_r, v_r
 
 
 class Problem(ABC):
@@ -321,84 +290,20 @@ class Sensing(Problem):
 PROBLEM_CLASSES: dict[str, type[Problem]] = {"mf": Factorization, "mc": Completion, "ms": Sensing}
 
 
-def make_problem(spec: ProblemSpec) -> Problem:
-    """Draw a problem (target (d_out, d_in)) from ``spec`` on the CPU in float64, seeded by ``spec.data_seed``."""
-    spec.validate()
-    generator = seeding.generator(spec.data_seed, "data")
-    target, *_ = low_rank_target(spec.d_out, spec.d_in, spec.rank, generator, spec.spectrum, spec.condition)
-    n_entries = spec.d_out * spec.d_in
-    if spec.task == "mf":
-        return Factorization(spec, target)
-    if spec.task == "mc":
-        n_observed = max(1, math.floor(spec.p * n_entries))
-        mask = torch.zeros(n_entries, dtype=torch.bool)
-        mask[torch.randperm(n_entries, generator=generator)[:n_observed]] = True
-        mask = mask.reshape(spec.d_out, spec.d_in)
-        if not spec.noise:
-            return Completion(spec, target, mask)
-        # Drawn last from the same stream, so a noiseless problem of the same seed is unchanged.
-        observed = target[mask]
-        noise = _noise(observed, spec.noise, generator)
-        observations = target.clone()
-        observations[mask] += noise
-        return Completion(spec, target, mask, observations=observations)
-    operator = torch.randn(spec.m, n_entries, generator=generator, dtype=torch.float64)
-    operator /= spec.m  # in place: the operator is the largest tensor of any problem
-    measurements = operator @ target.reshape(-1)
-    if spec.noise:
-        measurements += _noise(measurements, spec.noise, generator)
-    return Sensing(spec, target, operator, measurements)
-
-
-def _noise(clean: Tensor, level: float, generator: torch.Generator) -> Tensor:
-    """Gaussian noise of standard deviation ``level`` x RMS(``clean``), shaped like ``clean`` (1-D)."""
-    rms = clean.square().mean().sqrt()
-    return torch.randn(clean.shape, generator=generator, dtype=clean.dtype) * (level * rms)
-
-
-def save_problem(problem: Problem, path: str | Path) -> None:
-    """Write the problem (its spec and its tensors, e.g. target (d_out, d_in)) to ``path`` atomically."""
-    from cdln.io import torch_save
-
-    payload: dict[str, Any] = {"spec": asdict(problem.spec)}
-    payload["tensors"] = {k: v.cpu() for k, v in problem.tensors().items()}
-    torch_save(payload, path)
-
-
-def _read_problem_file(path: str | Path, mmap: bool) -> tuple[ProblemSpec, dict[str, Tensor]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"problem file {path} does not exist (make it with `cdln make-problem`)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        spec = ProblemSpec(**payload["spec"])
-        spec.validate()
-        tensors = dict(payload["tensors"])
-    except Exception as error:  # unpickling, truncation, a foreign file: all say the same to the user
-        reason = " ".join(str(error).split())[:160] or type(error).__name__
-        raise ValueError(
-            f"problem file {path} is not a readable cdln problem ({reason}); remake it with `cdln make-problem`"
-        ) from None
-    return spec, tensors
-
-
-def load_problem_spec(path: str | Path) -> ProblemSpec:
-    """The spec of a problem file, without reading its tensors (they are memory-mapped, not loaded)."""
-    return _read_problem_file(path, mmap=True)[0]
-
-
-def load_problem(path: str | Path) -> Problem:
-    """Read a problem written by :func:`save_problem` (tensors on the CPU, in their stored dtype); a file
-    that is not one raises ``ValueError`` naming it."""
-    spec, tensors = _read_problem_file(path, mmap=False)
-    try:
-        return PROBLEM_CLASSES[spec.task](spec, **tensors)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"problem file {path} is not a readable cdln problem ({error})") from None
-
-
 def target_factors(problem: Problem, rank: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Top singular triplets ``(U, S, V)`` of the target: U (d_out, k), S (k,), V (d_in, k)."""
     u, s, vh = torch.linalg.svd(problem.target, full_matrices=False)
     k = problem.spec.rank if rank is None else rank
     return u[:, :k], s[:k], vh[:k].T
+
+
+# Drawing synthetic instances (cdln.data.synthetic) and problem files (cdln.io) live with data and I/O; they are
+# named here too, where a reader of problems looks for them (imported on first use: those modules use the classes).
+_ELSEWHERE = {"low_rank_target": "cdln.data.synthetic", "make_problem": "cdln.data.synthetic",
+              "load_problem": "cdln.io", "load_problem_spec": "cdln.io", "save_problem": "cdln.io"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _ELSEWHERE:
+        raise AttributeError(f"module 'cdln.problems' has no attribute {name!r}")
+    return getattr(import_module(_ELSEWHERE[name]), name)

@@ -10,19 +10,9 @@ from cdln.engine.plan import EnginePlan, plan_engine
 from cdln.engine.torch_step import Workspace, layer_gradients
 
 __all__ = [
-    "DivergenceError",
-    "EnginePlan",
-    "ProgressFn",
-    "SnapshotFn",
-    "TrainResult",
-    "TrainSettings",
-    "Workspace",
-    "gd_steps",
-    "layer_gradients",
-    "plan_engine",
-    "train",
-    "train_many",
-]
+    "DivergenceError", "EnginePlan", "ProgressFn", "SnapshotFn", "TrainResult", "TrainSettings", "Workspace",
+    "gd_steps", "layer_gradients", "plan_engine", "train", "train_many",
+]  # fmt: skip
 
 
 def gd_steps(weights, neg_steps, problem, n_steps: int, path: str | None = None) -> None:

@@ -1,13 +1,9 @@
 """The compiled CPU steps of the GD engine (numba): MF/MC steps, dense and sampled, and the MS operator pass.
 
-On one CPU core a small step (d = 100) is bound by per-call overhead, not arithmetic: each torch call costs
-microseconds from Python. These kernels run ``n_steps`` whole GD steps per call (one call per checkpoint) as
-loops that numba compiles once per machine into its cache (``njit(cache=True)``; no system compiler). Their
-matrix products are ``np.dot(..., out=)``, which numba hands to the BLAS scipy ships (:func:`blas_info`).
-
-Every matrix is row-major; layer l of batch member b is ``weights[l][b]``. Members are stepped one after
-another, each through all ``n_steps`` steps, with the same arithmetic whatever the batch: a member trains
-bitwise the same in a batch as alone.
+A small step (d = 100) is bound by per-call overhead in torch; these kernels run ``n_steps`` whole steps per
+call as loops numba compiles once per machine into its cache (no system compiler), their products ``np.dot``
+through scipy's BLAS. Layer l of batch member b is ``weights[l][b]`` (row-major); members are stepped one
+after another with the same arithmetic whatever the batch (bitwise the same in a batch as alone).
 
 A step: prefixes P_l = W_l ... W_0, the loss gradient G of the end-to-end matrix E = P_{L-1}, then for
 l = L-1 .. 1: U_{l-1} = W_l^T U_l (U_{L-1} = G) and W_l += s_l U_l P_{l-1}^T, finally W_0 += s_0 U_0, where
@@ -35,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 
 import numba
 import numpy as np
@@ -58,21 +55,14 @@ def backend() -> str:
 
 @functools.cache
 def blas_info() -> dict[str, str]:
-    """The BLAS the kernels' products call: numba routes ``np.dot`` to scipy's (``scipy.linalg.cython_blas``);
-    name, version and configuration as ``scipy.show_config`` reports them."""
-    try:
-        import scipy
+    """The BLAS numba's ``np.dot`` calls (scipy's): name, version, configuration as ``scipy.show_config`` says."""
+    import scipy
 
-        blas = scipy.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return {
-            "library": "scipy",
-            "scipy": scipy.__version__,
-            "name": str(blas.get("name", "unknown")),
-            "version": str(blas.get("version", "unknown")),
-            "configuration": str(blas.get("openblas configuration", "")).strip(),
-        }
-    except Exception as error:  # a scipy build without show_config dicts
-        return {"library": "scipy", "name": "unknown", "version": "unknown", "configuration": str(error)}
+    blas = scipy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    keys = {"name": "name", "version": "version", "configuration": "openblas configuration"}
+    return {"library": "scipy", "scipy": scipy.__version__} | {
+        k: str(blas.get(v, "?")).strip() for k, v in keys.items()
+    }
 
 
 def blas_label() -> str:
@@ -292,13 +282,6 @@ def {name}(weights, prefixes, steps, row_ptr, cols, target, obs, n_steps, up0, u
 """
 
 
-# Row widths with a pass of their own (rows in registers), compiled on first use; wider rows go in register
-# blocks (:func:`_wide_kernel`), or, up to :data:`REGISTER_MAX` (AVX-512), in registers too (:func:`_sampled_kernel`).
-REGISTER_WIDTHS = range(1, 33)
-_SAMPLED: dict[int, object] = {}  # row width -> its kernel
-_WIDE: dict[int, object] = {}  # register block -> the kernel of rows wider than REGISTER_MAX
-
-
 def _wide_block() -> int:
     """Columns per register block of the wide-row pass: 64 where the CPU has 32 vector registers of 512 bits
     (AVX-512: 64 float64 lanes of the row and 64 of its accumulator fit), else 32 (AVX2, NEON)."""
@@ -314,41 +297,17 @@ WIDE_BLOCK = _wide_block()
 REGISTER_MAX = 104 if WIDE_BLOCK == 64 else 32
 
 
-def _define(source: str) -> None:
-    """Compile ``source`` into this module's namespace, attributed to this file (so numba can cache it)."""
-    exec(compile(source, __file__, "exec"), globals())  # noqa: S102 - our own generated kernels
-
-
-def _compile_sampled(name: str, observed_pass: tuple[list[str], list[str]]):
-    """Define and wrap (lazily: numba compiles on first call, or loads its cache) the sampled kernel ``name``."""
-    _define(_sampled_source(name, observed_pass))
-    globals()[name] = njit(cache=True, fastmath=FAST)(globals()[name])
-    return globals()[name]
-
-
-for _width in REGISTER_WIDTHS:
-    _SAMPLED[_width] = _compile_sampled(f"_sampled_steps_{_width}", _register_pass(_width))
-
-
 def _sampled_kernel(k: int):
-    """The sampled steps for rows of width k: in registers up to :data:`REGISTER_MAX` (widths above 32 defined
-    on first use), else in register blocks (:func:`_wide_kernel`)."""
-    if k in _SAMPLED:
-        return _SAMPLED[k]
-    if k > REGISTER_MAX:
-        return _wide_kernel(k)
-    _SAMPLED[k] = _compile_sampled(f"_sampled_steps_{k}", _register_pass(k))
-    return _SAMPLED[k]
-
-
-def _wide_kernel(k: int):
-    """The sampled steps for rows of width k > :data:`REGISTER_MAX`, in register blocks of :data:`WIDE_BLOCK`
-    columns (the last one padded); defined on first use."""
-    block = WIDE_BLOCK
-    if block not in _WIDE:
-        name = f"_sampled_steps_wide_{block}"
-        _WIDE[block] = _compile_sampled(name, _blocked_pass(block))
-    return _WIDE[block]
+    """The sampled steps for rows of width k: in registers up to :data:`REGISTER_MAX`, else in register blocks
+    of :data:`WIDE_BLOCK` columns (the last padded). Defined on first use, in this module's namespace and
+    attributed to this file (so numba caches it), and compiled on first call (or loaded from the cache)."""
+    wide = k > REGISTER_MAX
+    name = f"_sampled_steps_wide_{WIDE_BLOCK}" if wide else f"_sampled_steps_{k}"
+    if name not in globals():
+        source = _sampled_source(name, _blocked_pass(WIDE_BLOCK) if wide else _register_pass(k))
+        exec(compile(source, __file__, "exec"), globals())  # noqa: S102 - our own generated kernels
+        globals()[name] = njit(cache=True, fastmath=FAST)(globals()[name])
+    return globals()[name]
 
 
 @contextlib.contextmanager
@@ -542,3 +501,15 @@ class CompiledSteps:
                     arrays, self.prefixes, _array(steps), self.target, self.obs, self.scale, has_obs, int(n_steps),
                     *self.up, self.tmp,
                 )  # fmt: skip
+
+
+class CompiledGroup:
+    """Each network of a group stepped by its own :class:`CompiledSteps`."""
+
+    def __init__(self, steps: list[CompiledSteps]) -> None:
+        self.steps = steps
+
+    def run(self, ids: list[int], works: list[list[Tensor]], neg_steps: list[list[Tensor]], n_steps: int, clock=None):
+        for k, work, steps in zip(ids, works, neg_steps, strict=True):
+            with clock.timed(k) if clock else nullcontext():
+                self.steps[k].run(work, steps, n_steps)

@@ -153,24 +153,16 @@ class _Clock:
         return self.seconds[0] + self._now() - self._since
 
     @contextmanager
-    def own(self, k: int):
-        if not self.exact:
-            yield
-            return
-        start = self._now()
-        yield
-        self.seconds[k] += self._now() - start
-
-    @contextmanager
-    def shared(self):
+    def timed(self, k: int | None = None):
+        """A piece of work (timed only in a group): network ``k``'s own, or (None) shared by the active ones."""
         if not self.exact:
             yield
             return
         start = self._now()
         yield
         elapsed, members = self._now() - start, sum(len(run.live) for run in self.active)
-        for run in self.active:
-            self.seconds[run.index] += elapsed * len(run.live) / members
+        for run in self.active if k is None else [self.runs[k]]:
+            self.seconds[run.index] += elapsed * (len(run.live) / members if k is None else 1.0)
 
 
 def train(
@@ -226,13 +218,13 @@ def train_many(
         active = clock.active
         ends = []
         for run in active:
-            with clock.own(run.index):
+            with clock.timed(run.index):
                 ends.append(product(run.work))
-        with clock.shared():
+        with clock.timed():
             losses = problem.train_loss(ends[0] if len(ends) == 1 else torch.cat(ends)).tolist()
         offset = 0
         for run, end in zip(active, ends, strict=True):
-            with clock.own(run.index):
+            with clock.timed(run.index):
                 mine, offset = losses[offset : offset + len(run.live)], offset + len(run.live)
                 errors = problem.recovery_error(end).tolist()
                 run.checkpoint(iteration, mine, errors, clock.read(run.index), settings)

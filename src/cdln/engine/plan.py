@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +108,7 @@ class EnginePlan:
         times in place; ``clock`` (optional) times each network's own work and the work they share."""
         if self.path == "torch":
             return TorchSteps(_loss_grad(problem, self.operator_pass))
-        return CompiledGroup([_compiled(problem, w, path) for w, path in zip(weights, self.paths, strict=True)])
+        return kernels.CompiledGroup([_compiled(problem, w, path) for w, path in zip(weights, self.paths, strict=True)])
 
 
 def plan_engine(weights: list[list[Tensor]], problem: Problem, override: str | None = None) -> EnginePlan:
@@ -183,16 +182,4 @@ def _compiled(problem: Problem, weights: list[Tensor], path: str) -> kernels.Com
     return kernels.CompiledSteps(weights, problem.observations, None, problem.loss_scale)
 
 
-class CompiledGroup:
-    """Each network of a group stepped by its own :class:`~cdln.engine.kernels.CompiledSteps`."""
-
-    def __init__(self, steps: list[kernels.CompiledSteps]) -> None:
-        self.steps = steps
-
-    def run(self, ids: list[int], works: list[list[Tensor]], neg_steps: list[list[Tensor]], n_steps: int, clock=None):
-        for k, work, steps in zip(ids, works, neg_steps, strict=True):
-            with clock.own(k) if clock else nullcontext():
-                self.steps[k].run(work, steps, n_steps)
-
-
-GroupSteps = TorchSteps | CompiledGroup
+GroupSteps = TorchSteps | kernels.CompiledGroup

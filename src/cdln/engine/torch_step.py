@@ -9,6 +9,7 @@ against this one, and it is the GPU path.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -87,24 +88,13 @@ class TorchSteps:
         for _ in range(n_steps):
             ends = []
             for k, work, workspace in zip(ids, works, spaces, strict=True):
-                with clock.own(k) if clock else _NO_CLOCK:
+                with clock.timed(k) if clock else nullcontext():
                     ends.append(forward_products(work, workspace))
-            with clock.shared() if clock else _NO_CLOCK:
+            with clock.timed() if clock else nullcontext():
                 grad = self.loss_grad(ends[0] if len(ends) == 1 else torch.cat(ends))
             offset = 0
             for k, work, workspace, steps in zip(ids, works, spaces, neg_steps, strict=True):
-                with clock.own(k) if clock else _NO_CLOCK:
+                with clock.timed(k) if clock else nullcontext():
                     part = grad[offset : offset + work[0].shape[0]]
                     torch._foreach_addcmul_(work, backward_products(work, part, workspace), steps)
                 offset += work[0].shape[0]
-
-
-class _NoClock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_CLOCK = _NoClock()

@@ -65,7 +65,7 @@ import ast
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,11 @@ class Claim:
     absolute: bool = False
     calibrated: str | None = None  # what was fitted to the same figure, if anything
     deviation: str | None = None
+
+    def bounds(self) -> list[float]:
+        """The numbers the predicate compares with."""
+        ((_, bound),) = self.holds.items()
+        return [float(b) for b in bound] if isinstance(bound, (list, tuple)) else [float(bound)]
 
     def check(self, value: float) -> bool:
         """Whether ``value`` satisfies this claim's predicate (NaN never does)."""
@@ -540,12 +545,18 @@ def _value(node: ast.AST, tables: Tables, claim: Claim) -> Any:
     raise ClaimError(f"claim {claim.id}: {ast.unparse(node)!r} is not allowed in a measure")
 
 
-def format_value(value: float) -> str:
+def format_value(value: float, bounds: Sequence[float] = ()) -> str:
+    """3 significant digits, more where fewer would print a value equal to a bound it is not equal to (so a
+    failing 1.1016 against "at most 1.1" never reads 1.1)."""
     if value is None or math.isnan(value):
         return "never / n/a"
     if float(value).is_integer() and abs(value) < 1e7:
         return f"{int(value)}"
-    return f"{value:.3g}"
+    for digits in range(3, 18):
+        text = f"{value:.{digits}g}"
+        if all(float(text) != bound or value == bound for bound in bounds):
+            return text
+    return repr(value)
 
 
 def evaluate(
@@ -580,7 +591,7 @@ def evaluate(
                 "id": claim.id,
                 "claim": claim.claim,
                 "paper": claim.paper,
-                "measured": format_value(value),
+                "measured": format_value(value, claim.bounds()),
                 "holds": claim.check(value),
                 "aggregation": "; ".join(tables.aggregations),
                 "device": ", ".join(sorted(tables.devices)) if tables.devices else "",
