@@ -122,8 +122,8 @@ def test_known_deviations_are_reported_but_not_violations(tables):
     assert list(table["holds"]) == [False, False]
     assert list(violations(table)["id"]) == ["c"]
     text = claims.to_markdown(table, "t")
-    assert "**0 of 2 paper claims hold** (0 calibrated" in text
-    assert "0 of 2 rows hold; 1 do not and are known deviations" in text and "**no**" in text and "- *d*: why" in text
+    assert "**0 of 2 evaluated paper claims hold** (0 calibrated" in text and "| not evaluated |" not in text
+    assert "0 of 2 evaluated rows hold; 1 do not and are known deviations" in text and "**no**" in text and "- *d*: why" in text
 
 
 def test_malformed_claims_are_refused_by_name(tmp_path):
@@ -321,7 +321,10 @@ def test_calibrated_and_our_claims_are_reported_apart(tables):
     ]
     table = evaluate(rules, "fig_mf", tables)
     text = claims.to_markdown(table, "t")
-    assert "**2 of 2 paper claims hold** (1 calibrated, reported apart: 0 of them hold); 1 of 1 of our own" in text
+    assert (
+        "**2 of 2 evaluated paper claims hold** (1 calibrated, reported apart: 0 of them hold); 1 of 1 of our own"
+        in text
+    )
     assert (
         text.index("## The abstract's claims")
         < text.index("## The paper's figures")

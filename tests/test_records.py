@@ -70,8 +70,9 @@ def test_every_writer_gets_the_one_schema():
 
 
 def test_rewrite_replaces_existing_directory(tmp_path):
+    """An earlier run record is replaced whole (a folder that is not one is refused: tests/test_first_day.py)."""
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    write_run_record(run_dir, record(v=1), CURVES)
     (run_dir / "stale.txt").write_text("old")
     write_run_record(run_dir, record(v=2), CURVES)
     assert sorted(p.name for p in run_dir.iterdir()) == ["curves.csv", "record.json"]

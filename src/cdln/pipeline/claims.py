@@ -598,6 +598,7 @@ def evaluate(
                 "calibrated": claim.calibrated or "",
                 "measure": claim.measure,
                 "deviation": claim.deviation or "",
+                "not_evaluated": "",
             }
         )
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -692,7 +693,7 @@ def to_markdown(table: pd.DataFrame, config_name: str) -> str:
             ]
             for row in group.itertuples():
                 verdict = "yes" if row.holds else ("no (known deviation)" if row.deviation else "**no**")
-                if getattr(row, "not_evaluated", ""):
+                if isinstance(getattr(row, "not_evaluated", ""), str) and row.not_evaluated:
                     verdict = "not evaluated"
                 calibrated = "yes (below)" if row.calibrated else "no"
                 cells = [row.claim, row.paper, f"`{row.measured}`", verdict, row.aggregation or "-", calibrated,

@@ -48,7 +48,7 @@ def estimated_work(grid: Grid, job: Job) -> float | None:
         if d_out is None or run.command not in ("train", "altmin"):
             return None
         if run.command == "altmin":  # a least-squares solve of rank k per row and column per iteration
-            total += options.get("iterations", 1) * (d_out + d_in) * d_in * options.get("k", d_in) ** 2
+            total += options.get("iterations", 1) * (d_out + d_in) * d_in * options.get("r", d_in) ** 2
             continue
         iterations = options.get("n_inner", 1) * options.get("max_outer", 1)
         total += iterations * depth * d_out * d_in * options.get("m", options.get("width", d_in))
