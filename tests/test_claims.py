@@ -123,7 +123,8 @@ def test_known_deviations_are_reported_but_not_violations(tables):
     assert list(violations(table)["id"]) == ["c"]
     text = claims.to_markdown(table, "t")
     assert "**0 of 2 evaluated paper claims hold** (0 calibrated" in text and "| not evaluated |" not in text
-    assert "0 of 2 evaluated rows hold; 1 do not and are known deviations" in text and "**no**" in text and "- *d*: why" in text
+    assert "0 of 2 evaluated rows hold; 1 do not and are known deviations" in text
+    assert "**no**" in text and "- *d*: why" in text
 
 
 def test_malformed_claims_are_refused_by_name(tmp_path):
