@@ -431,3 +431,11 @@ def test_real_data_that_appears_joins_and_that_disappears_keeps_its_results(tmp_
     result = snakemake("-n", table, "--configfile", "real.yaml", cwd=clone)
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stderr[-2000:]
     assert (clone / table).stat().st_mtime_ns == stamp
+
+
+def test_config_overrides_on_the_command_line_take_lists(tmp_path: Path) -> None:
+    """`--config seeds=[0]` (Snakemake reads the list's items as strings) plans one seed's jobs."""
+    both = job_counts(snakemake("-n", "-F", "--quiet", "rules", "--configfile", "config/ci.yaml").stdout)
+    one = snakemake("-n", "-F", "--quiet", "rules", "--configfile", "config/ci.yaml", "--config", "seeds=[0]")
+    assert one.returncode == 0, (one.stdout + one.stderr)[-2000:]
+    assert job_counts(one.stdout)["run_job"] * 2 == both["run_job"]
