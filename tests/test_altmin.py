@@ -10,7 +10,9 @@ import torch
 
 from cdln.altmin import AltMinSettings, altmin, solve_factor
 from cdln.cli import main
-from cdln.problems import Completion, ProblemSpec, save_problem
+from cdln.io import save_problem
+from cdln.problems import Completion
+from cdln.spec import ProblemSpec
 
 
 def low_rank_completion(d_out: int, d_in: int, rank: int, p: float, seed: int) -> Completion:
@@ -75,7 +77,7 @@ def test_cli_writes_a_run_record(tmp_path):
 
 
 def test_cli_rejects_a_non_completion_problem(tmp_path, capsys):
-    from cdln.problems import make_problem
+    from cdln.data.synthetic import make_problem
 
     save_problem(make_problem(ProblemSpec("mf", 5, 5, 1)), tmp_path / "mf.pt")
     assert main(["altmin", "--problem", str(tmp_path / "mf.pt"), "--out", str(tmp_path / "r"), "--r", "1"]) == 2

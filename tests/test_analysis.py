@@ -20,10 +20,12 @@ from cdln.analysis import (
     singular_bases,
     split_blocks,
     stack_snapshots,
+    target_factors,
 )
+from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, layer_gradients, train
 from cdln.networks import original_dln, random_orthogonal
-from cdln.problems import ProblemSpec, make_problem, target_factors
+from cdln.spec import ProblemSpec
 
 
 def rotated_pair(n: int, thetas: list[float], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

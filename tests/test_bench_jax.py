@@ -17,9 +17,10 @@ from cdln import reference
 from cdln.bench import paths
 from cdln.bench.kernels import step_flops
 from cdln.bench.timing import busy_threads, gemm_rate, small_gemm_rates
+from cdln.data.synthetic import make_problem
 from cdln.networks import compressed_dln, original_dln
-from cdln.problems import ProblemSpec, make_problem
 from cdln.reference import jax_loop as jb
+from cdln.spec import ProblemSpec
 
 needs_jax = pytest.mark.skipif(not reference.jax_available(), reason="JAX is not installed (optional baseline)")
 

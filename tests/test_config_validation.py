@@ -305,7 +305,9 @@ def test_memory_check_can_be_left_to_the_jobs():
 
 def test_memory_of_a_saved_problem_is_taken_from_its_file(tmp_path):
     """With --problem the spec's own fields (d, m) may be absent: the file's size stands in for the data."""
-    from cdln.problems import ProblemSpec, make_problem, save_problem
+    from cdln.data.synthetic import make_problem
+    from cdln.io import save_problem
+    from cdln.spec import ProblemSpec
 
     path = tmp_path / "ms.pt"
     save_problem(make_problem(ProblemSpec("ms", 6, 6, 1, m=2000)), path)

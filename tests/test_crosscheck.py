@@ -21,8 +21,8 @@ from conftest import REPO
 from cdln.cli import main
 from cdln.engine import TrainSettings
 from cdln.networks import product
-from cdln.problems import ProblemSpec
 from cdln.reference import authors as cc
+from cdln.spec import ProblemSpec
 
 FAKE_NETWORK = '''
 import numpy as np

@@ -7,10 +7,11 @@ import torch
 from conftest import TINY
 
 from cdln.config import RunConfig
+from cdln.data.synthetic import make_problem
 from cdln.engine import DivergenceError, TrainSettings, gd_steps, layer_gradients, train
 from cdln.networks import compressed_dln, original_dln
-from cdln.problems import ProblemSpec, make_problem
 from cdln.runner import run
+from cdln.spec import ProblemSpec
 
 
 def _problem(task="mc", d_out=8, d_in=6, rank=2):

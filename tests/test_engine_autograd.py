@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from cdln.bench import kernels as bench
+from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, Workspace, layer_gradients, train
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
-from cdln.problems import Problem, ProblemSpec, make_problem
+from cdln.problems import Problem
+from cdln.spec import ProblemSpec
 
 TASK_OPTIONS = {"mf": {}, "mc": {"p": 0.5}, "ms": {"m": 150}}
 ENGINE_PATHS = ["torch", "native-dense", "native-sampled"]

@@ -15,8 +15,10 @@ import pytest
 import torch
 from conftest import REPO, cdln_command, cli_env, run_cli
 
+from cdln.data.synthetic import make_problem
+from cdln.io import save_problem
 from cdln.pipeline.gallery import make_gallery, run_elapsed
-from cdln.problems import ProblemSpec, make_problem, save_problem
+from cdln.spec import ProblemSpec
 
 TRAIN = ["train", "--task", "mf", "--d", "6", "--r", "1", "--lr", "2", "--n-inner", "5", "--max-outer", "2"]
 

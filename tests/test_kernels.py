@@ -16,9 +16,12 @@ import pytest
 import torch
 from conftest import REPO, cli_env
 
+from cdln import devices
+from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, gd_steps, kernels, plan, plan_engine, train
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
-from cdln.problems import Completion, ProblemSpec, make_problem
+from cdln.problems import Completion
+from cdln.spec import ProblemSpec
 
 
 def step_path(weights, problem) -> str:
@@ -181,7 +184,7 @@ def test_plan_records_backend_and_blas():
     record = plan_engine([original_dln(20, 20, 3, 0.1, [0]).weights], problem).record()
     assert record["path"] == "native-sampled" and record["label"] == "native-sampled"
     assert record["backend"] == f"numba {kernels.numba.__version__}"
-    info = kernels.blas_info()
+    info = devices.blas_info()
     assert info["name"] in record["blas"] and info["version"] in record["blas"]
     assert record["override"] == "auto" and record["lockstep"] is False
 
@@ -192,7 +195,8 @@ import numpy as np
 import torch
 from cdln.engine import kernels, plan_engine
 from cdln.networks import compressed_dln, original_dln
-from cdln.problems import ProblemSpec, make_problem
+from cdln.data.synthetic import make_problem
+from cdln.spec import ProblemSpec
 
 out = {}
 for name, (d, r_hat) in {"register": (24, 5), "wide": (kernels.REGISTER_MAX + 3, None)}.items():

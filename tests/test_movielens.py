@@ -13,7 +13,9 @@ import torch
 from cdln.cli import main
 from cdln.data import DataFormatError, DataUnavailableError, download
 from cdln.data import movielens as ml
-from cdln.problems import Completion, ProblemSpec, load_problem, save_problem
+from cdln.io import load_problem, save_problem
+from cdln.problems import Completion
+from cdln.spec import ProblemSpec
 
 GOOD = "1\t10\t5\t881250949\n2\t10\t3\t891717742\n943\t1682\t1\t875747190\n"
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cdln.config import RunConfig
+from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, train
 from cdln.networks import (
     burer_monteiro,
@@ -20,8 +21,8 @@ from cdln.networks import (
     yaras_dln,
     yaras_subspace,
 )
-from cdln.problems import ProblemSpec, make_problem
 from cdln.runner import build_network
+from cdln.spec import ProblemSpec
 
 EYE = lambda n: torch.eye(n, dtype=torch.float64)  # noqa: E731
 

@@ -13,9 +13,11 @@ import pytest
 import torch
 from conftest import REPO, cli_env
 
+from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, plan_engine, train
 from cdln.networks import compressed_dln
-from cdln.problems import Completion, ProblemSpec, make_problem
+from cdln.problems import Completion
+from cdln.spec import ProblemSpec
 
 DOC = REPO / "docs" / "own-problem.md"
 

@@ -7,17 +7,10 @@ import math
 import pytest
 import torch
 
-from cdln.problems import (
-    Completion,
-    Factorization,
-    ProblemSpec,
-    Sensing,
-    load_problem,
-    low_rank_target,
-    make_problem,
-    save_problem,
-    target_factors,
-)
+from cdln.analysis import target_factors
+from cdln.data.synthetic import low_rank_target, make_problem
+from cdln.io import load_problem, save_problem
+from cdln.problems import Completion, Factorization, ProblemSpec, Sensing
 
 
 def _spec(task: str, d_out: int = 2, d_in: int = 2, rank: int = 1, **kw) -> ProblemSpec:

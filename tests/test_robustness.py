@@ -8,11 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
+from cdln.data.synthetic import low_rank_target, make_problem
 from cdln.engine import TrainSettings, train
+from cdln.io import load_problem, save_problem
 from cdln.networks import compressed_dln, original_dln
 from cdln.pipeline import claims, robustness
 from cdln.pipeline.grid import Grid, GridError, SweepPoint, sweep_panels
-from cdln.problems import Completion, ProblemSpec, load_problem, low_rank_target, make_problem, save_problem
+from cdln.problems import Completion
+from cdln.spec import ProblemSpec
 
 # ---------------------------------------------------------------- problems
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from cdln.bench.scaling import iteration_seconds, scaling
+from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, train
 from cdln.networks import compressed_dln, original_dln
-from cdln.problems import ProblemSpec, make_problem
+from cdln.spec import ProblemSpec
 
 
 @pytest.mark.parametrize("model", ["original", "cdln"])

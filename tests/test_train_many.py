@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
+from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, train, train_many
 from cdln.networks import compressed_dln, original_dln
-from cdln.problems import ProblemSpec, make_problem
+from cdln.spec import ProblemSpec
 
 
 def _pair(problem):

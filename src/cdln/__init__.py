@@ -12,10 +12,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _HOMES = {
-    "cdln.problems": [
-        "Problem", "ProblemSpec", "Factorization", "Completion", "Sensing", "make_problem", "save_problem",
-        "load_problem", "target_factors",
-    ],
+    "cdln.problems": ["Problem", "Factorization", "Completion", "Sensing"],
+    "cdln.spec": ["ProblemSpec"],
+    "cdln.data.synthetic": ["make_problem"],
     "cdln.networks": [
         "LinearNetwork", "original_dln", "compressed_dln", "narrow_dln", "burer_monteiro", "yaras_dln", "product",
     ],
@@ -25,7 +24,8 @@ _HOMES = {
     "cdln.config": ["RunConfig", "ConfigError"],
     "cdln.runner": ["RunOutput", "train_run", "run"],
     "cdln.records": ["read_run_record"],
-    "cdln.io": ["read_matrix"],
+    "cdln.io": ["read_matrix", "save_problem", "load_problem"],
+    "cdln.analysis": ["target_factors"],
 }  # fmt: skip
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = [name for names in _HOMES.values() for name in names]

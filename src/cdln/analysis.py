@@ -29,9 +29,16 @@ from torch import Tensor
 
 from cdln.engine import layer_gradients
 from cdln.networks import LinearNetwork
-from cdln.problems import Problem, target_factors
+from cdln.problems import Problem
 
 DEGENERATE_RTOL = 1e-8  # singular values this close (relative) count as one repeated value
+
+
+def target_factors(problem: Problem, rank: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Top singular triplets ``(U, S, V)`` of the target: U (d_out, k), S (k,), V (d_in, k)."""
+    u, s, vh = torch.linalg.svd(problem.target, full_matrices=False)
+    k = problem.spec.rank if rank is None else rank
+    return u[:, :k], s[:k], vh[:k].T
 
 
 def principal_angles(basis_a: Tensor, basis_b: Tensor) -> Tensor:

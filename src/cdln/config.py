@@ -17,7 +17,7 @@ import torch
 
 from cdln.devices import resolve_device, resolve_dtype
 from cdln.networks import MODELS, dln_param_count
-from cdln.problems import NOISY_TASKS, SPECTRA, TASKS, ProblemSpec
+from cdln.spec import NOISY_TASKS, SPECTRA, TASKS, ProblemSpec
 
 MEMORY_FRACTION = 0.8  # refuse problems needing more than this share of the machine's memory
 

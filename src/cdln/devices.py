@@ -1,7 +1,9 @@
-"""Device and dtype selection, and device-synchronised wall-clock timing."""
+"""Device and dtype selection, device-synchronised wall-clock timing, and the BLAS libraries that compute."""
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 
 import torch
@@ -75,3 +77,35 @@ class SyncTimer:
         synchronize(self.device)
         running = 0.0 if self._started_at is None else time.perf_counter() - self._started_at
         return self._accumulated + running
+
+
+@functools.cache
+def torch_blas() -> str:
+    """``torch X (BLAS)``: torch's version and the BLAS it was built with, for run records."""
+    match = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return f"torch {torch.__version__} ({match.group(1) if match else 'unknown BLAS'})"
+
+
+def numba_label() -> str:
+    """``numba X``: the compiled kernels' backend."""
+    import numba
+
+    return f"numba {numba.__version__}"
+
+
+@functools.cache
+def blas_info() -> dict[str, str]:
+    """The BLAS numba's ``np.dot`` calls (scipy's): name, version, configuration as ``scipy.show_config`` says."""
+    import scipy
+
+    blas = scipy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    keys = {"name": "name", "version": "version", "configuration": "openblas configuration"}
+    return {"library": "scipy", "scipy": scipy.__version__} | {
+        k: str(blas.get(v, "?")).strip() for k, v in keys.items()
+    }
+
+
+def blas_label() -> str:
+    """``name version (via scipy X)``: the BLAS of the compiled kernels, for run records."""
+    info = blas_info()
+    return f"{info['name']} {info['version']} (via scipy {info.get('scipy', '?')})"

@@ -25,7 +25,8 @@ import pandas as pd
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from cdln.problems import Problem, ProblemSpec
+    from cdln.problems import Problem
+    from cdln.spec import ProblemSpec
 
 
 class OutputError(ValueError):
@@ -183,7 +184,7 @@ def save_problem(problem: Problem, path: str | os.PathLike[str]) -> None:
 def _read_problem_file(path: str | os.PathLike[str], mmap: bool) -> tuple[ProblemSpec, dict[str, Tensor]]:
     import torch
 
-    from cdln.problems import ProblemSpec
+    from cdln.spec import ProblemSpec
 
     path = Path(path)
     if not path.is_file():

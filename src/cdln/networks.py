@@ -288,3 +288,20 @@ def yaras_dln(
     """
     initial = original_dln(d_out, d_in, depth, eps, init_seeds, width)
     return yaras_compressed_dln(initial, loss_grad(initial.end_to_end()), rank, eps, gamma)
+
+
+def check_chain(weights: Sequence[Tensor], d_out: int, d_in: int) -> None:
+    """Raise ``ValueError`` unless the weights chain into a (d_out, d_in) end-to-end matrix: layer l is
+    (B, n_{l+1}, n_l), one B, n_0 = d_in, n_L = d_out."""
+    shapes = [tuple(w.shape) for w in weights]
+    problem = f"weights {shapes} do not chain into the problem's ({d_out}, {d_in}) end-to-end matrix"
+    if not shapes or any(len(s) != 3 for s in shapes):
+        raise ValueError(f"{problem}: want (B, n_out, n_in) layers")
+    batch = shapes[0][0]
+    if any(s[0] != batch for s in shapes) or batch < 1:
+        raise ValueError(f"{problem}: batch sizes differ")
+    if shapes[0][2] != d_in or shapes[-1][1] != d_out:
+        raise ValueError(problem)
+    for below, above in zip(shapes, shapes[1:], strict=False):
+        if above[2] != below[1]:
+            raise ValueError(f"{problem}: layer of shape {above} cannot follow {below}")

@@ -8,76 +8,16 @@ replication spec, section 2:
 - MF: loss = 1/2 mean over all entries of (W - M*)^2; recovery error = the same.
 - MC: loss = 1/2 sum over observed (W - M*)^2 / n_observed; recovery = same on unobserved entries.
 - MS: loss = 1/2 sum_i (<A_i, W> - y_i)^2 with A_i iid N(0, 1/m^2); recovery = ||W - M*||_F/||M*||_F.
-
-Beyond the paper (the robustness figure): ``noise`` adds Gaussian noise to MC's observed entries or to
-MS's measurements (standard deviation ``noise`` x the RMS of the clean observations); the loss fits the
-noisy data and the recovery error is still measured against the clean target. ``spectrum`` sets the
-target's singular values: the authors' ``spread`` (and ``top``), ``flat`` (all equal) or ``geometric``
-decay with condition number ``condition``; the reshaped spectra keep the spread target's singular
-vectors and its Frobenius norm, so errors stay comparable across shapes.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from importlib import import_module
-from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-Task = Literal["mf", "mc", "ms"]
-TASKS: tuple[str, ...] = ("mf", "mc", "ms")
-SPECTRA: tuple[str, ...] = ("spread", "top", "flat", "geometric")
-NOISY_TASKS: tuple[str, ...] = ("mc", "ms")
-
-
-@dataclass(frozen=True)
-class ProblemSpec:
-    """Everything that determines a problem instance: task, shape (d_out, d_in), rank, ``data_seed``, and the
-    task's own settings."""
-
-    task: str
-    d_out: int
-    d_in: int
-    rank: int
-    data_seed: int = 0
-    p: float | None = None  # MC: fraction of observed entries
-    m: int | None = None  # MS: number of measurements
-    spectrum: str = "spread"
-    condition: float | None = None  # spectrum "geometric": largest / smallest singular value, >= 1
-    noise: float = 0.0  # MC/MS: noise std relative to the RMS of the clean observations, >= 0
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field and its valid range."""
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {list(TASKS)}; got {self.task!r}")
-        if self.d_out < 1 or self.d_in < 1:
-            raise ValueError(f"d must be >= 1; got d_out={self.d_out}, d_in={self.d_in}")
-        if not 1 <= self.rank <= min(self.d_out, self.d_in):
-            raise ValueError(f"r must be in [1, min(d_out, d_in)] = [1, {min(self.d_out, self.d_in)}]; got {self.rank}")
-        if self.spectrum not in SPECTRA:
-            raise ValueError(f"spectrum must be one of {list(SPECTRA)}; got {self.spectrum!r}")
-        if self.spectrum == "geometric" and (self.condition is None or not self.condition >= 1):
-            raise ValueError(f"condition must be >= 1 for spectrum 'geometric'; got {self.condition}")
-        if self.spectrum != "geometric" and self.condition is not None:
-            raise ValueError(f"condition applies to spectrum 'geometric' only; got it with {self.spectrum!r}")
-        if not self.noise >= 0 or not math.isfinite(self.noise):
-            raise ValueError(f"noise must be a finite number >= 0; got {self.noise}")
-        if self.noise and self.task not in NOISY_TASKS:
-            raise ValueError(f"noise applies to tasks {list(NOISY_TASKS)} (observed data); got task {self.task!r}")
-        if self.task == "mc" and (self.p is None or not 0.0 < self.p <= 1.0):
-            raise ValueError(f"p must be in (0, 1] for task 'mc'; got {self.p}")
-        if self.task == "ms" and (self.m is None or self.m < 1):
-            raise ValueError(f"m must be >= 1 for task 'ms'; got {self.m}")
-
-    def operator_bytes(self, dtype: torch.dtype = torch.float64) -> int:
-        """Bytes of the largest tensor the problem holds (the MS operator, else the target)."""
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        entries = self.d_out * self.d_in
-        return itemsize * entries * (self.m if self.task == "ms" else 1)
+from cdln.spec import ProblemSpec
 
 
 class Problem(ABC):
@@ -150,7 +90,7 @@ class Factorization(Problem):
 class Completion(Problem):
     """MC: observe the entries of the target (d_out, d_in) where ``mask`` (d_out, d_in, bool) is true.
 
-    :func:`make_problem` draws ``floor(p * d_out * d_in)`` of them uniformly without replacement;
+    :func:`cdln.data.synthetic.make_problem` draws ``floor(p * d_out * d_in)`` of them uniformly without replacement;
     :meth:`from_matrix` takes a user's own matrix and mask.
 
     ``heldout`` (optional bool mask, disjoint from ``mask``): report the recovery error on these
@@ -288,22 +228,3 @@ class Sensing(Problem):
 
 
 PROBLEM_CLASSES: dict[str, type[Problem]] = {"mf": Factorization, "mc": Completion, "ms": Sensing}
-
-
-def target_factors(problem: Problem, rank: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Top singular triplets ``(U, S, V)`` of the target: U (d_out, k), S (k,), V (d_in, k)."""
-    u, s, vh = torch.linalg.svd(problem.target, full_matrices=False)
-    k = problem.spec.rank if rank is None else rank
-    return u[:, :k], s[:k], vh[:k].T
-
-
-# Drawing synthetic instances (cdln.data.synthetic) and problem files (cdln.io) live with data and I/O; they are
-# named here too, where a reader of problems looks for them (imported on first use: those modules use the classes).
-_ELSEWHERE = {"low_rank_target": "cdln.data.synthetic", "make_problem": "cdln.data.synthetic",
-              "load_problem": "cdln.io", "load_problem_spec": "cdln.io", "save_problem": "cdln.io"}  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _ELSEWHERE:
-        raise AttributeError(f"module 'cdln.problems' has no attribute {name!r}")
-    return getattr(import_module(_ELSEWHERE[name]), name)

@@ -17,9 +17,10 @@ import torch
 
 from cdln.analysis import SpectralSnapshots, stack_snapshots
 from cdln.config import ConfigError, RunConfig
+from cdln.data.synthetic import make_problem
 from cdln.devices import device_name, resolve_device
 from cdln.engine import ProgressFn, TrainResult, TrainSettings, train, train_many
-from cdln.io import read_matrix
+from cdln.io import load_problem, read_matrix
 from cdln.networks import (
     LinearNetwork,
     burer_monteiro,
@@ -29,8 +30,9 @@ from cdln.networks import (
     original_dln,
     yaras_dln,
 )
-from cdln.problems import Completion, Problem, ProblemSpec, Sensing, load_problem, make_problem
+from cdln.problems import Completion, Problem, Sensing
 from cdln.records import make_record, write_run_record
+from cdln.spec import ProblemSpec
 
 
 @dataclass

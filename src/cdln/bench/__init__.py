@@ -48,7 +48,7 @@ from cdln.bench.runs import bench_batch, bench_tol, experiment_runs
 from cdln.bench.scaling import scaling
 from cdln.bench.timing import gemm_rate, pin_to_one_core
 from cdln.cli.common import ExitCode, add_threads_option, apply_threads
-from cdln.devices import device_name, resolve_device
+from cdln.devices import blas_info, device_name, numba_label, resolve_device
 from cdln.io import write_csv, write_json
 
 SECTIONS = ("kernels", "tol", "batch", "jax", "sampled", "shared")
@@ -56,15 +56,13 @@ DEFAULT_CONFIG = Path("config/config.yaml")
 
 
 def environment(device: torch.device) -> dict:
-    from cdln.engine import kernels
-
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "compiled_backend": kernels.backend(),
-        "compiled_blas": kernels.blas_info(),
+        "compiled_backend": numba_label(),
+        "compiled_blas": blas_info(),
         "cpu": _cpu_name(),
     }
 

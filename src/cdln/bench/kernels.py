@@ -14,10 +14,12 @@ import torch
 from torch import Tensor
 
 from cdln.bench.timing import compare
+from cdln.data.synthetic import make_problem
 from cdln.devices import resolve_dtype
 from cdln.engine import plan_engine
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
-from cdln.problems import Completion, Problem, ProblemSpec, Sensing, make_problem
+from cdln.problems import Completion, Problem, Sensing
+from cdln.spec import ProblemSpec
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,15 @@ import torch
 from cdln.bench.kernels import engine_runner, step_flops
 from cdln.bench.timing import gemm_rate, interleaved, small_gemm_rates
 from cdln.config import RunConfig
+from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, plan_engine, train
 from cdln.engine.plan import sampled_max_density
+from cdln.io import save_problem
 from cdln.networks import LinearNetwork, compressed_dln, original_dln, product
-from cdln.problems import Completion, Problem, ProblemSpec, make_problem, save_problem
+from cdln.problems import Completion, Problem
 from cdln.reference import INSTALL_HINT, SINGLE_THREAD_XLA_FLAGS, jax_available, jax_loop
 from cdln.runner import build_network, load_run_problem, train_in_lockstep, train_run
+from cdln.spec import ProblemSpec
 
 SAMPLED_SETTING = dict(d=2000, p=0.05, r=10, r_hat=20)  # a large, sparse MC: where the sampled step pays most
 MOVIELENS_SHAPE = dict(n_users=943, n_items=1682, n_ratings=100_000, train_fraction=0.8, r_hat=20)

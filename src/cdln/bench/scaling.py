@@ -19,10 +19,12 @@ from cdln.bench.kernels import step_flops
 from cdln.bench.runs import run_config
 from cdln.bench.timing import gemm_rate
 from cdln.config import RunConfig
+from cdln.data.synthetic import make_problem
 from cdln.devices import resolve_device
 from cdln.engine import TrainSettings, plan_engine, train
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
-from cdln.problems import Problem, ProblemSpec, make_problem
+from cdln.problems import Problem
+from cdln.spec import ProblemSpec
 
 
 def iteration_seconds(

@@ -44,7 +44,8 @@ def crosscheck_command(args: argparse.Namespace) -> int:
     header = (
         "# Cross-check: the authors' code vs our engine\n\n"
         f"Authors' code: {describe_code(code)}, JAX float64: {code.x64}. Seed {args.seed} (data seed and init seed).\n"
-        "Each row trains the same initial weights on the same problem instance (cdln.problems.make_problem) twice: "
+        "Each row trains the same initial weights on the same problem instance "
+        "(cdln.data.synthetic.make_problem) twice: "
         "'authors' code' = their solver.train with their loss functions and dlr; 'ours' = cdln.engine.train. "
         "Iterations are counted at checkpoints (every n_inner steps); 'not reached' = not within the budget."
     )

@@ -15,7 +15,8 @@ from pathlib import Path
 from cdln.cli.common import ExitCode
 from cdln.cli.train import add_run_config_options, resolve_config
 from cdln.config import ConfigError
-from cdln.problems import make_problem, save_problem
+from cdln.data.synthetic import make_problem
+from cdln.io import save_problem
 
 
 def make_problem_command(args: argparse.Namespace) -> int:

@@ -30,14 +30,15 @@ from cdln.cli.common import ExitCode, add_progress_options, add_threads_option, 
 from cdln.config import ConfigError, RunConfig
 from cdln.devices import resolve_device, resolve_dtype
 from cdln.engine import ProgressFn
-from cdln.io import atomic_directory, check_output_dir, write_json
+from cdln.io import atomic_directory, check_output_dir, load_problem, load_problem_spec, write_json
 from cdln.networks import MODELS
 from cdln.nonlinear import MODELS as CLASSIFIERS
 from cdln.nonlinear import OPTIMIZERS, NonlinearConfig, train_classifier
 from cdln.pipeline.grid import JOB_MANIFEST
-from cdln.problems import SPECTRA, TASKS, Completion, load_problem, load_problem_spec
+from cdln.problems import Completion
 from cdln.records import stage_run_record
 from cdln.runner import RunOutput, can_share_passes, matrix_problem, train_in_lockstep, train_run
+from cdln.spec import SPECTRA, TASKS
 
 HELP: dict[str, str] = {
     "task": f"recovery problem: {', '.join(TASKS)} (factorization, completion, sensing)",

@@ -25,7 +25,8 @@ import torch
 from cdln import seeding
 from cdln.data import DataFormatError, DataUnavailableError, download, md5sum
 from cdln.io import atomic_write
-from cdln.problems import Completion, ProblemSpec
+from cdln.problems import Completion
+from cdln.spec import ProblemSpec
 
 ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 ML100K_MD5 = "0e33842e24a9c977be4e0107933c0723"  # published by GroupLens (ml-100k.zip.md5)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from cdln import seeding
-from cdln.problems import Completion, Factorization, Problem, ProblemSpec, Sensing
+from cdln.problems import Completion, Factorization, Problem, Sensing
+from cdln.spec import ProblemSpec
 
 
 def low_rank_target(

@@ -29,7 +29,6 @@ without bounds checks, so they are only ever called through those two classes.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 
@@ -39,6 +38,8 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from cdln.networks import check_chain
+
 DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
 # Fused multiply-adds and reassociated sums (vectorised reductions): only the rounding changes. Only the kernels
 # called from Python get these flags, and they call no compiled function that has them: numba links a callee
@@ -47,28 +48,6 @@ DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
 # The shared helpers below are strict IEEE code, which every copy computes the same
 # (tests/test_kernels.py::test_kernels_compiled_and_loaded_from_the_cache_give_the_same_numbers).
 FAST = {"contract", "reassoc", "nsz", "arcp"}
-
-
-def backend() -> str:
-    return f"numba {numba.__version__}"
-
-
-@functools.cache
-def blas_info() -> dict[str, str]:
-    """The BLAS numba's ``np.dot`` calls (scipy's): name, version, configuration as ``scipy.show_config`` says."""
-    import scipy
-
-    blas = scipy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    keys = {"name": "name", "version": "version", "configuration": "openblas configuration"}
-    return {"library": "scipy", "scipy": scipy.__version__} | {
-        k: str(blas.get(v, "?")).strip() for k, v in keys.items()
-    }
-
-
-def blas_label() -> str:
-    """``name version (via scipy X)``: what the plan records as the kernels' BLAS."""
-    info = blas_info()
-    return f"{info['name']} {info['version']} (via scipy {info.get('scipy', '?')})"
 
 
 def suits(tensors: Sequence[Tensor]) -> bool:
@@ -391,23 +370,6 @@ def _array(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def check_shapes(weights: Sequence[Tensor], d_out: int, d_in: int) -> None:
-    """Raise ``ValueError`` unless the weights chain into a (d_out, d_in) end-to-end matrix: layer l is
-    (B, n_{l+1}, n_l), one B, n_0 = d_in, n_L = d_out."""
-    shapes = [tuple(w.shape) for w in weights]
-    problem = f"weights {shapes} do not chain into the problem's ({d_out}, {d_in}) end-to-end matrix"
-    if not shapes or any(len(s) != 3 for s in shapes):
-        raise ValueError(f"{problem}: want (B, n_out, n_in) layers")
-    batch = shapes[0][0]
-    if any(s[0] != batch for s in shapes) or batch < 1:
-        raise ValueError(f"{problem}: batch sizes differ")
-    if shapes[0][2] != d_in or shapes[-1][1] != d_out:
-        raise ValueError(problem)
-    for below, above in zip(shapes, shapes[1:], strict=False):
-        if above[2] != below[1]:
-            raise ValueError(f"{problem}: layer of shape {above} cannot follow {below}")
-
-
 class OperatorPass:
     """The MS loss gradient ``out[b] = A^T (A w[b] - y)`` in one pass over the operator ``A`` (m, n), y (m,).
 
@@ -453,7 +415,7 @@ class CompiledSteps:
         if not suits(weights) or not suits([observations]) or observations.dtype != dtype:
             raise ValueError("the compiled steps need contiguous CPU float32/64 weights and data of one dtype")
         d_out, d_in = observations.shape
-        check_shapes(weights, d_out, d_in)
+        check_chain(weights, d_out, d_in)
         if loss_weights is not None and tuple(loss_weights.shape) != (d_out, d_in):
             raise ValueError(
                 f"loss weights of shape {tuple(loss_weights.shape)} do not fit the target's {(d_out, d_in)}"

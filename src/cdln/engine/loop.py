@@ -198,8 +198,6 @@ def train_many(
     if snapshot is not None and len(networks) != 1:
         raise ValueError("snapshots are taken of a single network's run")
     runs = [_Run(k, net, list(range(net.batch)), net.weights, settings.lr) for k, net in enumerate(networks)]
-    for run in runs:
-        run.stop_iteration = [settings.max_iterations] * run.network.batch
     clock = _Clock(networks[0].weights[0].device, runs)
 
     clock.start()  # warm-up: build the stepper and take one step on copies

@@ -18,17 +18,17 @@ on the problem's type, shapes, density, dtype and device only, never on the batc
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from cdln.devices import blas_label, numba_label, torch_blas
 from cdln.engine import kernels
 from cdln.engine.torch_step import LossGrad, TorchSteps
+from cdln.networks import check_chain
 from cdln.problems import Completion, Factorization, Problem, Sensing
 
 ENGINES = ("auto", "torch", "numba", "native-dense", "native-sampled")
@@ -60,12 +60,6 @@ def engine_override() -> str:
     return choice
 
 
-@functools.cache
-def _torch_blas() -> str:
-    match = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
-    return f"torch {torch.__version__} ({match.group(1) if match else 'unknown BLAS'})"
-
-
 @dataclass(frozen=True)
 class EnginePlan:
     """How the engine steps a group of networks: each network's step ``paths[k]`` (one of :data:`PATHS`),
@@ -89,14 +83,14 @@ class EnginePlan:
     def record(self, k: int = 0) -> dict[str, Any]:
         """What a run record stores of the plan of network ``k``: path, label, backend, BLAS, operator pass,
         lockstep, override."""
-        path, numba = self.paths[k], f"{kernels.backend()}"
+        path = self.paths[k]
         if path != "torch":
-            backend, blas = numba, kernels.blas_label()
+            backend, blas = numba_label(), blas_label()
         elif self.operator_pass == "native-one-pass":
-            backend = f"torch {torch.__version__} + {numba} (operator pass)"
-            blas = f"{_torch_blas()}; operator pass: {kernels.blas_label()}"
+            backend = f"torch {torch.__version__} + {numba_label()} (operator pass)"
+            blas = f"{torch_blas()}; operator pass: {blas_label()}"
         else:
-            backend, blas = f"torch {torch.__version__}", _torch_blas()
+            backend, blas = f"torch {torch.__version__}", torch_blas()
         return {
             "path": path, "label": self.label(k), "backend": backend, "blas": blas,
             "operator_pass": self.operator_pass, "lockstep": self.lockstep, "override": self.override,
@@ -144,7 +138,7 @@ def _path(weights: list[Tensor], problem: Problem, override: str) -> str:
             why = "needs an MF or MC problem with contiguous CPU float32/64 weights and data of one dtype"
             raise ValueError(f"CDLN_ENGINE={override} is not available here: it {why}")
         return "torch"
-    kernels.check_shapes(weights, *problem.shape)
+    check_chain(weights, *problem.shape)
     can_sample = isinstance(problem, Completion) and len(weights) >= 2
     if override in ("native-dense", "native-sampled"):
         if override == "native-sampled" and not can_sample:

@@ -3,7 +3,7 @@
 Nothing of theirs lives in this repository. :func:`load_authors_code` imports their modules
 (``network.py``, ``loss.py``, ``solver.py``) from a checkout the user names, at run time, with JAX in
 float64. Each :class:`Case` is one initial network on one of our problem instances
-(:func:`cdln.problems.make_problem`) with one set of GD settings; :func:`run_case` trains it twice from
+(:func:`cdln.data.synthetic.make_problem`) with one set of GD settings; :func:`run_case` trains it twice from
 the same initial weights, once with their ``solver.train`` (their losses, their autodiff, their optax
 update, their discrepant rate ``dlr``) and once with our :func:`cdln.engine.train`, and reads the same
 quantities off both curves. Initial weights come either from our builders (:mod:`cdln.networks`, our
@@ -36,11 +36,13 @@ import torch
 
 from cdln import io as cdln_io
 from cdln.analysis import first_iteration_reaching
+from cdln.data.synthetic import make_problem
 from cdln.engine import DivergenceError, TrainSettings, train
 from cdln.networks import LinearNetwork, compressed_dln, original_dln, product
 from cdln.pipeline.grid import Grid
-from cdln.problems import Problem, ProblemSpec, make_problem
+from cdln.problems import Problem
 from cdln.reference import jax_available, problem_arrays, require_jax
+from cdln.spec import ProblemSpec
 
 REQUIRED_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "network": ("init_net", "compute_end_to_end", "kwon_compress_network"),
