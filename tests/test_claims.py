@@ -345,3 +345,34 @@ def test_a_failing_value_never_prints_equal_to_its_bound():
     assert format_value(1.1016, [1.1]) == "1.102" and format_value(1.1, [1.1]) == "1.1"
     assert format_value(1.0000001, [1.0]) != "1" and format_value(0.5, [0.25, 1.0]) == "0.5"
     assert format_value(float("nan"), [1.0]) == "never / n/a"
+
+
+def test_a_timing_verdict_inside_the_spread_over_seeds_is_within_noise(tables):
+    """Seconds to 1e-10, original / C-DLN: 5.0 / 0.3 = 16.7 on seed 0, 7.0 / 0.4 = 17.5 on seed 1 (the
+    fixture). A bound of 17 lies inside that spread: neither holds nor fails, and is no violation; a bound
+    of 10 holds on every seed. Both rows state the spread."""
+    measure = "paired(mf, r10, original, cdln, first, level=1e-10, x=seconds)"
+    rows = [Claim(id=name, figure="fig_mf", claim="c", paper="p", measure=measure, holds={"above": bound})
+            for name, bound in (("noisy", 17), ("clear", 10))]  # fmt: skip
+    table = evaluate(rows, "fig_mf", tables).set_index("id")
+    assert table.loc["noisy", "within_noise"] == "within noise" and not table.loc["noisy", "holds"]
+    assert table.loc["clear", "within_noise"] == "" and table.loc["clear", "holds"]
+    for row in table.itertuples():
+        assert "spread over seeds 16.7-17.5" in row.aggregation
+    assert violations(table.reset_index()).empty
+    text = claims.headline(table.reset_index())
+    assert "**1 of 1 evaluated paper claims hold**" in text and "**1 within noise**" in text
+    assert "| within noise |" in claims.to_markdown(table.reset_index(), "test")
+
+
+def test_the_spread_of_a_ratio_of_table_means_uses_their_min_and_max(tmp_path):
+    frame = pd.DataFrame(
+        [dict(model="cdln", n_seeds=3, device="cpu", seconds=1.0, seconds_min=0.8, seconds_max=1.2),
+         dict(model="mlp", n_seeds=3, device="cpu", seconds=1.0, seconds_min=0.9, seconds_max=1.1)]
+    )  # fmt: skip
+    frame.to_csv(tmp_path / "nonlinear.csv", index=False)
+    rule = Claim(id="c", figure="fig_nonlinear", claim="c", paper="p", holds={"below": 1},
+                 measure="table(nonlinear, cdln, seconds) / table(nonlinear, mlp, seconds)")  # fmt: skip
+    low, high = claims.spread(rule, claims.Tables(tmp_path))
+    assert low == pytest.approx(0.8 / 1.1) and high == pytest.approx(1.2 / 0.9)
+    assert evaluate([rule], "fig_nonlinear", tmp_path).iloc[0]["within_noise"] == "within noise"

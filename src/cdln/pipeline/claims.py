@@ -56,7 +56,9 @@ claims marked ``absolute`` (thresholds read off the paper's figures, meaningful 
 only) apply only where the config sets ``claims.absolute``. Claims that read seconds name the device
 those seconds were measured on and, in brackets, the engine path each model's steps took (the runs
 tables' ``engine_path``); a grid whose config sets ``claims.timing: false`` (the reduced CI grid, whose
-runs take milliseconds on a shared machine) leaves them out. A claim known not to reproduce carries its
+runs take milliseconds on a shared machine) leaves them out. A row that reads seconds also states its
+measure's spread over seeds (:func:`spread`); when its bound lies inside that spread (some seeds hold, some
+fail) it reads "within noise", neither holds nor fails. A claim known not to reproduce carries its
 measured reason (``deviation``): it is still evaluated and reported, and :func:`violations` does not
 count it.
 """
@@ -92,6 +94,7 @@ COLUMNS = [
     "measure",
     "deviation",
     "not_evaluated",  # why a row was not evaluated (its data is absent) and the step that would evaluate it
+    "within_noise",  # a timing row whose bound lies inside its measure's spread over seeds: neither holds nor fails
 ]
 OVER = ("mean", "min", "max", "gmean")
 ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -556,6 +559,61 @@ def _value(node: ast.AST, tables: Tables, claim: Claim) -> Any:
     raise ClaimError(f"claim {claim.id}: {ast.unparse(node)!r} is not allowed in a measure")
 
 
+Interval = tuple[float, float]
+OVER_FUNCTIONS = ("first", "final", "runs", "paired", "finding", "robust", "robust_ratio")
+
+
+def spread(claim: Claim, tables: Tables) -> Interval:
+    """The range of ``claim``'s measure over seeds, by interval arithmetic: a function that combines seeds
+    (``over``) gives [its min over seeds, its max over seeds], ``table`` its ``_min``/``_max`` columns where
+    the table has them (the spread of a mean over seeds), anything else its value."""
+    saved = tables.devices, tables.aggregations
+    try:
+        return _interval(_parse(claim).body, tables, claim)
+    finally:
+        tables.devices, tables.aggregations = saved
+
+
+def _interval(node: ast.AST, tables: Tables, claim: Claim) -> Interval:
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS:
+        name, args = node.func.id, [_value(arg, tables, claim) for arg in node.args]
+        kwargs = {kw.arg: _value(kw.value, tables, claim) for kw in node.keywords}
+        if name in OVER_FUNCTIONS:
+            low, high = (float(FUNCTIONS[name](tables, *args, **(kwargs | {"over": o}))) for o in ("min", "max"))
+            return low, high
+        if name == "table" and f"{args[2]}_min" in tables.csv(f"{args[0]}.csv"):
+            return _table(tables, args[0], args[1], f"{args[2]}_min"), _table(
+                tables, args[0], args[1], f"{args[2]}_max"
+            )
+        value = float(_value(node, tables, claim))
+        return value, value
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in BUILTINS:
+        parts = [_interval(arg, tables, claim) for arg in node.args]
+        if node.func.id == "abs":
+            ((low, high),) = parts
+            return (low, high) if low >= 0 else (-high, -low) if high <= 0 else (0.0, max(-low, high))
+        if node.func.id == "log10":
+            ((low, high),) = parts
+            return _log10(low), _log10(high)
+        pick = min if node.func.id == "min" else max
+        return pick(p[0] for p in parts), pick(p[1] for p in parts)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        low, high = _interval(node.operand, tables, claim)
+        return -high, -low
+    if isinstance(node, ast.BinOp):
+        (a, b), (c, d) = _interval(node.left, tables, claim), _interval(node.right, tables, claim)
+        if isinstance(node.op, ast.Div):
+            if c <= 0 <= d:
+                return math.nan, math.nan
+            c, d = 1 / d, 1 / c
+        if isinstance(node.op, (ast.Mult, ast.Div)):
+            products = [a * c, a * d, b * c, b * d]
+            return min(products), max(products)
+        return (a + c, b + d) if isinstance(node.op, ast.Add) else (a - d, b - c)
+    value = float(_value(node, tables, claim))
+    return value, value
+
+
 def format_value(value: float, bounds: Sequence[float] = ()) -> str:
     """3 significant digits, more where fewer would print a value equal to a bound it is not equal to (so a
     failing 1.1016 against "at most 1.1" never reads 1.1)."""
@@ -600,6 +658,12 @@ def evaluate(
             raise ClaimError(f"claim {claim.id} ({claim.figure}): {error}") from None
         if tables.devices and not timing:
             continue
+        aggregation, noisy = "; ".join(tables.aggregations), False
+        if tables.devices:  # seconds: a verdict inside the measure's spread over seeds is noise
+            devices, (low, high) = tables.devices, spread(claim, tables)
+            tables.devices = devices
+            noisy = claim.check(low) != claim.check(high) and not (math.isnan(low) or math.isnan(high))
+            aggregation += f"; spread over seeds {format_value(low)}-{format_value(high)}"
         rows.append(
             {
                 "figure": figure,
@@ -608,13 +672,14 @@ def evaluate(
                 "claim": claim.claim,
                 "paper": claim.paper,
                 "measured": format_value(value, claim.bounds()),
-                "holds": claim.check(value),
-                "aggregation": "; ".join(tables.aggregations),
+                "holds": claim.check(value) and not noisy,
+                "aggregation": aggregation,
                 "device": ", ".join(sorted(tables.devices)) if tables.devices else "",
                 "calibrated": claim.calibrated or "",
                 "measure": claim.measure,
                 "deviation": claim.deviation or "",
                 "not_evaluated": "",
+                "within_noise": "within noise" if noisy else "",
             }
         )
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -627,7 +692,7 @@ def not_evaluated(claims: list[Claim], figure: str, reason: str, absolute: bool 
         {"figure": figure, "section": claim.section, "id": claim.id, "claim": claim.claim, "paper": claim.paper,
          "measured": "not evaluated", "holds": False, "aggregation": "", "device": "",
          "calibrated": claim.calibrated or "", "measure": claim.measure, "deviation": claim.deviation or "",
-         "not_evaluated": reason}
+         "not_evaluated": reason, "within_noise": ""}
         for claim in claims
         if claim.figure == figure and (absolute or not claim.absolute)
     ]  # fmt: skip
@@ -642,7 +707,8 @@ def _flag(table: pd.DataFrame, column: str) -> pd.Series:
 
 def violations(table: pd.DataFrame) -> pd.DataFrame:
     """Evaluated claims that do not hold and are not known deviations."""
-    return table[~table["holds"].astype(bool) & ~_flag(table, "deviation") & ~_flag(table, "not_evaluated")]
+    undecided = _flag(table, "not_evaluated") | _flag(table, "within_noise")
+    return table[~table["holds"].astype(bool) & ~_flag(table, "deviation") & ~undecided]
 
 
 SECTION_TITLES = {
@@ -654,17 +720,23 @@ SECTION_TITLES = {
 
 
 def headline(table: pd.DataFrame) -> str:
-    """'N of M evaluated paper claims hold; K not evaluated (why)', the calibrated ones apart, and the same for
-    our own claims."""
+    """'N of M evaluated paper claims hold; J within noise; K not evaluated (why)', the calibrated ones apart,
+    and the same for our own claims. Rows within noise or not evaluated are in neither N nor M."""
     holds, calibrated, skipped = table["holds"].astype(bool), _flag(table, "calibrated"), _flag(table, "not_evaluated")
+    noisy = _flag(table, "within_noise")
     section = table["section"] if "section" in table else pd.Series("paper", index=table.index)
-    paper = section.isin(["abstract", "paper"]) & ~skipped
-    counted, ours = paper & ~calibrated, (section == "ours") & ~skipped
+    paper = section.isin(["abstract", "paper"]) & ~skipped & ~noisy
+    counted, ours = paper & ~calibrated, (section == "ours") & ~skipped & ~noisy
     text = (
         f"**{int((holds & counted).sum())} of {int(counted.sum())} evaluated paper claims hold** "
         f"({int((paper & calibrated).sum())} calibrated, reported apart: {int((holds & paper & calibrated).sum())} "
         f"of them hold)"
     )
+    if noisy.any():
+        text += (
+            f"; **{int(noisy.sum())} within noise** (timing rows whose bound lies inside their measure's spread "
+            "over seeds: neither hold nor fail)"
+        )
     if skipped.any():
         reasons = table.loc[skipped].groupby("figure", sort=False)["not_evaluated"].first()
         why = "; ".join(f"{figure}: {reason}" for figure, reason in reasons.items())
@@ -678,7 +750,9 @@ def to_markdown(table: pd.DataFrame, config_name: str) -> str:
     """Every claim, by section then figure: the statement, the paper's value, ours, whether it holds
     (and why not), over what it was measured and on which device."""
     holds, known, skipped = table["holds"].astype(bool), _flag(table, "deviation"), _flag(table, "not_evaluated")
-    holds, known = holds & ~skipped, known & ~skipped
+    noisy = _flag(table, "within_noise")
+    skipped_or_noisy = skipped | noisy
+    holds, known = holds & ~skipped_or_noisy, known & ~skipped_or_noisy
     section = table["section"] if "section" in table else pd.Series("paper", index=table.index)
     group_of = section.where(~(_flag(table, "calibrated") & section.isin(["abstract", "paper"])), "calibrated")
     lines = [
@@ -686,9 +760,11 @@ def to_markdown(table: pd.DataFrame, config_name: str) -> str:
         "",
         headline(table),
         "",
-        f"In all, {int(holds.sum())} of {int((~skipped).sum())} evaluated rows hold; {int((~holds & known).sum())} "
-        f"do not and are known deviations, each with its measured reason below; "
-        f"{int((~holds & ~known & ~skipped).sum())} do not and are not; {int(skipped.sum())} were not evaluated. "
+        f"In all, {int(holds.sum())} of {int((~skipped_or_noisy).sum())} evaluated rows hold; "
+        f"{int((~holds & known).sum())} do not and are known deviations, each with its measured reason below; "
+        f"{int((~holds & ~known & ~skipped_or_noisy).sum())} do not and are not; {int(noisy.sum())} are within the "
+        f"noise of their seconds (the bound inside the measure's spread over seeds, given in `over`); "
+        f"{int(skipped.sum())} were not evaluated. "
         "`measured` is computed from this run's tables by the claim's measure (config/claims.yaml); `over` says how "
         "the seeds were combined (a bound on the max, or min, over seeds holds on every seed; *paired* compares the "
         "two networks seed by seed, on the same problem instance); seconds were measured on the device named (with "
@@ -709,6 +785,8 @@ def to_markdown(table: pd.DataFrame, config_name: str) -> str:
             ]
             for row in group.itertuples():
                 verdict = "yes" if row.holds else ("no (known deviation)" if row.deviation else "**no**")
+                if isinstance(getattr(row, "within_noise", ""), str) and row.within_noise:
+                    verdict = "within noise"
                 if isinstance(getattr(row, "not_evaluated", ""), str) and row.not_evaluated:
                     verdict = "not evaluated"
                 calibrated = "yes (below)" if row.calibrated else "no"
