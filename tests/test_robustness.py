@@ -218,7 +218,7 @@ def test_robustness_claims_read_the_table_and_can_fail(tmp_path):
     swapped = _claim("robust_ratio(d, 20, level_seconds, a=cdln, b=original)", {"at_least": 4})
     table = claims.evaluate([speedup, lower_bound, never, worst, swapped], "fig_robustness", tmp_path)
     assert list(table["holds"]) == [True, True, False, False, False]
-    assert table["aggregation"].iloc[0] == "min over 2 seeds (paired by seed)"
+    assert table["aggregation"].iloc[0] == "min over 2 seeds (paired by seed); spread over seeds 4-4"
     assert claims.tables_read([speedup], "fig_robustness") == ["robustness.csv"]
     with pytest.raises(claims.ClaimError, match=r"no rows for d = 50"):
         claims.evaluate([_claim("robust(d, 50, cdln, final_error)", {"below": 1})], "fig_robustness", tmp_path)
