@@ -660,27 +660,18 @@ def evaluate(
             continue
         aggregation, noisy = "; ".join(tables.aggregations), False
         if tables.devices:  # seconds: a verdict inside the measure's spread over seeds is noise
-            devices, (low, high) = tables.devices, spread(claim, tables)
-            tables.devices = devices
+            low, high = spread(claim, tables)
             noisy = claim.check(low) != claim.check(high) and not (math.isnan(low) or math.isnan(high))
             aggregation += f"; spread over seeds {format_value(low)}-{format_value(high)}"
         rows.append(
-            {
-                "figure": figure,
-                "section": claim.section,
-                "id": claim.id,
-                "claim": claim.claim,
-                "paper": claim.paper,
-                "measured": format_value(value, claim.bounds()),
-                "holds": claim.check(value) and not noisy,
-                "aggregation": aggregation,
-                "device": ", ".join(sorted(tables.devices)) if tables.devices else "",
-                "calibrated": claim.calibrated or "",
-                "measure": claim.measure,
-                "deviation": claim.deviation or "",
-                "not_evaluated": "",
-                "within_noise": "within noise" if noisy else "",
-            }
+            _row(
+                claim,
+                format_value(value, claim.bounds()),
+                claim.check(value) and not noisy,
+                aggregation=aggregation,
+                device=", ".join(sorted(tables.devices)),
+                within_noise="within noise" if noisy else "",
+            )
         )
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -689,14 +680,21 @@ def not_evaluated(claims: list[Claim], figure: str, reason: str, absolute: bool 
     """The rows of ``figure``'s claims that cannot be evaluated on this run (``reason``: why, and the step that
     would evaluate them): kept in the table, counted apart, never a verdict."""
     rows = [
-        {"figure": figure, "section": claim.section, "id": claim.id, "claim": claim.claim, "paper": claim.paper,
-         "measured": "not evaluated", "holds": False, "aggregation": "", "device": "",
-         "calibrated": claim.calibrated or "", "measure": claim.measure, "deviation": claim.deviation or "",
-         "not_evaluated": reason, "within_noise": ""}
+        _row(claim, "not evaluated", False, not_evaluated=reason)
         for claim in claims
         if claim.figure == figure and (absolute or not claim.absolute)
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _row(claim: Claim, measured: str, holds: bool, **columns: str) -> dict[str, Any]:
+    """A row of the claims table (:data:`COLUMNS`); ``columns`` fills the evaluation's own, the rest stay empty."""
+    empty = {"aggregation": "", "device": "", "not_evaluated": "", "within_noise": ""}
+    return {
+        "figure": claim.figure, "section": claim.section, "id": claim.id, "claim": claim.claim,
+        "paper": claim.paper, "measured": measured, "holds": holds, "calibrated": claim.calibrated or "",
+        "measure": claim.measure, "deviation": claim.deviation or "",
+    } | empty | columns  # fmt: skip
 
 
 def _flag(table: pd.DataFrame, column: str) -> pd.Series:
