@@ -1,6 +1,5 @@
-"""The gallery (config ``gallery``, the paper grid only): a finished replication's figures, claims table,
-summary and report copied into a tracked folder with a stamp (commit, date, machine, elapsed time, versions).
-Build the report first (``snakemake --report results/paper/report.html``) to include it."""
+"""The gallery (config ``gallery``, the paper grid only): a finished replication's figures, claims table and
+summary copied into a tracked folder with a stamp (commit, date, machine, elapsed time, versions)."""
 
 
 if "gallery" in config:
@@ -9,7 +8,7 @@ if "gallery" in config:
         gallery,
 
     rule gallery:
-        """Copy the default target's figures and tables, and the report when built, into the gallery folder."""
+        """Copy the default target's figures and tables into the gallery folder."""
         input:
             claims=f"{ROOT}/tables/claims.md",
             everything=TARGETS.files("all"),

@@ -1,5 +1,6 @@
-"""The gallery: a full replication's figures, claims table, summary and report, copied into a tracked folder
-(``docs/gallery/``) with a stamp saying what made them, so that a newcomer sees every figure before a run.
+"""The gallery: a full replication's figures, claims table and summary, copied into a tracked folder
+(``docs/gallery/``) with a stamp saying what made them, so that a newcomer sees every figure before a run. The
+HTML report (megabytes: every figure inlined) is regenerated, not tracked: ``snakemake --report``.
 
 The stamp (``stamp.json``, and its first lines in ``README.md`` there) holds the commit the runs were made with
 and whether the checkout had uncommitted changes (from the run records), the date, the machine (cores, GPU or
@@ -67,8 +68,8 @@ def _record_environment(root: Path) -> dict[str, Any]:
 
 
 def make_gallery(root: str | Path, out: str | Path, log_dir: str | Path = ".snakemake/log") -> dict[str, Any]:
-    """Copy ``root``'s figures (PNG), claims table, summary and report (``report.html``, when built) into ``out``
-    and write the stamp; returns it. Files of an earlier gallery there are replaced, nothing else is touched."""
+    """Copy ``root``'s figures (PNG), claims table and summary into ``out`` and write the stamp; returns it.
+    Files of an earlier gallery there are replaced, nothing else is touched."""
     root, out = Path(root), Path(out)
     required = [root / "tables" / "claims.md", root / "tables" / "claims.csv", root / "tables" / "summary.md"]
     missing = [str(path) for path in required if not path.is_file()]
@@ -77,10 +78,9 @@ def make_gallery(root: str | Path, out: str | Path, log_dir: str | Path = ".snak
     environment = _record_environment(root)
     out.mkdir(parents=True, exist_ok=True)
     copied = []
-    for source in [*sorted((root / "figures").glob("*.png")), *required, root / "report.html"]:
-        if source.is_file():
-            shutil.copyfile(source, out / source.name)
-            copied.append(source.name)
+    for source in [*sorted((root / "figures").glob("*.png")), *required]:
+        shutil.copyfile(source, out / source.name)
+        copied.append(source.name)
     stamp = {
         "commit": environment.get("git", {}).get("commit"),
         "dirty": environment.get("git", {}).get("dirty"),
@@ -112,8 +112,8 @@ def stamp_markdown(stamp: dict[str, Any]) -> str:
         f"- machine: {machine['cores']} cores ({machine['cpu']}), GPU: {gpu}",
         "- versions: " + ", ".join(f"{key} {value}" for key, value in stamp["versions"].items() if key != "platform"),
         "",
-        "[Claims table](claims.md) · [summary](summary.md)"
-        + (" · [report](report.html)" if "report.html" in stamp["files"] else ""),
+        "[Claims table](claims.md) · [summary](summary.md) · the HTML report: "
+        "`snakemake --report results/paper/report.html` after the run",
         "",
         *(f"![{name}]({name})" for name in figures),
     ]
