@@ -376,3 +376,34 @@ def test_the_spread_of_a_ratio_of_table_means_uses_their_min_and_max(tmp_path):
     low, high = claims.spread(rule, claims.Tables(tmp_path))
     assert low == pytest.approx(0.8 / 1.1) and high == pytest.approx(1.2 / 0.9)
     assert evaluate([rule], "fig_nonlinear", tmp_path).iloc[0]["within_noise"] == "within noise"
+
+
+def test_by_seed_pairs_real_data_runs_seed_by_seed(tmp_path):
+    """Seed 0: C-DLN 0.88 vs DLN 0.89 (-0.01), seed 1: 0.90 vs 0.88 (+0.02): the means differ by 0.005, but
+    the worst seed's gap is 0.02 and the smallest difference -0.01. Seconds: ratios 0.4 and 0.6."""
+    runs = pd.DataFrame(
+        [dict(model="cdln", seed=0, final_accuracy=0.88, seconds=4.0, device="cpu"),
+         dict(model="cdln", seed=1, final_accuracy=0.90, seconds=6.0, device="cpu"),
+         dict(model="dln", seed=0, final_accuracy=0.89, seconds=10.0, device="cpu"),
+         dict(model="dln", seed=1, final_accuracy=0.88, seconds=10.0, device="cpu")]
+    )  # fmt: skip
+    runs.to_csv(tmp_path / "nonlinear_runs.csv", index=False)
+    tables = claims.Tables(tmp_path)
+
+    def value(measure: str) -> float:
+        return claims.measure(claim(measure, {"above": 0}), tables)
+
+    assert value("by_seed(nonlinear, cdln, dln, final_accuracy, op=gap, over=max)") == pytest.approx(0.02)
+    assert value("by_seed(nonlinear, cdln, dln, final_accuracy, op=difference)") == pytest.approx(-0.01)
+    assert value("by_seed(nonlinear, cdln, dln, seconds, over=max)") == pytest.approx(0.6)
+    assert "max over 2 seeds (paired by seed)" in tables.aggregations and tables.devices == {"cpu"}
+    rule = Claim(id="c", figure="fig_nonlinear", claim="c", paper="p", holds={"below": 0.5},
+                 measure="by_seed(nonlinear, cdln, dln, seconds, over=max)")  # fmt: skip
+    assert claims.spread(rule, tables) == pytest.approx((0.4, 0.6))
+    assert tables_read([rule], "fig_nonlinear") == ["nonlinear_runs.csv"]
+    with pytest.raises(ClaimError, match="op must be one of"):
+        value("by_seed(nonlinear, cdln, dln, seconds, op=sum)")
+    runs.iloc[[0, 2, 3]].to_csv(tmp_path / "nonlinear_runs.csv", index=False)
+    tables = claims.Tables(tmp_path)
+    with pytest.raises(ClaimError, match=r"cdln has seeds \[0\], dln \[0, 1\]"):
+        value("by_seed(nonlinear, cdln, dln, seconds)")

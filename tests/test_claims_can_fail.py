@@ -62,6 +62,7 @@ def build_tables(claims: list[Claim]) -> Files:
     swept: set[str] = set()
     findings: dict[str, dict[str, set[str]]] = {}
     tables: dict[str, dict[str, set[str]]] = {}
+    real_runs: dict[str, dict[str, set[str]]] = {}
     scaling: set[tuple[str, str]] = set()
     robust: dict[tuple[str, float], set[str]] = {}
     for claim in claims:
@@ -79,6 +80,9 @@ def build_tables(claims: list[Claim]) -> Files:
                 findings.setdefault(args[0], {}).setdefault(args[1], set()).add(str(args[2]))
             elif function == "table":
                 tables.setdefault(args[0], {}).setdefault(args[1], set()).add(args[2])
+            elif function == "by_seed":
+                for model in args[1:3]:
+                    real_runs.setdefault(args[0], {}).setdefault(model, set()).add(args[3])
             elif function == "scaling":
                 scaling.add((args[0], args[1]))
             elif function == "robust":
@@ -144,6 +148,13 @@ def build_tables(claims: list[Claim]) -> Files:
                 )
             rows.append(row)
         files[f"{name}.csv"] = pd.DataFrame(rows)
+    for name, models in real_runs.items():
+        files[f"{name}_runs.csv"] = pd.DataFrame(
+            [
+                dict(model=model, seed=seed, **device, **{column: model_value(model, seed) for column in columns})
+                for (model, columns), seed in itertools.product(sorted(models.items()), SEEDS)
+            ]  # fmt: skip
+        )
     if scaling:
         files["scaling.csv"] = pd.DataFrame(
             [
@@ -181,6 +192,8 @@ def models_of(claim: Claim) -> list[str]:
             )
         elif function in ("paired", "dominance"):
             names.update(args[2:4])
+        elif function == "by_seed":
+            names.update(args[1:3])
         elif function in ("crossover", "sweep_rise"):
             names.update(["cdln", "original"])
         elif function == "scaling":

@@ -32,24 +32,20 @@ def check_regression(summary: Path) -> subprocess.CompletedProcess[str]:
 
 
 def assert_robustness_claims_can_fail(tables: Path, scratch: Path, panels: dict) -> None:
-    """The robustness claims of the reduced grid hold, and each fails on a perturbed copy of its table."""
+    """The robustness claims that apply to the reduced grid hold, and fail on a copy of its table with the
+    C-DLN's final errors 4x larger; the size-bound ones (absolute) are left out."""
     rules = [rule for rule in load_claims(REPO / "config" / "claims.yaml") if rule.figure == "fig_robustness"]
     options = {"panels": panels, "absolute": False, "timing": False}
     real = evaluate(rules, "fig_robustness", tables, **options)
-    assert len(real) >= 2 and real["holds"].all(), real[["id", "measured"]]
+    assert list(real["id"]) == [rule.id for rule in rules if not rule.absolute], real["id"]
+    assert len(real) >= 1 and real["holds"].all(), real[["id", "measured"]]
     frame = pd.read_csv(tables / "robustness.csv")
-    swapped = frame.assign(model=frame["model"].replace({"original": "cdln", "cdln": "original"}))
     worse = frame.copy()
     worse.loc[worse["model"] == "cdln", "final_error"] *= 4
-    for name, perturbed in (("swapped", swapped), ("worse", worse)):
-        (scratch / name).mkdir(parents=True)
-        perturbed.to_csv(scratch / name / "robustness.csv", index=False)
-    verdicts = {
-        name: evaluate(rules, "fig_robustness", scratch / name, **options).set_index("id")["holds"]
-        for name in ("swapped", "worse")
-    }
-    assert not verdicts["swapped"]["robustness-rhat-below-r-breaks"]
-    assert not verdicts["worse"]["robustness-noise-cdln-not-much-worse"]
+    (scratch / "worse").mkdir(parents=True)
+    worse.to_csv(scratch / "worse" / "robustness.csv", index=False)
+    verdicts = evaluate(rules, "fig_robustness", scratch / "worse", **options).set_index("id")["holds"]
+    assert not verdicts["robustness-noise-cdln-not-much-worse"]
 
 
 @pytest.mark.slow

@@ -222,3 +222,26 @@ def test_robustness_claims_read_the_table_and_can_fail(tmp_path):
     assert claims.tables_read([speedup], "fig_robustness") == ["robustness.csv"]
     with pytest.raises(claims.ClaimError, match=r"no rows for d = 50"):
         claims.evaluate([_claim("robust(d, 50, cdln, final_error)", {"below": 1})], "fig_robustness", tmp_path)
+
+
+def test_the_eckart_young_floor_is_the_best_narrow_fit_of_the_redrawn_target():
+    """A point with r_hat = 1 < r = 2: its floor is the relative squared error of the drawn target's best
+    rank-1 approximation (the problem drawn here as a run draws it), which no rank-1 matrix beats."""
+    spec = ProblemSpec("mc", 20, 20, 2, p=0.5, data_seed=7)
+    target = make_problem(spec).target
+    u, s, vh = torch.linalg.svd(target)
+    best = s[0] * torch.outer(u[:, 0], vh[0])
+    best_error = float((best - target).square().sum() / target.square().sum())
+    other = best + 0.1 * torch.outer(u[:, 1], vh[0])  # another rank-1 matrix
+    assert float((other - target).square().sum() / target.square().sum()) > best_error
+    runs, curves = _runs_and_curves()
+    narrow = runs["model"].eq("cdln").map({True: 1, False: math.nan})  # the original has no r_hat
+    runs = runs.assign(r_hat=narrow, data_seed=7, spectrum="spread", condition=math.nan)
+    frame = robustness.table(runs, curves, POINTS, level=1e-4).set_index(["panel", "model", "seed"])
+    assert frame.loc[("base", "cdln", 0), "floor_error"] == pytest.approx(best_error, rel=1e-12)
+    relative = frame.loc[("base", "cdln", 0), "relative_error"]
+    assert frame.loc[("base", "cdln", 0), "relative_to_floor"] == pytest.approx(relative / best_error)
+    with pytest.raises(ValueError, match=r"panel 'base', cdln, seed 0: no data seed to redraw its target"):
+        robustness.table(runs.assign(data_seed=math.nan), curves, POINTS, level=1e-4)
+    full_width = robustness.table(runs.assign(r_hat=narrow * 2), curves, POINTS, level=1e-4)
+    assert (full_width["floor_error"] == 0).all() and full_width["relative_to_floor"].isna().all()

@@ -41,6 +41,14 @@ def target_factors(problem: Problem, rank: int | None = None) -> tuple[Tensor, T
     return u[:, :k], s[:k], vh[:k].T
 
 
+def eckart_young_floor(singular_values: Tensor, rank: int) -> float:
+    """The squared Frobenius error of the best rank-``rank`` approximation of a matrix with these singular
+    values (r,), relative to the matrix's own: sum_{i >= rank} s_i^2 / sum_i s_i^2 (Eckart-Young); 0 when
+    ``rank`` >= r. No rank-``rank`` matrix, trained or not, gets below it."""
+    energy = singular_values.double().square()
+    return float(energy[rank:].sum() / energy.sum())
+
+
 def principal_angles(basis_a: Tensor, basis_b: Tensor) -> Tensor:
     """Principal angles (radians, ascending) between the spans of orthonormal columns (n, k1), (n, k2).
 

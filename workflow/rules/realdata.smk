@@ -41,11 +41,13 @@ rule fashion_mnist_synthetic:
 
 
 rule realdata_table:
-    """Curves of every run of a real-data experiment (tidy) and the table of final numbers (CSV + Markdown)."""
+    """Curves of every run of a real-data experiment (tidy), its per-run rows and the table of final numbers
+    (CSV + Markdown)."""
     input:
         lambda wc: GRID.job_dirs(wc.experiment),
     output:
         curves=f"{ROOT}/tables/{{experiment}}_curves.csv",
+        runs=f"{ROOT}/tables/{{experiment}}_runs.csv",
         table=f"{ROOT}/tables/{{experiment}}.csv",
         markdown=f"{ROOT}/tables/{{experiment}}.md",
     log:
@@ -58,7 +60,8 @@ rule realdata_table:
     conda:
         CONDA_ENV
     shell:
-        "python3 -m cdln aggregate {wildcards.experiment} --curves {output.curves} --table {output.table} "
+        "python3 -m cdln aggregate {wildcards.experiment} --curves {output.curves} --runs {output.runs} "
+        "--table {output.table} "
         "--markdown {output.markdown} {params.flags} {input} > {log} 2>&1"
 
 

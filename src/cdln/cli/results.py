@@ -43,9 +43,11 @@ def aggregate_command(args: argparse.Namespace) -> int:
         write_csv(args.table, runs)
         print(f"wrote {args.curves} ({len(curves)} rows) and {args.table} ({len(runs)} runs)", file=sys.stderr)
         return ExitCode.OK
-    curves, table, markdown = realdata.tables(args.experiment, args.job_dirs, args.title)
+    curves, runs, table, markdown = realdata.tables(args.experiment, args.job_dirs, args.title)
     write_csv(args.curves, curves)
     write_csv(args.table, table)
+    if args.runs is not None:
+        write_csv(args.runs, runs)
     if args.markdown is not None:
         write_text(args.markdown, markdown)
     print(table.to_string(), file=sys.stderr)
@@ -155,6 +157,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     agg.add_argument("--curves", type=Path, required=True, help="tidy curves table (.csv) to write")
     agg.add_argument("--table", type=Path, required=True, help="per-run (synthetic) or final-numbers table to write")
     agg.add_argument("--markdown", type=Path, default=None, help="real data: the table as Markdown")
+    agg.add_argument("--runs", type=Path, default=None, help="real data: the per-run rows (one per model and seed)")
     agg.add_argument("--reach-error", type=float, default=None, help="synthetic: recovery error for reach_* columns")
     agg.add_argument("--title", default=None, help="real data: the data set's label")
     agg.add_argument("job_dirs", type=Path, nargs="+", help="job directories (runs/<experiment>/<job>)")

@@ -92,6 +92,8 @@ def _run_row(curves: pd.DataFrame, keys: dict, record: dict, member: dict, reach
         **keys,
         **_settings(keys, config, member),
         "task": config["task"],
+        # the drawn problem (None for a problem not drawn from a spec): what redraws its target
+        **{key: (record.get("problem") or {}).get(key) for key in ("data_seed", "spectrum", "condition")},
         "lr": config["lr"],
         "tol": config["tol"],
         "budget": config["n_inner"] * config["max_outer"],

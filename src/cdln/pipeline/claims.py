@@ -35,6 +35,9 @@ bare-word arguments are names (``first(mf, r10, cdln, 1e-10)``). ``over`` says h
   (``top_left_last/iteration_0.99``); true/false count as 1/0.
 - ``table(name, model, column)``: a real-data table's value (``movielens.csv``, ``nonlinear.csv``: means
   over seeds, with ``<column>_min``/``_max``).
+- ``by_seed(name, model_a, model_b, column, op=ratio, over=min)``: per seed, a real-data run's ``column``
+  of ``model_a`` against ``model_b``'s (``<name>_runs.csv``, the same seed): ``ratio`` (a / b),
+  ``difference`` (a - b) or ``gap`` (|a - b|).
 - ``scaling(model, quantity, d=max)``: a value of ``scaling.csv`` at one d (a number, min or max).
 - ``robust(factor, value, model, column, over=max)``: a column of ``robustness.csv`` (the robustness
   figure's sweeps, :mod:`cdln.pipeline.robustness`) at one swept value, combined over seeds.
@@ -198,6 +201,8 @@ def tables_read(claims: list[Claim], figure: str) -> list[str]:
                 files[f"{names[0]}_findings.json"] = None
             elif function == "table":
                 files[f"{names[0]}.csv"] = None
+            elif function == "by_seed":
+                files[f"{names[0]}_runs.csv"] = None
             elif function == "scaling":
                 files["scaling.csv"] = None
             elif function in ("robust", "robust_ratio"):
@@ -457,6 +462,35 @@ def _table(tables: Tables, name, model, column):
     return float(rows[column].iloc[0])
 
 
+SEED_OPS: dict[str, Callable[[pd.Series, pd.Series], pd.Series]] = {
+    "ratio": lambda a, b: a / b.replace(0, math.nan),
+    "difference": lambda a, b: a - b,
+    "gap": lambda a, b: (a - b).abs(),
+}
+
+
+def _by_seed(tables: Tables, name, model_a, model_b, column, op="ratio", over="min"):
+    if op not in SEED_OPS:
+        raise ClaimError(f"by_seed: op must be one of {list(SEED_OPS)}; got {op!r}")
+    frame = tables.csv(f"{name}_runs.csv")
+    if column not in frame:
+        raise ClaimError(f"{name}_runs.csv has no column {column!r}; columns: {list(frame.columns)}")
+    per_seed = []
+    for model in (model_a, model_b):
+        rows = frame[frame["model"] == model]
+        if rows.empty:
+            raise ClaimError(f"{name}_runs.csv has no rows for model {model!r}; models: {sorted(set(frame['model']))}")
+        if "seconds" in column:
+            tables.note_devices(rows)
+        per_seed.append(rows.set_index("seed")[column].astype(float))
+    a, b = per_seed
+    if sorted(a.index) != sorted(b.index):
+        raise ClaimError(f"{name}_runs.csv: {model_a} has seeds {sorted(a.index)}, {model_b} {sorted(b.index)}")
+    values = SEED_OPS[op](a, b.loc[a.index])
+    tables.note_seeds(len(values), over, paired=True)
+    return _aggregate(values, over)
+
+
 def _scaling(tables: Tables, model, quantity, d="max"):
     frame = tables.csv("scaling.csv")
     rows = frame[(frame["model"] == model) & (frame["quantity"] == quantity)]
@@ -517,6 +551,7 @@ FUNCTIONS: dict[str, Callable[..., float]] = {
     "sweep_rise": _sweep_rise,
     "finding": _finding,
     "table": _table,
+    "by_seed": _by_seed,
     "scaling": _scaling,
     "robust": _robust,
     "robust_ratio": _robust_ratio,
@@ -560,7 +595,7 @@ def _value(node: ast.AST, tables: Tables, claim: Claim) -> Any:
 
 
 Interval = tuple[float, float]
-OVER_FUNCTIONS = ("first", "final", "runs", "paired", "finding", "robust", "robust_ratio")
+OVER_FUNCTIONS = ("first", "final", "runs", "paired", "finding", "by_seed", "robust", "robust_ratio")
 
 
 def spread(claim: Claim, tables: Tables) -> Interval:

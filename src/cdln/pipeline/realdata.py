@@ -8,7 +8,8 @@ the last 10 test accuracies of a run), steps, seconds, parameters (total/block),
 against the model with the DLN block. ``reach_iteration`` (MovieLens) is the first checkpoint within
 1% of a run's best held-out error.
 
-:func:`tables` makes both from the job directories of one experiment (``cdln aggregate``).
+:func:`tables` makes both, and the per-run rows the table summarises (one per model and seed: what a claim
+that must hold on every seed reads), from the job directories of one experiment (``cdln aggregate``).
 """
 
 from __future__ import annotations
@@ -114,8 +115,11 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def tables(experiment: str, job_dirs: list[Path], title: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(tidy curves, table of final numbers, the table as Markdown) of ``movielens`` or ``nonlinear``."""
+def tables(
+    experiment: str, job_dirs: list[Path], title: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
+    """(tidy curves, per-run rows, table of final numbers, the table as Markdown) of ``movielens`` or
+    ``nonlinear``."""
     runs = run_dirs_of(job_dirs)
     if experiment == "movielens":
         curves, rows = movielens_rows(runs)
@@ -128,4 +132,4 @@ def tables(experiment: str, job_dirs: list[Path], title: str | None = None) -> t
     else:
         raise ValueError(f"real-data experiment must be movielens or nonlinear; got {experiment!r}")
     shown = [c for c in table.columns if not c.endswith(("_min", "_max")) or c.startswith(KEY_SPREADS)]
-    return curves, table, f"{title}; [min, max] over seeds in the CSV\n\n{markdown(table[shown])}"
+    return curves, rows, table, f"{title}; [min, max] over seeds in the CSV\n\n{markdown(table[shown])}"

@@ -5,7 +5,12 @@ setting (:func:`cdln.pipeline.grid.sweep_points`); its runs are aggregated like 
 experiment (``robustness_runs.csv``, ``robustness_curves.csv``). This module adds what the figure and
 its claims read, per run:
 
-- ``final_error`` and ``initial_error`` (recovery error at the last and first checkpoint);
+- ``final_error`` and ``initial_error`` (recovery error at the last and first checkpoint), and
+  ``relative_error``, their ratio;
+- ``floor_error``: where the network's width r_hat is below the target's rank r, the relative squared error
+  of the target's best rank-r_hat approximation (:func:`cdln.analysis.eckart_young_floor`, the target redrawn
+  from the run's data seed and spectrum), else 0; ``relative_to_floor`` = ``relative_error`` / ``floor_error``
+  (NaN where the floor is 0): how far above what its width allows a narrow network ends;
 - ``level_iteration`` / ``level_seconds``: the first checkpoint whose recovery error is at most
   ``level`` x ``initial_error`` (NaN when the run never got there);
 - ``hit_budget``: the run used its whole iteration budget without its training loss reaching tol;
@@ -29,8 +34,8 @@ from cdln.pipeline.grid import SweepPoint
 
 COLUMNS = [
     "factor", "value", "panel", "model", "seed", "d", "r", "r_hat", "final_error", "initial_error",
-    "relative_error", "converged", "hit_budget", "budget", "stop_iteration", "stop_seconds",
-    "seconds_per_iteration", "level", "level_iteration", "level_seconds", "level_iteration_at_least",
+    "relative_error", "floor_error", "relative_to_floor", "converged", "hit_budget", "budget", "stop_iteration",
+    "stop_seconds", "seconds_per_iteration", "level", "level_iteration", "level_seconds", "level_iteration_at_least",
     "level_seconds_at_least", "device_name", "engine_path",
 ]  # fmt: skip
 
@@ -65,6 +70,7 @@ def _row(point: SweepPoint, run, curves: pd.DataFrame, level: float) -> dict:
     level_iteration = float(curves["iteration"].iloc[hit[0]]) if hit.size else math.nan
     level_seconds = float(curves["seconds"].iloc[hit[0]]) if hit.size else math.nan
     hit_budget = not bool(run.converged) and int(run.stop_iteration) >= int(run.budget)
+    floor = _floor(point, run)
     return {
         "factor": point.factor,
         "value": float(point.value),
@@ -77,6 +83,8 @@ def _row(point: SweepPoint, run, curves: pd.DataFrame, level: float) -> dict:
         "final_error": float(errors[-1]),
         "initial_error": float(errors[0]),
         "relative_error": float(errors[-1] / errors[0]),
+        "floor_error": floor,
+        "relative_to_floor": float(errors[-1] / errors[0]) / floor if floor > 0 else math.nan,
         "converged": bool(run.converged),
         "hit_budget": hit_budget,
         "budget": int(run.budget),
@@ -91,6 +99,22 @@ def _row(point: SweepPoint, run, curves: pd.DataFrame, level: float) -> dict:
         "device_name": run.device_name,
         "engine_path": run.engine_path,
     }
+
+
+def _floor(point: SweepPoint, run) -> float:
+    """The run's Eckart-Young floor (see the module docstring): 0 unless its width r_hat is below r."""
+    if not (isinstance(run.r_hat, (int, float)) and run.r_hat < run.r):  # NaN (full width) compares False
+        return 0.0
+    if run.data_seed is None or (isinstance(run.data_seed, float) and math.isnan(run.data_seed)):
+        raise ValueError(f"panel {point.panel!r}, {run.model}, seed {run.seed}: no data seed to redraw its target")
+    from cdln import seeding
+    from cdln.analysis import eckart_young_floor
+    from cdln.data.synthetic import low_rank_target
+
+    condition = None if pd.isna(run.condition) else float(run.condition)
+    generator = seeding.generator(int(run.data_seed), "data")
+    _, _, singular_values, _ = low_rank_target(int(run.d), int(run.d), int(run.r), generator, run.spectrum, condition)
+    return eckart_young_floor(singular_values, int(run.r_hat))
 
 
 def select(frame: pd.DataFrame, factor: str, value: float, model: str) -> pd.DataFrame:
