@@ -243,5 +243,8 @@ def test_the_eckart_young_floor_is_the_best_narrow_fit_of_the_redrawn_target():
     assert frame.loc[("base", "cdln", 0), "relative_to_floor"] == pytest.approx(relative / best_error)
     with pytest.raises(ValueError, match=r"panel 'base', cdln, seed 0: no data seed to redraw its target"):
         robustness.table(runs.assign(data_seed=math.nan), curves, POINTS, level=1e-4)
-    full_width = robustness.table(runs.assign(r_hat=narrow * 2), curves, POINTS, level=1e-4)
-    assert (full_width["floor_error"] == 0).all() and full_width["relative_to_floor"].isna().all()
+    for width in (narrow * 2, 2):  # the original full width (NaN) or not; an int column too
+        full_width = robustness.table(runs.assign(r_hat=width), curves, POINTS, level=1e-4)
+        assert (full_width["floor_error"] == 0).all() and full_width["relative_to_floor"].isna().all()
+    int_width = robustness.table(runs.assign(r_hat=1), curves, POINTS, level=1e-4)
+    assert int_width["floor_error"].tolist() == pytest.approx([best_error] * len(int_width), rel=1e-12)

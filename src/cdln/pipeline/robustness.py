@@ -103,9 +103,9 @@ def _row(point: SweepPoint, run, curves: pd.DataFrame, level: float) -> dict:
 
 def _floor(point: SweepPoint, run) -> float:
     """The run's Eckart-Young floor (see the module docstring): 0 unless its width r_hat is below r."""
-    if not (isinstance(run.r_hat, (int, float)) and run.r_hat < run.r):  # NaN (full width) compares False
+    if pd.isna(run.r_hat) or float(run.r_hat) >= float(run.r):  # NaN: a full-width network
         return 0.0
-    if run.data_seed is None or (isinstance(run.data_seed, float) and math.isnan(run.data_seed)):
+    if pd.isna(run.data_seed):
         raise ValueError(f"panel {point.panel!r}, {run.model}, seed {run.seed}: no data seed to redraw its target")
     from cdln import seeding
     from cdln.analysis import eckart_young_floor
