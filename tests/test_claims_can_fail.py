@@ -81,8 +81,8 @@ def build_tables(claims: list[Claim]) -> Files:
             elif function == "table":
                 tables.setdefault(args[0], {}).setdefault(args[1], set()).add(args[2])
             elif function == "by_seed":
-                for model in args[1:3]:
-                    real_runs.setdefault(args[0], {}).setdefault(model, set()).add(args[3])
+                for model, column in zip(args[1:3], (args[3], kwargs.get("column_b", args[3])), strict=True):
+                    real_runs.setdefault(args[0], {}).setdefault(model, set()).add(column)
             elif function == "scaling":
                 scaling.add((args[0], args[1]))
             elif function == "robust":

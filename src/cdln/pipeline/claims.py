@@ -35,9 +35,9 @@ bare-word arguments are names (``first(mf, r10, cdln, 1e-10)``). ``over`` says h
   (``top_left_last/iteration_0.99``); true/false count as 1/0.
 - ``table(name, model, column)``: a real-data table's value (``movielens.csv``, ``nonlinear.csv``: means
   over seeds, with ``<column>_min``/``_max``).
-- ``by_seed(name, model_a, model_b, column, op=ratio, over=min)``: per seed, a real-data run's ``column``
-  of ``model_a`` against ``model_b``'s (``<name>_runs.csv``, the same seed): ``ratio`` (a / b),
-  ``difference`` (a - b) or ``gap`` (|a - b|).
+- ``by_seed(name, model_a, model_b, column, op=ratio, over=min, column_b=column)``: per seed (or split), a
+  real-data run's ``column`` of ``model_a`` against ``model_b``'s ``column_b`` (``<name>_runs.csv``, the same
+  seed): ``ratio`` (a / b), ``difference`` (a - b) or ``gap`` (|a - b|).
 - ``scaling(model, quantity, d=max)``: a value of ``scaling.csv`` at one d (a number, min or max).
 - ``robust(factor, value, model, column, over=max)``: a column of ``robustness.csv`` (the robustness
   figure's sweeps, :mod:`cdln.pipeline.robustness`) at one swept value, combined over seeds.
@@ -469,20 +469,20 @@ SEED_OPS: dict[str, Callable[[pd.Series, pd.Series], pd.Series]] = {
 }
 
 
-def _by_seed(tables: Tables, name, model_a, model_b, column, op="ratio", over="min"):
+def _by_seed(tables: Tables, name, model_a, model_b, column, op="ratio", over="min", column_b=None):
     if op not in SEED_OPS:
         raise ClaimError(f"by_seed: op must be one of {list(SEED_OPS)}; got {op!r}")
     frame = tables.csv(f"{name}_runs.csv")
-    if column not in frame:
-        raise ClaimError(f"{name}_runs.csv has no column {column!r}; columns: {list(frame.columns)}")
     per_seed = []
-    for model in (model_a, model_b):
+    for model, model_column in ((model_a, column), (model_b, column_b or column)):
+        if model_column not in frame:
+            raise ClaimError(f"{name}_runs.csv has no column {model_column!r}; columns: {list(frame.columns)}")
         rows = frame[frame["model"] == model]
         if rows.empty:
             raise ClaimError(f"{name}_runs.csv has no rows for model {model!r}; models: {sorted(set(frame['model']))}")
-        if "seconds" in column:
+        if "seconds" in model_column:
             tables.note_devices(rows)
-        per_seed.append(rows.set_index("seed")[column].astype(float))
+        per_seed.append(rows.set_index("seed")[model_column].astype(float))
     a, b = per_seed
     if sorted(a.index) != sorted(b.index):
         raise ClaimError(f"{name}_runs.csv: {model_a} has seeds {sorted(a.index)}, {model_b} {sorted(b.index)}")
