@@ -374,12 +374,26 @@ def _paired(
             return _final_per_seed(tables, experiment, panel, model, column)
         return _runs_per_seed(tables, experiment, panel, model, quantity)
 
-    a, b = per_seed(model_a), per_seed(model_b)
+    pair = ((model_a, per_seed(model_a)), (model_b, per_seed(model_b)))
+    return _seed_pairs(tables, f"{experiment} {panel}", pair, "ratio", over)
+
+
+SEED_OPS: dict[str, Callable[[pd.Series, pd.Series], pd.Series]] = {
+    "ratio": lambda a, b: a / b.replace(0, math.nan),
+    "difference": lambda a, b: a - b,
+    "gap": lambda a, b: (a - b).abs(),
+}
+
+
+def _seed_pairs(tables: Tables, where: str, pair: tuple[tuple[str, pd.Series], ...], op: str, over: str) -> float:
+    """Two (model, values by seed) combined seed by seed with ``op`` (a op b), then ``over`` seeds; ``where``
+    names the table in the error when their seeds differ."""
+    (model_a, a), (model_b, b) = pair
     if sorted(a.index) != sorted(b.index):
-        raise ClaimError(f"{experiment} {panel}: {model_a} has seeds {sorted(a.index)}, {model_b} {sorted(b.index)}")
-    ratios = a / b.loc[a.index].replace(0, math.nan)
-    tables.note_seeds(len(ratios), over, paired=True)
-    return _aggregate(ratios, over)
+        raise ClaimError(f"{where}: {model_a} has seeds {sorted(a.index)}, {model_b} {sorted(b.index)}")
+    values = SEED_OPS[op](a, b.loc[a.index])
+    tables.note_seeds(len(values), over, paired=True)
+    return _aggregate(values, over)
 
 
 def _dominance(tables: Tables, experiment, panel, model_a, model_b, floor=1e-10):
@@ -462,18 +476,11 @@ def _table(tables: Tables, name, model, column):
     return float(rows[column].iloc[0])
 
 
-SEED_OPS: dict[str, Callable[[pd.Series, pd.Series], pd.Series]] = {
-    "ratio": lambda a, b: a / b.replace(0, math.nan),
-    "difference": lambda a, b: a - b,
-    "gap": lambda a, b: (a - b).abs(),
-}
-
-
 def _by_seed(tables: Tables, name, model_a, model_b, column, op="ratio", over="min", column_b=None):
     if op not in SEED_OPS:
         raise ClaimError(f"by_seed: op must be one of {list(SEED_OPS)}; got {op!r}")
     frame = tables.csv(f"{name}_runs.csv")
-    per_seed = []
+    per_seed: list[pd.Series] = []
     for model, model_column in ((model_a, column), (model_b, column_b or column)):
         if model_column not in frame:
             raise ClaimError(f"{name}_runs.csv has no column {model_column!r}; columns: {list(frame.columns)}")
@@ -483,12 +490,7 @@ def _by_seed(tables: Tables, name, model_a, model_b, column, op="ratio", over="m
         if "seconds" in model_column:
             tables.note_devices(rows)
         per_seed.append(rows.set_index("seed")[model_column].astype(float))
-    a, b = per_seed
-    if sorted(a.index) != sorted(b.index):
-        raise ClaimError(f"{name}_runs.csv: {model_a} has seeds {sorted(a.index)}, {model_b} {sorted(b.index)}")
-    values = SEED_OPS[op](a, b.loc[a.index])
-    tables.note_seeds(len(values), over, paired=True)
-    return _aggregate(values, over)
+    return _seed_pairs(tables, f"{name}_runs.csv", tuple(zip((model_a, model_b), per_seed, strict=True)), op, over)
 
 
 def _scaling(tables: Tables, model, quantity, d="max"):
