@@ -218,7 +218,7 @@ def _job(tmp_path, *runs: tuple[str, list[str]]) -> list[str]:
 def test_run_job_trains_every_run_into_one_directory_with_its_manifest(tmp_path, capsys):
     assert main(_job(tmp_path, ("first", TINY_MC), ("second", _with(TINY_MC, lr="1")))) == 0
     job = tmp_path / "job"
-    assert sorted(p.name for p in job.iterdir()) == ["first", "job.json", "second"]
+    assert sorted(p.name for p in job.iterdir()) == [".cdln-written.json", "first", "job.json", "second"]
     manifest = json.loads((job / "job.json").read_text())
     assert [run["name"] for run in manifest["runs"]] == ["first", "second"]
     assert (

@@ -17,6 +17,7 @@ from conftest import REPO, cdln_command, cli_env, run_cli
 
 from cdln.data.synthetic import make_problem
 from cdln.io import save_problem
+from cdln.outputs import OutputError, foreign_files
 from cdln.pipeline.gallery import make_gallery, run_elapsed
 from cdln.spec import ProblemSpec
 
@@ -46,16 +47,19 @@ def test_out_refuses_a_folder_of_the_users_and_keeps_its_files(tmp_path):
     folder = tmp_path / "project"
     _users_folder(folder)
     line = _one_error_line(run_cli(*TRAIN, "--out", str(folder)), str(folder), "new folder", "--force")
-    assert "not a cdln run record" in line
+    assert "holds files cdln did not write (notes.txt, sub/data.csv)" in line
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "sub" / "data.csv").is_file()
 
 
-def test_out_with_force_replaces_and_a_run_record_or_an_empty_folder_is_replaced(tmp_path):
+def test_out_with_force_writes_beside_the_users_files_and_a_run_record_or_an_empty_folder_is_replaced(tmp_path):
     folder = tmp_path / "project"
     _users_folder(folder)
     assert run_cli(*TRAIN, "--out", str(folder), "--force", "--quiet").returncode == 0
-    assert (folder / "record.json").is_file() and not (folder / "notes.txt").exists()
-    assert run_cli(*TRAIN, "--out", str(folder), "--quiet").returncode == 0  # a run record: replaced
+    assert (folder / "record.json").is_file() and (folder / "notes.txt").read_text() == "mine"
+    (folder / "notes.txt").unlink()
+    (folder / "sub" / "data.csv").unlink()
+    (folder / "sub").rmdir()
+    assert run_cli(*TRAIN, "--out", str(folder), "--quiet").returncode == 0  # only cdln's files left: replaced
     (tmp_path / "empty").mkdir()
     assert run_cli(*TRAIN, "--out", str(tmp_path / "empty"), "--quiet").returncode == 0
 
@@ -217,10 +221,17 @@ def test_make_gallery_copies_and_stamps(tmp_path):
     assert run_elapsed(logs)["seconds"] == 57 * 60 + 20
     stamp = make_gallery(root, tmp_path / "gallery", logs)
     assert stamp["commit"] == "abc123" and stamp["run"]["seconds"] == 3440
-    assert sorted(p.name for p in (tmp_path / "gallery").iterdir()) == sorted(
-        ["fig_mc.png", "fig_mf.png", "claims.md", "claims.csv", "summary.md", "stamp.json", "README.md"]
-    )
-    assert "![fig_mc.png](fig_mc.png)" in (tmp_path / "gallery" / "README.md").read_text()
+    gallery = tmp_path / "gallery"
+    files = ["fig_mc.png", "fig_mf.png", "claims.md", "claims.csv", "summary.md", "stamp.json", "README.md"]
+    assert sorted(p.name for p in gallery.iterdir()) == sorted([*files, ".cdln-written.json"])
+    assert "![fig_mc.png](fig_mc.png)" in (gallery / "README.md").read_text()
+    (root / "figures" / "fig_mf.png").unlink()
+    make_gallery(root, gallery, logs)  # an earlier gallery is replaced whole: fig_mf.png is gone with its figure
+    assert not (gallery / "fig_mf.png").exists() and (gallery / "fig_mc.png").is_file()
+    (gallery / "notes.md").write_text("mine")
+    with pytest.raises(OutputError, match="notes.md"):
+        make_gallery(root, gallery, logs)
+    assert (gallery / "notes.md").read_text() == "mine"
     other = {"environment": {"git": {"commit": "def456", "dirty": False}}}
     (root / "runs" / "mc" / "job" / "b").mkdir()
     (root / "runs" / "mc" / "job" / "b" / "record.json").write_text(json.dumps(other))
@@ -239,6 +250,7 @@ def test_the_committed_gallery_parses_and_names_a_commit_of_this_history():
         assert known.returncode == 0, f"the gallery's commit {stamp['commit']} is not in this repository's history"
     for name in stamp["files"]:
         assert (gallery / name).is_file(), name
+    assert foreign_files(gallery) == []  # its ledger is committed: `snakemake gallery` may replace it in a clone
     readme = (REPO / "README.md").read_text()
     for png in (name for name in stamp["files"] if name.endswith(".png")):
         assert f"docs/gallery/{png}" in readme, f"the README does not link {png}"

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY
 
 from cdln.config import RunConfig
-from cdln.io import torch_save, write_csv, write_json, write_text
+from cdln.outputs import OutputError, torch_save, write_csv, write_json, write_text
 from cdln.records import check_record, make_record, read_run_record, read_snapshots, write_run_record
 from cdln.runner import run
 
@@ -70,13 +70,18 @@ def test_every_writer_gets_the_one_schema():
 
 
 def test_rewrite_replaces_existing_directory(tmp_path):
-    """An earlier run record is replaced whole (a folder that is not one is refused: tests/test_first_day.py)."""
+    """An earlier run record is replaced whole; a file someone added is refused, or kept with force
+    (tests/test_outputs.py)."""
     run_dir = tmp_path / "run"
-    write_run_record(run_dir, record(v=1), CURVES)
-    (run_dir / "stale.txt").write_text("old")
+    write_run_record(run_dir, record(v=1), CURVES, snapshots={"x": np.zeros(2)})
     write_run_record(run_dir, record(v=2), CURVES)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["curves.csv", "record.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".cdln-written.json", "curves.csv", "record.json"]
     assert read_run_record(run_dir)[0]["v"] == 2
+    (run_dir / "stale.txt").write_text("old")
+    with pytest.raises(OutputError, match="stale.txt"):
+        write_run_record(run_dir, record(v=3), CURVES)
+    write_run_record(run_dir, record(v=3), CURVES, force=True)
+    assert read_run_record(run_dir)[0]["v"] == 3 and (run_dir / "stale.txt").read_text() == "old"
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -113,7 +118,7 @@ def test_atomic_writers_write_whole_files_or_nothing(tmp_path):
     assert (folder / "j.json").read_text() == '{\n  "a": 1,\n  "b": 0.5\n}\n'
     assert list(pd.read_csv(folder / "c.csv").columns) == list(CURVES.columns)
     assert torch.equal(torch.load(folder / "x.pt")["x"], torch.ones(2))
-    expected = ["c.csv", "j.json", "t.txt", "x.pt"]
+    expected = [".cdln-written.json", "c.csv", "j.json", "t.txt", "x.pt"]  # and the ledger of what cdln wrote
     assert sorted(p.name for p in folder.iterdir()) == expected
 
     class Boom:

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, cdln_command, cli_env, pipeline_copy, run_cli, run_experiment
 
-import cdln.io
+import cdln.outputs
 import cdln.runner
 from cdln.cli import main
 from cdln.config import RunConfig
@@ -124,7 +124,7 @@ def test_interrupt_while_renaming_into_place_leaves_nothing(tmp_path, monkeypatc
     def interrupted(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cdln.io.os, "replace", interrupted)
+    monkeypatch.setattr(cdln.outputs.os, "replace", interrupted)
     config = RunConfig(task="mf", d=6, r=1, model="cdln", lr=1.0, n_inner=2, max_outer=2, device="cpu")
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path / "run")

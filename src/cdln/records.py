@@ -22,11 +22,13 @@ import pandas as pd
 import torch
 
 import cdln
-from cdln.io import atomic_directory, json_default
+from cdln.outputs import atomic_directory, json_default
 
 RECORD_FILE = "record.json"
 CURVES_FILE = "curves.csv"
 SNAPSHOTS_FILE = "snapshots.npz"
+COMPLETED_FILE = "completed.npy"  # runs on a user's matrix: the completed matrices
+RUN_FILES = (RECORD_FILE, CURVES_FILE, SNAPSHOTS_FILE, COMPLETED_FILE)  # every name a run record may hold
 
 KINDS = ("train", "altmin", "nonlinear")
 # Sections every record has, and the keys each of them must hold.

@@ -31,7 +31,7 @@ from cdln.networks import (
     yaras_dln,
 )
 from cdln.problems import Completion, Problem, Sensing
-from cdln.records import make_record, write_run_record
+from cdln.records import make_record, stage_run_record, write_run_record
 from cdln.spec import ProblemSpec
 
 
@@ -47,6 +47,10 @@ class RunOutput:
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays written beside the record as ``<name>.npy``."""
         return {"completed": self.completed} if self.completed is not None else {}
+
+    def stage(self, directory: Path) -> None:
+        """The run record's files, written into ``directory`` (a staging folder, renamed into place later)."""
+        stage_run_record(directory, self.record, self.curves, self.snapshots, self.arrays())
 
     def write(self, run_dir: str | Path, force: bool = False) -> Path:
         """Write the run record to ``run_dir`` atomically (with ``completed.npy`` when there is one); an

@@ -47,9 +47,9 @@ from cdln.bench.paths import (
 from cdln.bench.runs import bench_batch, bench_tol, experiment_runs
 from cdln.bench.scaling import scaling
 from cdln.bench.timing import gemm_rate, pin_to_one_core
-from cdln.cli.common import ExitCode, add_threads_option, apply_threads
+from cdln.cli.common import ExitCode, add_threads_option, apply_threads, writes_files
 from cdln.devices import blas_info, device_name, numba_label, resolve_device
-from cdln.io import write_csv, write_json
+from cdln.outputs import write_csv, write_json
 
 SECTIONS = ("kernels", "tol", "batch", "jax", "sampled", "shared")
 DEFAULT_CONFIG = Path("config/config.yaml")
@@ -218,4 +218,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     scaling_options.add_argument("--r", type=int, default=10, help="target rank")
     scaling_options.add_argument("--r-hat", type=int, default=20, help="C-DLN width")
     scaling_options.add_argument("--p", type=float, default=0.3, help="MC observed fraction")
+    writes_files(bench, "out")
     bench.set_defaults(handler=bench_command)

@@ -12,6 +12,7 @@ import torch
 from cdln.config import ConfigError
 from cdln.data import DataFormatError, DataUnavailableError
 from cdln.engine import DivergenceError
+from cdln.outputs import check_output_file
 from cdln.pipeline.grid import GridError
 from cdln.progress import ThrottledProgress
 
@@ -30,9 +31,22 @@ class ExitCode(IntEnum):
 Handler = Callable[[argparse.Namespace], int]
 
 
+def writes_files(parser: argparse.ArgumentParser, *dests: str) -> None:
+    """Mark options of ``parser`` as files the subcommand writes: each is checked before any work, and one that
+    exists but was not written by cdln is refused (:func:`cdln.outputs.check_output_file`)."""
+    parser.set_defaults(output_files=dests)
+
+
+def check_output_files(args: argparse.Namespace) -> None:
+    for dest in getattr(args, "output_files", ()):
+        if getattr(args, dest, None) is not None:
+            check_output_file(getattr(args, dest), f"--{dest.replace('_', '-')}")
+
+
 def run_handler(args: argparse.Namespace) -> int:
     """Call the subcommand's handler, turning the library's errors into a message and an exit code."""
     try:
+        check_output_files(args)
         return int(args.handler(args))
     except DivergenceError as error:
         return fail(f"{error}; no record was written", ExitCode.DIVERGED)

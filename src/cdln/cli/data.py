@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdln.cli.common import ExitCode
+from cdln.cli.common import ExitCode, writes_files
 from cdln.cli.train import add_run_config_options, resolve_config
 from cdln.config import ConfigError
 from cdln.data.synthetic import make_problem
@@ -77,6 +77,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_run_config_options(
         problem, {"task", "d", "d_out", "d_in", "r", "p", "m", "spectrum", "condition", "noise", "data_seed"}
     )
+    writes_files(problem, "out")
     problem.set_defaults(handler=make_problem_command)
 
     ml = commands.add_parser("movielens-problem", help="MovieLens-100K -> MC problem file with held-out ratings")
@@ -89,12 +90,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     ml.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split")
     ml.add_argument("--n-users", type=int, default=None, help="keep only the first N users (a small slice)")
     ml.add_argument("--n-items", type=int, default=None, help="keep only the first N items (a small slice)")
+    writes_files(ml, "out")
     ml.set_defaults(handler=movielens_problem_command)
 
     syn = commands.add_parser("movielens-synthetic", help="write a stand-in ml-100k.zip (same format; not MovieLens)")
     syn.add_argument("--out", type=Path, required=True, help="zip file to write")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--n-ratings", type=int, default=100_000)
+    writes_files(syn, "out")
     syn.set_defaults(handler=movielens_synthetic_command)
 
     fm = commands.add_parser(

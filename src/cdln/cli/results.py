@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from cdln.cli.common import ExitCode
-from cdln.io import write_csv, write_text
+from cdln.cli.common import ExitCode, writes_files
+from cdln.outputs import write_csv, write_text
 from cdln.pipeline import aggregate, realdata, regression, summary
 
 PLOTS = ("error-curves", "ablation-alpha", "movielens", "nonlinear", "scaling", "robustness")
@@ -27,7 +27,8 @@ PLOTS = ("error-curves", "ablation-alpha", "movielens", "nonlinear", "scaling", 
 # needs of it: checked first, so that a wrong table gets one line naming the table to pass.
 PLOT_TABLES = {
     "error-curves": ("fig_mf fig_mc fig_ms fig_ablation_depth fig_baselines", "<experiment>_curves.csv",
-                     {"panel", "model", "seed", "iteration", "seconds"}),
+                     {"panel", "model", "seed", "iteration", "seconds", "recovery_error", "train_loss", "r", "depth",
+                      "r_hat", "bm_rank"}),
     "ablation-alpha": ("fig_ablation_alpha", "ablation_alpha_runs.csv", {"panel", "model", "alpha", "converged"}),
     "movielens": ("fig_movielens", "movielens_curves.csv", {"model", "seed", "iteration", "seconds"}),
     "nonlinear": ("fig_nonlinear", "nonlinear_curves.csv", {"model", "seed", "iteration", "seconds", "test_accuracy"}),
@@ -161,6 +162,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     agg.add_argument("--reach-error", type=float, default=None, help="synthetic: recovery error for reach_* columns")
     agg.add_argument("--title", default=None, help="real data: the data set's label")
     agg.add_argument("job_dirs", type=Path, nargs="+", help="job directories (runs/<experiment>/<job>)")
+    writes_files(agg, "curves", "table", "markdown", "runs")
     agg.set_defaults(handler=aggregate_command)
 
     summ = commands.add_parser("summary", help="per-run tables -> the summary table (CSV + Markdown)")
@@ -170,6 +172,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     summ.add_argument("--config-name", default="?", help="output root of the config that made the runs")
     summ.add_argument("--real-data", type=Path, nargs="*", default=[], help="real-data Markdown tables to append")
     summ.add_argument("runs", type=Path, nargs="+", help="per-run tables from `cdln aggregate synthetic`")
+    writes_files(summ, "csv", "markdown")
     summ.set_defaults(handler=summary_command)
 
     check = commands.add_parser("check-regression", help="a summary table against committed expected values")
@@ -188,6 +191,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     robust.add_argument("--level", type=float, required=True, help="recovery error level, a fraction of the initial")
     robust.add_argument("--out", type=Path, required=True, help="robustness.csv to write")
+    writes_files(robust, "out")
     robust.set_defaults(handler=robustness_table_command)
 
     mapping = "; ".join(f"{name}: {targets} (reads {table})" for name, (targets, table, _) in PLOT_TABLES.items())
@@ -210,6 +214,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=["recovery_error:iteration", "recovery_error:seconds"],
         help="error-curves: <error>:<x> per column, e.g. recovery_error:iteration recovery_error:seconds",
     )
+    writes_files(plot, "out", "pdf")
     plot.set_defaults(handler=plot_command)
 
     gallery = commands.add_parser("gallery", help="a finished replication's figures and claims -> a tracked folder")
@@ -282,6 +287,7 @@ def register_claims(commands: argparse._SubParsersAction) -> None:
         "--absolute", action="store_true", help="also the claims with the paper's absolute thresholds"
     )
     evaluate.add_argument("--timing", action="store_true", help="also the claims that read seconds")
+    writes_files(evaluate, "out")
     gather = actions.add_parser("gather", help="per-figure claim CSVs -> one CSV and one Markdown table")
     gather.add_argument("--csv", type=Path, required=True)
     gather.add_argument("--markdown", type=Path, required=True)
@@ -297,6 +303,7 @@ def register_claims(commands: argparse._SubParsersAction) -> None:
         help="a figure whose claims cannot be evaluated on this run, and why (repeatable); its rows are listed apart",
     )
     gather.add_argument("--absolute", action="store_true", help="with --not-evaluated: the absolute claims too")
+    writes_files(gather, "csv", "markdown")
     check = actions.add_parser("check", help="exit 1 when a claim does not hold and is not a known deviation")
     check.add_argument("--table", type=Path, required=True, help="claims.csv (or one figure's)")
     claims.set_defaults(handler=claims_command)

@@ -30,13 +30,14 @@ from cdln.cli.common import ExitCode, add_progress_options, add_threads_option, 
 from cdln.config import ConfigError, RunConfig
 from cdln.devices import resolve_device, resolve_dtype
 from cdln.engine import ProgressFn
-from cdln.io import atomic_directory, check_output_dir, load_problem, load_problem_spec, write_json
+from cdln.io import load_problem, load_problem_spec
 from cdln.networks import MODELS
 from cdln.nonlinear import MODELS as CLASSIFIERS
 from cdln.nonlinear import OPTIMIZERS, NonlinearConfig, train_classifier
+from cdln.outputs import atomic_directory, write_json
 from cdln.pipeline.grid import JOB_MANIFEST
 from cdln.problems import Completion
-from cdln.records import stage_run_record
+from cdln.records import RUN_FILES
 from cdln.runner import RunOutput, can_share_passes, matrix_problem, train_in_lockstep, train_run
 from cdln.spec import SPECTRA, TASKS
 
@@ -266,11 +267,13 @@ def progress_prefix(command: str, args: argparse.Namespace) -> str:
 
 def train_command(command: str, args: argparse.Namespace) -> int:
     apply_threads(args)
-    check_output_dir(args.out, args.force)  # before training: nothing of the user's is lost, no training wasted
     trainer = TRAINERS[command]
-    trainer.check(args)
-    output = trainer.execute(args, progress_printer(progress_prefix(command, args), args))
-    output.write(args.out, force=args.force)
+    # --out is claimed and checked before training: nothing of the user's is lost, no training wasted, and a
+    # second writer into the same folder fails at once.
+    with atomic_directory(args.out, args.force, writes=RUN_FILES) as staging:
+        trainer.check(args)
+        output = trainer.execute(args, progress_printer(progress_prefix(command, args), args))
+        output.stage(staging)
     print(f"wrote {args.out}: {trainer.summarise(output)}", file=sys.stderr)
     return ExitCode.OK
 
@@ -324,7 +327,8 @@ def run_job_command(args: argparse.Namespace) -> int:
     apply_threads(args)
     runs = parse_job(args.run)
     together = lockstep_group(runs) if args.share_passes else []
-    with atomic_directory(args.out, force=args.force) as staging:
+    writes = [JOB_MANIFEST, *(name for name, _ in runs)]
+    with atomic_directory(args.out, args.force, writes=writes) as staging:
         if together:  # one pass over the sensing operator per step for all of them
             parsed = dict(runs)
             prefix = f"{'+'.join(together)} (shared operator passes)"
@@ -332,7 +336,7 @@ def run_job_command(args: argparse.Namespace) -> int:
                 [resolve_config(parsed[name]) for name in together], progress_printer(prefix, args)
             )
             for name, output in zip(together, outputs, strict=True):
-                stage_run_record(staging / name, output.record, output.curves, output.snapshots, output.arrays())
+                output.stage(staging / name)
                 print(f"{args.out}/{name}: {summarise_train(output)}", file=sys.stderr, flush=True)
         for index, (name, run_args) in enumerate(runs, start=1):
             if name in together:
@@ -340,7 +344,7 @@ def run_job_command(args: argparse.Namespace) -> int:
             trainer = TRAINERS[run_args.command]
             prefix = f"{name} {index}/{len(runs)}: {progress_prefix(run_args.command, run_args)}"
             output = trainer.execute(run_args, progress_printer(prefix, args))
-            stage_run_record(staging / name, output.record, output.curves, output.snapshots, output.arrays())
+            output.stage(staging / name)
             print(f"{args.out}/{name}: {trainer.summarise(output)}", file=sys.stderr, flush=True)
         write_json(
             staging / JOB_MANIFEST, {"runs": [{"name": name, "argument": argument} for name, argument in args.run]}
@@ -354,14 +358,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     for name, trainer in TRAINERS.items():
         parser = commands.add_parser(name, help=trainer.help)
         parser.add_argument("--out", type=Path, required=True, help="run record directory to write")
-        parser.add_argument("--force", action="store_true", help="replace --out even if it holds other files")
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="write into --out beside files cdln did not write (kept; cdln never removes them)",
+        )
         add_threads_option(parser)
         add_progress_options(parser)
         trainer.add_options(parser)
         parser.set_defaults(handler=lambda args, name=name: train_command(name, args))
     job = commands.add_parser("run-job", help="train several runs one after another into one job directory")
     job.add_argument("--out", type=Path, required=True, help="job directory to write (one run record per run)")
-    job.add_argument("--force", action="store_true", help="replace --out even if it holds other files")
+    job.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out beside files cdln did not write (kept; cdln never removes them)",
+    )
     job.add_argument(
         "--run",
         nargs=2,

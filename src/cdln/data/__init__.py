@@ -36,7 +36,7 @@ def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
 
     A file whose checksum differs is deleted and reported, never kept.
     """
-    from cdln.io import atomic_write
+    from cdln.outputs import atomic_write
 
     def fetch(tmp: Path) -> None:
         with tmp.open("wb") as handle, urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cdln.data import DataFormatError, DataUnavailableError, download
-from cdln.io import atomic_write
+from cdln.outputs import atomic_write
 
 if TYPE_CHECKING:  # torch only where tensors are made: locating the files stays cheap
     import torch

@@ -24,7 +24,7 @@ import torch
 
 from cdln import seeding
 from cdln.data import DataFormatError, DataUnavailableError, download, md5sum
-from cdln.io import atomic_write
+from cdln.outputs import atomic_write
 from cdln.problems import Completion
 from cdln.spec import ProblemSpec
 

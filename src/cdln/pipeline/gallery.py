@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from cdln.io import write_json, write_text
+from cdln.outputs import atomic_directory, json_default
 
 STAMP = "stamp.json"
 LOG_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{6})\.\d+\.snakemake\.log$")
@@ -68,19 +68,16 @@ def _record_environment(root: Path) -> dict[str, Any]:
 
 
 def make_gallery(root: str | Path, out: str | Path, log_dir: str | Path = ".snakemake/log") -> dict[str, Any]:
-    """Copy ``root``'s figures (PNG), claims table and summary into ``out`` and write the stamp; returns it.
-    Files of an earlier gallery there are replaced, nothing else is touched."""
+    """Copy ``root``'s figures (PNG), claims table and summary into the folder ``out`` and write the stamp; returns
+    it. The folder is replaced whole, atomically, when it holds only an earlier gallery (what cdln wrote there);
+    any other file there is refused by name."""
     root, out = Path(root), Path(out)
     required = [root / "tables" / "claims.md", root / "tables" / "claims.csv", root / "tables" / "summary.md"]
     missing = [str(path) for path in required if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"the gallery needs a finished replication; missing {missing}")
     environment = _record_environment(root)
-    out.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for source in [*sorted((root / "figures").glob("*.png")), *required]:
-        shutil.copyfile(source, out / source.name)
-        copied.append(source.name)
+    sources = [*sorted((root / "figures").glob("*.png")), *required]
     stamp = {
         "commit": environment.get("git", {}).get("commit"),
         "dirty": environment.get("git", {}).get("dirty"),
@@ -88,10 +85,13 @@ def make_gallery(root: str | Path, out: str | Path, log_dir: str | Path = ".snak
         "machine": _machine(),
         "run": run_elapsed(log_dir),
         "versions": {key: value for key, value in environment.items() if key != "git"},
-        "files": copied,
+        "files": [source.name for source in sources],
     }
-    write_json(out / STAMP, stamp)
-    write_text(out / "README.md", stamp_markdown(stamp))
+    with atomic_directory(out, what="the gallery folder") as staging:
+        for source in sources:
+            shutil.copyfile(source, staging / source.name)
+        (staging / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True, default=json_default) + "\n")
+        (staging / "README.md").write_text(stamp_markdown(stamp))
     return stamp
 
 

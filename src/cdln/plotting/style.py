@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from cdln.io import atomic_write  # noqa: E402
+from cdln.outputs import atomic_write  # noqa: E402
 
 # One colour (and label) per model, shared by every figure so a model looks the same everywhere.
 MODEL_COLORS: dict[str, str] = {

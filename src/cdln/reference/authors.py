@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cdln import io as cdln_io
+from cdln import outputs as cdln_outputs
 from cdln.analysis import first_iteration_reaching
 from cdln.data.synthetic import make_problem
 from cdln.engine import DivergenceError, TrainSettings, train
@@ -603,8 +603,8 @@ def to_markdown(table: pd.DataFrame, header: str = "") -> str:
 def write_table(table: pd.DataFrame, out_dir: str | Path, header: str = "") -> tuple[Path, Path]:
     """``out_dir/crosscheck.csv`` and ``out_dir/crosscheck.md``, each written atomically."""
     out_dir = Path(out_dir)
-    csv_path = cdln_io.write_csv(out_dir / "crosscheck.csv", table)
-    md_path = cdln_io.write_text(out_dir / "crosscheck.md", to_markdown(table, header))
+    csv_path = cdln_outputs.write_csv(out_dir / "crosscheck.csv", table)
+    md_path = cdln_outputs.write_text(out_dir / "crosscheck.md", to_markdown(table, header))
     return csv_path, md_path
 
 
