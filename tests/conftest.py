@@ -16,6 +16,7 @@ import torch
 from cdln.pipeline.claims import Claim, evaluate, load_claims
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["CDLN_OFFLINE"] = "1"  # tests plant small files and never download (a test of a fetch unsets it)
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,8 +1,9 @@
-"""MovieLens-100K: locating the archive, parsing u.data, the split and the completion problem."""
+"""MovieLens-100K: parsing u.data, the split and the completion problem (its sources: test_movielens_sources.py)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import pytest
 import torch
 
 from cdln.cli import main
-from cdln.data import DataFormatError, DataUnavailableError, download
+from cdln.data import DataFormatError, download
 from cdln.data import movielens as ml
+from cdln.data import movielens_sources as src
 from cdln.io import load_problem, save_problem
+from cdln.outputs import sha256
 from cdln.problems import Completion
 from cdln.spec import ProblemSpec
 
@@ -66,49 +69,18 @@ def test_parse_rejects_empty_input():
 
 
 def test_read_archive_and_bad_archives(tmp_path):
-    ratings = ml.read_ml100k(write_zip(tmp_path / "a.zip", GOOD))
+    ratings = ml.read_ml100k(src.verify_ratings(src.read_ratings_bytes(write_zip(tmp_path / "a.zip", GOOD)), "a", True))
     assert len(ratings) == 3
     with pytest.raises(DataFormatError, match="has no ml-100k/u.data"):
-        ml.read_ml100k(write_zip(tmp_path / "b.zip", GOOD, member="u.data"))
+        src.read_ratings_bytes(write_zip(tmp_path / "b.zip", GOOD, member="u.data"))
     not_zip = tmp_path / "c.zip"
     not_zip.write_text("not a zip")
-    with pytest.raises(DataFormatError, match="is not a zip archive"):
-        ml.read_ml100k(not_zip)
+    with pytest.raises(DataFormatError, match="c.zip is not a readable zip archive"):
+        src.read_ratings_bytes(not_zip)
 
 
-def test_locate_prefers_configured_path_then_resources(tmp_path):
-    configured = write_zip(tmp_path / "mine.zip", GOOD)
-    resources = tmp_path / "resources"
-    resources.mkdir()
-    write_zip(resources / "ml-100k.zip", GOOD)
-    assert ml.locate_ml100k(configured, resources, allow_download=False) == configured
-    assert ml.locate_ml100k(None, resources, allow_download=False) == resources / "ml-100k.zip"
-
-
-def test_locate_missing_configured_file_names_it(tmp_path):
-    with pytest.raises(DataUnavailableError, match=r"nope\.zip \(configured movielens.zip_path\) does not exist"):
-        ml.locate_ml100k(tmp_path / "nope.zip", tmp_path, allow_download=True)
-
-
-def test_locate_without_file_or_network_says_where_to_put_it(tmp_path, monkeypatch):
-    resources = tmp_path / "resources"
-    with pytest.raises(DataUnavailableError, match="download disabled") as error:
-        ml.locate_ml100k(None, resources, allow_download=False)
-    assert str(resources / "ml-100k.zip") in str(error.value)
-
-    calls = []
-
-    def offline(url, dest, md5, timeout):
-        calls.append((url, dest, md5))
-        raise OSError("no network")
-
-    monkeypatch.setattr(ml, "download", offline)
-    with pytest.raises(DataUnavailableError, match="download failed: no network"):
-        ml.locate_ml100k(None, resources)
-    assert calls == [(ml.ML100K_URL, resources / "ml-100k.zip", ml.ML100K_MD5)]
-
-
-def test_download_verifies_checksum_and_keeps_nothing_on_mismatch(tmp_path):
+def test_download_verifies_checksum_and_keeps_nothing_on_mismatch(tmp_path, monkeypatch):
+    monkeypatch.delenv("CDLN_OFFLINE")
     source = tmp_path / "source.bin"
     source.write_bytes(b"payload")
     good = hashlib.md5(b"payload").hexdigest()
@@ -118,17 +90,22 @@ def test_download_verifies_checksum_and_keeps_nothing_on_mismatch(tmp_path):
     assert not dest.exists() and not list(dest.parent.glob("*.partial"))
     assert download(source.as_uri(), dest, good) == dest
     assert dest.read_bytes() == b"payload"
+    monkeypatch.setenv("CDLN_OFFLINE", "1")
+    with pytest.raises(OSError, match="downloads are off"):
+        download(source.as_uri(), tmp_path / "other.bin", good)
 
 
 def test_synthetic_archive_has_the_real_format_and_size(tmp_path, capsys):
     path = ml.synthetic_ml100k(tmp_path / "ml-100k.zip", seed=3)
-    ratings = ml.read_ml100k(path)  # the strict parser accepts it: no duplicates, ids in range
+    with pytest.raises(DataFormatError, match="not MovieLens-100K's"):
+        src.find_ratings(path, tmp_path)  # never passed off as MovieLens
+    source = src.find_ratings(path, tmp_path, accept_other=True)
+    assert not source.official and "not MovieLens-100K" in capsys.readouterr().err
+    ratings = ml.read_ml100k(source)  # the strict parser accepts it: no duplicates, ids in range
     assert len(ratings) == 100_000
     assert ratings.users.max() == ml.N_USERS - 1 and ratings.items.max() < ml.N_ITEMS
     assert set(np.unique(ratings.values)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
     assert 3.0 < ratings.values.mean() < 4.0
-    assert ml.check_archive(path) != ml.ML100K_MD5
-    assert "not the official ml-100k.zip" in capsys.readouterr().err
 
 
 def test_split_is_seeded_disjoint_and_sized():
@@ -143,7 +120,8 @@ def test_split_is_seeded_disjoint_and_sized():
 
 
 def test_completion_problem_holds_out_the_test_ratings(tmp_path):
-    ratings = ml.read_ml100k(ml.synthetic_ml100k(tmp_path / "s.zip", seed=0, n_ratings=5000))
+    archive = ml.synthetic_ml100k(tmp_path / "s.zip", seed=0, n_ratings=5000)
+    ratings = ml.read_ml100k(src.find_ratings(archive, tmp_path, accept_other=True))
     problem = ml.completion_problem(ratings, rank=10, test_fraction=0.2, split_seed=0)
     assert problem.shape == (943, 1682)
     assert int(problem.mask.sum()) == 4000 and int(problem.heldout.sum()) == 1000
@@ -202,15 +180,17 @@ def test_cli_missing_archive_fails_with_exit_4_and_the_path(tmp_path, capsys):
 
 def test_cli_malformed_archive_fails_with_exit_5(tmp_path, capsys):
     write_zip(tmp_path / "ml-100k.zip", GOOD + "5\t5\t9\t1\n")
-    code = main(["movielens-problem", "--out", str(tmp_path / "p.pt"), "--resources", str(tmp_path), "--no-download"])
+    args = ["--resources", str(tmp_path), "--no-download", "--accept-other-ratings"]
+    code = main(["movielens-problem", "--out", str(tmp_path / "p.pt"), *args])
     assert code == 5
     assert "line 4: rating 9 outside 1..5" in capsys.readouterr().err
 
 
-def test_cli_builds_a_problem_that_cdln_train_accepts(tmp_path):
+def test_cli_builds_a_problem_that_cdln_train_accepts_and_records_its_source(tmp_path):
     ml.synthetic_ml100k(tmp_path / "ml-100k.zip", n_ratings=20_000)
     problem_file = tmp_path / "p.pt"
-    args = ["movielens-problem", "--out", str(problem_file), "--resources", str(tmp_path), "--no-download"]
+    args = ["movielens-problem", "--out", str(problem_file), "--resources", str(tmp_path), "--no-download",
+            "--accept-other-ratings"]  # fmt: skip
     assert main([*args, "--n-users", "60", "--n-items", "80", "--r", "3", "--split-seed", "4"]) == 0
     problem = load_problem(problem_file)
     assert problem.shape == (60, 80) and problem.spec.data_seed == 4
@@ -220,4 +200,7 @@ def test_cli_builds_a_problem_that_cdln_train_accepts(tmp_path):
         main([*train, "--lr", "1", "--eps", "0.1", "--n-inner", "10", "--max-outer", "2", "--quiet", "--out", str(out)])
         == 0
     )
-    assert (out / "record.json").is_file()
+    record = json.loads((out / "record.json").read_text())
+    assert record["data"]["provenance"]["official"] is False
+    assert record["data"]["provenance"]["source"] == str(tmp_path / "ml-100k.zip")
+    assert record["data"]["files"]["problem"]["sha256"] == sha256(problem_file)

@@ -36,7 +36,7 @@ NOT_TIMING = ["member", "iteration", "train_loss", "recovery_error", "model", "i
 def stable_record(record: dict) -> dict:
     """The record without what legitimately differs between identical runs (clock, argv, paths)."""
     record = json.loads(json.dumps(record))
-    for key in ("timing", "command"):
+    for key in ("timing", "command", "date"):
         record.pop(key, None)
     record["device"].pop("name", None)
     for member in record["members"]:

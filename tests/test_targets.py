@@ -50,7 +50,7 @@ def test_missing_real_data_leaves_its_figure_out_of_the_default_target_and_says_
 def test_data_that_appears_or_was_built_before_is_in(tmp_path):
     archive = tmp_path / "ml-100k.zip"
     archive.write_bytes(b"x")
-    assert missing_real_data("movielens", {"zip_path": str(archive)}) is None
+    assert missing_real_data("movielens", {"zip_path": str(archive)}) == (None, None)
     present = _targets("config.yaml", movielens={"zip_path": str(archive)})
     assert "fig_movielens" not in present.left_out()
     assert any("movielens" in path for path in present.files("all"))

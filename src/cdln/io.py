@@ -48,16 +48,19 @@ def read_matrix(path: str | os.PathLike[str], what: str = "matrix") -> np.ndarra
 # ---- problem files: the problem's spec and tensors, torch.save'd (cdln.problems holds the classes)
 
 
-def save_problem(problem: Problem, path: str | os.PathLike[str]) -> None:
-    """Write the problem (its spec and its tensors, e.g. target (d_out, d_in)) to ``path`` atomically."""
+def save_problem(problem: Problem, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None) -> None:
+    """Write the problem (its spec and its tensors, e.g. target (d_out, d_in)) to ``path`` atomically, with where
+    its data came from (``provenance``, e.g. the MovieLens source and checksum) when there is one."""
     from dataclasses import asdict
 
     payload: dict[str, Any] = {"spec": asdict(problem.spec)}
     payload["tensors"] = {k: v.cpu() for k, v in problem.tensors().items()}
+    if provenance is not None:
+        payload["provenance"] = provenance
     torch_save(payload, path)
 
 
-def _read_problem_file(path: str | os.PathLike[str], mmap: bool) -> tuple[ProblemSpec, dict[str, Tensor]]:
+def _read_problem_file(path: str | os.PathLike[str], mmap: bool) -> tuple[ProblemSpec, dict[str, Tensor], Any]:
     import torch
 
     from cdln.spec import ProblemSpec
@@ -65,17 +68,25 @@ def _read_problem_file(path: str | os.PathLike[str], mmap: bool) -> tuple[Proble
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"problem file {path} does not exist (make it with `cdln make-problem`)")
+    remake = "remake it with `cdln make-problem`"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception:  # unpickling, truncation, a foreign file: all say the same to the user
+        raise ValueError(f"problem file {path} is not a readable cdln problem (not a torch file, or truncated); "
+                         f"{remake}") from None  # fmt: skip
+    try:
         spec = ProblemSpec(**payload["spec"])
         spec.validate()
         tensors = dict(payload["tensors"])
-    except Exception as error:  # unpickling, truncation, a foreign file: all say the same to the user
+    except Exception as error:
         reason = " ".join(str(error).split())[:160] or type(error).__name__
-        raise ValueError(
-            f"problem file {path} is not a readable cdln problem ({reason}); remake it with `cdln make-problem`"
-        ) from None
-    return spec, tensors
+        raise ValueError(f"problem file {path} is not a readable cdln problem ({reason}); {remake}") from None
+    return spec, tensors, payload.get("provenance")
+
+
+def load_problem_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Where a problem file's data came from (:func:`save_problem`), without reading its tensors."""
+    return _read_problem_file(path, mmap=True)[2]
 
 
 def load_problem_spec(path: str | os.PathLike[str]) -> ProblemSpec:
@@ -86,7 +97,7 @@ def load_problem_spec(path: str | os.PathLike[str]) -> ProblemSpec:
 def load_problem(path: str | os.PathLike[str]) -> Problem:
     """Read a problem written by :func:`save_problem` (tensors on the CPU, in their stored dtype); a file
     that is not one raises ``ValueError`` naming it."""
-    spec, tensors = _read_problem_file(path, mmap=False)
+    spec, tensors, _ = _read_problem_file(path, mmap=False)
     try:
         from cdln.problems import PROBLEM_CLASSES
 

@@ -142,13 +142,26 @@ def _listing(names: list[str], most: int = 3) -> str:
 # ---- one writer at a time ----
 
 
+def _make_parent(path: Path) -> list[Path]:
+    """Make ``path``'s folder; returns the folders this made, deepest first."""
+    created = [folder for folder in [path.parent, *path.parent.parents] if not folder.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """The folders made for an output that never came: gone again when left empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 @contextmanager
 def claimed(path: str | os.PathLike[str], what: str = "--out") -> Iterator[None]:
     """Hold the lock of output ``path`` (a lock file beside it) for the duration; a second writer gets an
     :class:`OutputError` at once, naming the first's process id."""
     path = Path(path)
-    created = [folder for folder in [path.parent, *path.parent.parents] if not folder.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parent(path)
     lock = path.parent / f".{path.name}{LOCK_SUFFIX}"
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -176,9 +189,7 @@ def claimed(path: str | os.PathLike[str], what: str = "--out") -> Iterator[None]
         yield
     except BaseException:
         lock.unlink(missing_ok=True)
-        for folder in created:  # the folders made for an output that never came: gone again when left empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        _remove_if_empty(created)
         raise
     finally:
         lock.unlink(missing_ok=True)
@@ -217,7 +228,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], wh
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it to ``path`` and record it in the
     folder's ledger. An existing ``path`` that cdln did not write is refused (:func:`check_output_file`)."""
     path = check_output_file(path, what)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parent(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
     os.close(fd)
     tmp = Path(name)
@@ -232,6 +243,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], wh
             _write_ledger(path.parent, {**entries, path.name: entry})
     except BaseException:
         tmp.unlink(missing_ok=True)
+        _remove_if_empty(created)
         raise
     return path
 

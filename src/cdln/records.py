@@ -9,8 +9,10 @@ directory and renamed into place, so an interrupted run never leaves a directory
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import pandas as pd
 import torch
 
 import cdln
-from cdln.outputs import atomic_directory, json_default
+from cdln.outputs import atomic_directory, data_checksum, json_default
 
 RECORD_FILE = "record.json"
 CURVES_FILE = "curves.csv"
@@ -96,10 +98,11 @@ def make_record(
     ``parameters``: trainable parameter counts (``model`` at least). ``timing``: device-synchronised
     ``seconds`` of training (warm-up and analysis excluded), ``iterations``, ``seconds_per_iteration``.
     ``device``: ``type``, ``name``, ``dtype``. Extra ``sections`` (``problem``, ``data``, ...) are kept
-    as given. Versions and the command line are added here.
+    as given. The date (UTC), versions and the command line are added here.
     """
     record = {
         "kind": kind,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": config,
         "members": members,
         "parameters": parameters,
@@ -111,6 +114,22 @@ def make_record(
     }
     check_record(record)
     return record
+
+
+def data_files(**paths: str | os.PathLike[str] | None) -> dict[str, dict[str, str]]:
+    """The data files a run read, by role (``problem=...``, ``matrix=...``; None left out): each one's path and
+    SHA-256, so that a record says exactly which data made it."""
+    return {role: {"path": str(path), "sha256": data_checksum(path)} for role, path in paths.items() if path}
+
+
+def data_section(**paths: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """A record's ``data`` section: the files the run read (:func:`data_files`) and, when one of them is a problem
+    file that keeps it (``problem=``), where its data came from (e.g. the MovieLens source and checksum)."""
+    from cdln.io import load_problem_provenance
+
+    problem = paths.get("problem")
+    provenance = load_problem_provenance(problem) if problem else None
+    return {"files": data_files(**paths), **({"provenance": provenance} if provenance else {})}
 
 
 def check_record(record: dict[str, Any]) -> None:

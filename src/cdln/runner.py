@@ -31,7 +31,7 @@ from cdln.networks import (
     yaras_dln,
 )
 from cdln.problems import Completion, Problem, Sensing
-from cdln.records import make_record, stage_run_record, write_run_record
+from cdln.records import data_section, make_record, stage_run_record, write_run_record
 from cdln.spec import ProblemSpec
 
 
@@ -130,6 +130,9 @@ def train_run(config: RunConfig, progress: ProgressFn | None = None) -> RunOutpu
     snapshot = SpectralSnapshots(problem) if config.snapshots else None
     result = train(network, problem, settings_of(config), snapshot=snapshot, progress=progress)
     output = run_output(config, problem.spec, network, result, device)
+    output.record["data"] = data_section(
+        problem=config.problem, matrix=config.matrix, mask=config.mask, heldout=config.heldout
+    )
     if config.matrix is not None:
         output.completed = network.end_to_end().cpu().numpy()
     return output
@@ -168,6 +171,9 @@ def train_in_lockstep(configs: list[RunConfig], progress: ProgressFn | None = No
     outputs = []
     for config, network, result in zip(resolved, networks, results, strict=True):
         output = run_output(config, problem.spec, network, result, device)
+        output.record["data"] = data_section(
+            problem=config.problem, matrix=config.matrix, mask=config.mask, heldout=config.heldout
+        )
         output.record["timing"]["lockstep_runs"] = len(configs)
         outputs.append(output)
     return outputs

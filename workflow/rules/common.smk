@@ -22,7 +22,9 @@ GRID = Grid(config)
 ROOT = GRID.root  # every output of one config lives under its own root
 CLAIMS_FILE = config["claims"]["file"] if "claims" in config else None
 CLAIMS = load_claims(CLAIMS_FILE) if CLAIMS_FILE else []
-TARGETS = Targets(GRID, [claim.figure for claim in CLAIMS])
+# The process that plans the run fetches MovieLens-100K when it is on no disk (cdln.pipeline.targets); the jobs
+# then find it in resources/.
+TARGETS = Targets(GRID, [claim.figure for claim in CLAIMS], fetch=workflow.is_main_process)
 CLUSTER_RULES = cluster.CLUSTER_RULES
 CONDA_ENV = "../../envs/cdln.yaml"  # `snakemake --use-conda`; relative to workflow/rules/
 PLOTTING = "src/cdln/plotting"  # plots depend on their module and the style: restyling reruns only plots
@@ -110,7 +112,10 @@ def claims_flags() -> str:
 
 
 def say_what_is_left_out(when: str) -> None:
-    """One line per target whose data is missing: left out (with the step that adds it), or kept as built."""
+    """One line per target whose data is missing: left out (with the step that adds it), or kept as built; and
+    at the start, where fetched data came from."""
+    for note in TARGETS.data_notes() if when == "start" else []:
+        print(f"[{when}] {note}", file=sys.stderr)
     for target, why in TARGETS.left_out().items():
         print(f"[{when}] left out of the default target: {target}: {why}", file=sys.stderr)
     for target, why in TARGETS.kept().items():

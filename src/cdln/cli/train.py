@@ -37,7 +37,7 @@ from cdln.nonlinear import OPTIMIZERS, NonlinearConfig, train_classifier
 from cdln.outputs import atomic_directory, write_json
 from cdln.pipeline.grid import JOB_MANIFEST
 from cdln.problems import Completion
-from cdln.records import RUN_FILES
+from cdln.records import RUN_FILES, data_files, data_section
 from cdln.runner import RunOutput, can_share_passes, matrix_problem, train_in_lockstep, train_run
 from cdln.spec import SPECTRA, TASKS
 
@@ -178,6 +178,7 @@ def execute_altmin(args: argparse.Namespace, progress: ProgressFn | None) -> Run
     settings = AltMinSettings(args.r, args.iterations, args.n_inner, args.ridge)
     curves, _, seconds = altmin(problem, settings, progress=progress)
     record = altmin_record(problem, settings, curves, seconds, device, args.dtype)
+    record["data"] = data_section(problem=args.problem)
     return RunOutput(record, curves.assign(model="altmin", init_seed=0, alpha=1.0))
 
 
@@ -228,7 +229,7 @@ def execute_nonlinear(args: argparse.Namespace, progress: ProgressFn | None) -> 
     train, test = load_fashion_mnist(files)
     data = to_tensors(train, test, torch.device("cpu"), torch.float64)
     record, curves = train_classifier(config, data, device, progress=progress)
-    record["data"]["files"] = {stem: str(path) for stem, path in files.items()}
+    record["data"]["files"] = data_files(**files)
     return RunOutput(record, curves)
 
 

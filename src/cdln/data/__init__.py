@@ -9,6 +9,7 @@ at once with a :class:`DataUnavailableError` naming where to put the file.
 from __future__ import annotations
 
 import hashlib
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +21,14 @@ class DataUnavailableError(RuntimeError):
 
 class DataFormatError(ValueError):
     """A data file is malformed; the message names the file and, where it applies, the line."""
+
+
+OFFLINE_VARIABLE = "CDLN_OFFLINE"  # set (not "0") to forbid every download; the tests set it
+
+
+def offline() -> bool:
+    """Whether downloads are forbidden (``CDLN_OFFLINE`` set): every fetch then fails at once, saying so."""
+    return os.environ.get(OFFLINE_VARIABLE, "") not in ("", "0")
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -37,6 +46,9 @@ def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
     A file whose checksum differs is deleted and reported, never kept.
     """
     from cdln.outputs import atomic_write
+
+    if offline():
+        raise OSError(f"downloads are off ({OFFLINE_VARIABLE}={os.environ[OFFLINE_VARIABLE]})")
 
     def fetch(tmp: Path) -> None:
         with tmp.open("wb") as handle, urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310

@@ -1,20 +1,16 @@
-"""MovieLens-100K as a matrix-completion problem: locate the archive, parse ``u.data``, split, build.
+"""MovieLens-100K as a matrix-completion problem: parse ``u.data``, split, build.
 
 ``u.data`` holds one rating per line, ``user<TAB>item<TAB>rating<TAB>timestamp``, users 1..943,
 items 1..1682, ratings 1..5. The ratings matrix is users x items (943 x 1682); the observed
 ratings are split at random (seeded) into training entries, which the networks fit, and held-out
-entries, on which the recovery error (1/2 mean squared error) is reported.
-
-The GroupLens licence forbids redistribution: the archive is never part of the project. It is
-taken from a path the user configures, else ``resources/ml-100k.zip``, else downloaded from
-GroupLens (MD5 verified).
+entries, on which the recovery error (1/2 mean squared error) is reported. Where the ratings come from, and
+their checksum: :mod:`cdln.data.movielens_sources`.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,46 +19,14 @@ import numpy as np
 import torch
 
 from cdln import seeding
-from cdln.data import DataFormatError, DataUnavailableError, download, md5sum
+from cdln.data import DataFormatError
+from cdln.data.movielens_sources import RATINGS_MEMBER, RatingsFile
 from cdln.outputs import atomic_write
 from cdln.problems import Completion
 from cdln.spec import ProblemSpec
 
-ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
-ML100K_MD5 = "0e33842e24a9c977be4e0107933c0723"  # published by GroupLens (ml-100k.zip.md5)
-ML100K_FILE = "ml-100k.zip"
-RATINGS_MEMBER = "ml-100k/u.data"
 N_USERS, N_ITEMS = 943, 1682
 RATING_RANGE = (1, 5)
-
-
-def locate_ml100k(zip_path: str | Path | None, resources: str | Path, allow_download: bool = True) -> Path:
-    """Path of ``ml-100k.zip``: ``zip_path`` if given, else ``resources/ml-100k.zip``, else a download.
-
-    Raises :class:`DataUnavailableError` (naming the path to use) when the configured file is
-    missing, or when nothing is in ``resources/`` and the download fails or is not allowed.
-    """
-    if zip_path is not None:
-        path = Path(zip_path)
-        if not path.is_file():
-            raise DataUnavailableError(
-                f"MovieLens archive {path} (configured movielens.zip_path) does not exist; put ml-100k.zip "
-                f"there, or set movielens.zip_path: null to use {Path(resources) / ML100K_FILE}"
-            )
-        return path
-    path = Path(resources) / ML100K_FILE
-    if path.is_file():
-        return path
-    hint = (
-        f"MovieLens-100K not found: put ml-100k.zip (from {ML100K_URL}, MD5 {ML100K_MD5}) at {path} "
-        "or set movielens.zip_path in the config; its licence forbids redistributing it with this project"
-    )
-    if not allow_download:
-        raise DataUnavailableError(hint + " (download disabled)")
-    try:
-        return download(ML100K_URL, path, ML100K_MD5, timeout=20.0)
-    except OSError as error:
-        raise DataUnavailableError(f"{hint} (download failed: {error})") from None
 
 
 @dataclass(frozen=True)
@@ -121,37 +85,13 @@ def parse_ratings(text: str, source: str, n_users: int = N_USERS, n_items: int =
     return Ratings(np.array(users), np.array(items), np.array(values, dtype=np.float64), n_users, n_items)
 
 
-def read_ml100k(zip_path: str | Path) -> Ratings:
-    """Read ``ml-100k/u.data`` from the archive; clear errors for a bad archive or a missing member."""
-    zip_path = Path(zip_path)
+def read_ml100k(ratings: RatingsFile) -> Ratings:
+    """Parse verified ratings (:func:`find_ratings`); ``u.data`` must be ASCII text."""
     try:
-        with zipfile.ZipFile(zip_path) as archive:
-            try:
-                raw = archive.read(RATINGS_MEMBER)
-            except KeyError:
-                raise DataFormatError(
-                    f"{zip_path} has no {RATINGS_MEMBER}; is it the MovieLens-100K archive?"
-                ) from None
-    except zipfile.BadZipFile:
-        raise DataFormatError(
-            f"{zip_path} is not a zip archive; download ml-100k.zip again from {ML100K_URL}"
-        ) from None
-    try:
-        text = raw.decode("ascii")
+        text = ratings.data.decode("ascii")
     except UnicodeDecodeError as error:
-        raise DataFormatError(f"{zip_path}:{RATINGS_MEMBER} is not ASCII text ({error})") from None
-    return parse_ratings(text, f"{zip_path}:{RATINGS_MEMBER}")
-
-
-def check_archive(zip_path: Path) -> str:
-    """MD5 of the archive; warns on stderr when it is not the official one (e.g. a synthetic stand-in)."""
-    digest = md5sum(zip_path)
-    if digest != ML100K_MD5:
-        print(
-            f"warning: {zip_path} has MD5 {digest}, not the official ml-100k.zip ({ML100K_MD5}); using it as given",
-            file=sys.stderr,
-        )
-    return digest
+        raise DataFormatError(f"{ratings.source}: u.data is not ASCII text ({error})") from None
+    return parse_ratings(text, ratings.source)
 
 
 def slice_ratings(ratings: Ratings, n_users: int | None, n_items: int | None) -> Ratings:

@@ -408,6 +408,7 @@ class Grid:
             zip_path = self._add_data(archive)
             archive_inputs = (zip_path,)
         for seed in self._seeds(section):
+            other = any(section.get(key, False) for key in ("synthetic", "accept_other_ratings"))  # a stand-in is other
             problem = DataFile(
                 f"{self.root}/data/movielens/split{seed}.pt",
                 "movielens-problem",
@@ -415,6 +416,7 @@ class Grid:
                     "zip_path": zip_path,
                     "resources": RESOURCES,
                     "no_download": not section.get("download", True),
+                    "accept_other_ratings": other,
                     "r": section["r"],
                     "test_fraction": section["test_fraction"],
                     "split_seed": seed,

