@@ -3,6 +3,7 @@ the conventions they expect, a record that says which code made it, and the gall
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import torch
 from conftest import REPO, cdln_command, cli_env, run_cli
 
+from cdln.cli import build_parser
 from cdln.data.synthetic import make_problem
 from cdln.io import save_problem
 from cdln.outputs import OutputError, foreign_files
@@ -116,6 +118,48 @@ def test_unreadable_problem_file(tmp_path, content):
     path.write_bytes(content)
     result = run_cli("train", "--problem", str(path), "--task", "mf", "--out", str(tmp_path / "o"))
     _one_error_line(result, str(path), "not a readable cdln problem", "cdln make-problem")
+
+
+def test_garbage_problem_file_gets_no_torch_advice(tmp_path):
+    path = tmp_path / "problem.pt"
+    path.write_bytes(b"\x00garbage" * 10)
+    line = _one_error_line(run_cli("train", "--problem", str(path), "--task", "mf", "--out", str(tmp_path / "o")))
+    assert "mmap" not in line and "weights_only" not in line and "not a torch file, or truncated" in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["plot", "nonlinear", "--table", "{binary}", "--out", "{out}/f.png"],
+        ["claims", "check", "--table", "{binary}"],
+        ["train", "--task", "mc", "--matrix", "{binary}", "--mask", "{binary}", "--r", "1", "--out", "{out}/r"],
+    ],
+    ids=["plot", "claims-check", "matrix"],
+)
+def test_a_binary_file_is_named_in_one_line(tmp_path, command):
+    binary = tmp_path / "table.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 20)
+    args = [part.format(binary=binary, out=tmp_path) for part in command]
+    line = _one_error_line(run_cli(*args), str(binary))
+    assert "codec" not in line and ("not a CSV table" in line or "not a text file" in line), line
+
+
+def _subcommand_parsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subcommand_parsers(sub, (*prefix, name))
+
+
+def test_every_option_of_every_command_has_help_that_states_its_default_once():
+    for command, parser in _subcommand_parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help, f"cdln {' '.join(command)} {name} has no help"
+            assert action.help.count("default") <= 1, f"cdln {' '.join(command)} {name}: {action.help}"
 
 
 def test_a_truncated_real_problem_file(tmp_path):

@@ -125,10 +125,17 @@ def test_cli_trains_on_matrix_files_and_writes_the_completed_matrix(tmp_path):
 @pytest.mark.parametrize(
     "files,extra,message",
     [
-        ({"matrix.csv": "1,2\n3,4\n"}, [], "--matrix and --mask go together"),
-        ({"matrix.csv": "1,2\n3,4\n", "mask.csv": "1,0\n0,2\n"}, [], "must hold only 0 and 1"),
+        ({"matrix.csv": "1,2\n3,4\n"}, [], "--matrix needs --mask (its observed entries: 1 = observed"),
+        ({"mask.csv": "1,0\n0,1\n"}, [], "--mask needs --matrix"),
+        ({"matrix.csv": "1,2\n3,4\n", "mask.csv": "1,0\n0,2\n"}, [], "must hold only 0 and 1 (1 = observed, 0"),
         ({"matrix.csv": "1,2\n3,4\n", "mask.csv": "1,0,1\n0,1,1\n"}, [], "has shape (2, 3)"),
-        ({"matrix.csv": "1,2\n3,x\n", "mask.csv": "1,0\n0,1\n"}, [], "non-finite"),
+        ({"matrix.csv": "1,2\n3,nan\n", "mask.csv": "1,0\n0,1\n"}, [], "non-finite"),
+        ({"matrix.csv": "1,2\n3,x\n", "mask.csv": "1,0\n0,1\n"}, [], "line 2, column 2: 'x' is not a number"),
+        ({"matrix.csv": "a,b\n1,2\n", "mask.csv": "1,0\n0,1\n"}, [], "'a' is not a number; the file must hold numbers"),
+        ({"matrix.csv": "1 2\n3 4\n", "mask.csv": "1,0\n0,1\n"}, [], "must be comma-separated"),
+        ({"matrix.csv": "", "mask.csv": "1,0\n0,1\n"}, [], "matrix.csv is empty"),
+        ({"matrix.csv": "1,2\n3\n", "mask.csv": "1,0\n0,1\n"}, [], "line 2: 1 fields, the first row has 2"),
+        ({"matrix.csv": "5\n", "mask.csv": "1\n"}, ["--model", "cdln"], "--r-hat defaults to 2r = 2, more than"),
         ({"matrix.csv": "1,2\n3,4\n", "mask.csv": "0,0\n0,0\n"}, [], "marks no entry"),
         ({"matrix.tsv": "1\t2\n", "mask.csv": "1,0\n"}, [], "must be .npy, .csv or .txt"),
         ({"matrix.npy": "not numpy", "mask.csv": "1,0\n0,1\n"}, [], "not a readable matrix"),
@@ -138,6 +145,8 @@ def test_cli_trains_on_matrix_files_and_writes_the_completed_matrix(tmp_path):
 def test_bad_matrix_files_get_one_line_naming_the_file(tmp_path, files, extra, message):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
+    if "matrix.csv" in files and not files["matrix.csv"]:
+        (tmp_path / "matrix.csv").write_bytes(b"")
     args = ["train", "--r", "1", "--out", str(tmp_path / "run"), *extra]
     for name in files:
         args += [f"--{name.split('.')[0]}", str(tmp_path / name)]

@@ -87,12 +87,21 @@ def start_and_kill(out: Path, sig: signal.Signals) -> tuple[int, str]:
         assert not seen[-1].startswith("wrote"), seen
         os.kill(proc.pid, sig)
         proc.wait(timeout=30)
+        seen.append(proc.stderr.read())
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stderr.close()
     return proc.returncode, "".join(seen)
+
+
+def test_ctrl_c_says_nothing_was_written_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    code, stderr = start_and_kill(out, signal.SIGINT)
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "cdln: error: interrupted; nothing written"
+    assert list(tmp_path.iterdir()) == []  # no record, no staging folder, no lock
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

@@ -119,10 +119,16 @@ class RunConfig:
             if getattr(self, name) is not None:
                 _integer_at_least(name, getattr(self, name), 1)
         _integer_at_least("depth", self.depth, 2)
+        self._validate_matrix_files()
         d_out, d_in = self.shape
         if self.r > min(d_out, d_in):
             raise ConfigError(f"--r must be in [1, min(d_out, d_in)] = [1, {min(d_out, d_in)}]; got {self.r}")
         if self.model in ("cdln", "narrow", "yaras") and self.compressed_width > min(d_out, d_in):
+            if self.r_hat is None:  # the default: say so, the user never passed --r-hat
+                raise ConfigError(
+                    f"--r-hat defaults to 2r = {self.compressed_width}, more than min(d_out, d_in) = "
+                    f"{min(d_out, d_in)}; pass --r-hat in [1, {min(d_out, d_in)}]"
+                )
             raise ConfigError(f"--r-hat must be in [1, {min(d_out, d_in)}]; got {self.compressed_width}")
         for name in ("eps", "lr", "gamma"):
             _positive(name, getattr(self, name))
@@ -157,7 +163,6 @@ class RunConfig:
             raise ConfigError("batch over either --alpha values or --init-seed values, not both")
         if self.problem is not None and not Path(self.problem).is_file():
             raise ConfigError(f"--problem file {self.problem} does not exist")
-        self._validate_matrix_files()
         _choice("dtype", self.dtype, ("float64", "float32"))
         try:
             resolve_device(self.device)
@@ -170,10 +175,10 @@ class RunConfig:
         given = [name for name in ("matrix", "mask", "heldout") if getattr(self, name) is not None]
         if not given:
             return
-        if self.matrix is None or self.mask is None:
-            raise ConfigError(
-                f"--matrix and --mask go together (a matrix and its observed entries); got only --{given[0]}"
-            )
+        if self.matrix is None:
+            raise ConfigError(f"--{given[0]} needs --matrix (the partly observed matrix it marks)")
+        if self.mask is None:
+            raise ConfigError("--matrix needs --mask (its observed entries: 1 = observed, 0 = missing)")
         if self.problem is not None:
             raise ConfigError("give either --problem or --matrix/--mask, not both")
         if self.task != "mc":

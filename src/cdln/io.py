@@ -24,25 +24,60 @@ MATRIX_SUFFIXES = (".npy", ".csv", ".txt")
 
 
 def read_matrix(path: str | os.PathLike[str], what: str = "matrix") -> np.ndarray:
-    """A (rows, columns) float64 array from a ``.npy`` file or a comma-separated ``.csv``/``.txt`` file.
-
-    Empty fields and ``nan`` read as NaN. Raises ``ValueError`` naming the file (and ``what`` it was for)."""
+    """A (rows, columns) float64 array from a ``.npy`` file or a comma-separated ``.csv``/``.txt`` file of numbers
+    (no header row). Empty fields and ``nan`` read as NaN. Raises ``ValueError`` naming the file (and ``what`` it
+    was for), and for a CSV the line and column of the first field that is not a number."""
     path = Path(path)
     if path.suffix.lower() not in MATRIX_SUFFIXES:
         raise ValueError(f"{what} file {path}: want one of {list(MATRIX_SUFFIXES)}; got {path.suffix or 'no suffix'!r}")
     if not path.is_file():
         raise ValueError(f"{what} file {path} does not exist")
-    try:
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            array = np.genfromtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-        array = np.asarray(array, dtype=np.float64)
-    except (ValueError, OSError) as error:
-        raise ValueError(f"{what} file {path} is not a readable matrix: {error}") from None
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
+        except (ValueError, OSError, TypeError) as error:
+            reason = " ".join(str(error).split())[:120]
+            raise ValueError(f"{what} file {path} is not a readable matrix: {reason}") from None
+    else:
+        array = _read_csv_numbers(path, what)
     if array.ndim != 2 or 0 in array.shape:
         raise ValueError(f"{what} file {path} must hold a non-empty 2-D matrix; got shape {array.shape}")
     return array
+
+
+def _read_csv_numbers(path: Path, what: str) -> np.ndarray:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {path} is not a text file; give comma-separated numbers or a .npy") from None
+    rows: list[list[float]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = []
+        for column, field in enumerate(line.split(","), start=1):
+            value = field.strip()
+            if value == "" or value.lower() == "nan":
+                row.append(np.nan)
+                continue
+            try:
+                row.append(float(value))
+            except ValueError:
+                if len(value.split()) > 1:
+                    hint = "; the file must be comma-separated (this line is separated by spaces or tabs)"
+                elif not rows:
+                    hint = "; the file must hold numbers only (a header row?)"
+                else:
+                    hint = ""
+                raise ValueError(
+                    f"{what} file {path}, line {number}, column {column}: {value[:40]!r} is not a number{hint}"
+                ) from None
+        if rows and len(row) != len(rows[0]):
+            raise ValueError(f"{what} file {path}, line {number}: {len(row)} fields, the first row has {len(rows[0])}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{what} file {path} is empty")
+    return np.array(rows, dtype=np.float64)
 
 
 # ---- problem files: the problem's spec and tensors, torch.save'd (cdln.problems holds the classes)

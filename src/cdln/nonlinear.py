@@ -29,8 +29,10 @@ after every layer but the last, ``solver.py`` ``train_cls`` trains them): a bott
                  whole weight list, whose first entry is the input layer); ``"bottleneck"`` is the
                  bottleneck's first layer (f -> r_hat) instead.
 
-Training: minibatch Adam (or SGD), cross-entropy, seeded sampling; every ``eval_every`` steps
-the test accuracy/loss is computed on the whole test set with the clock paused.
+Training: cross-entropy; minibatch Adam or SGD with seeded sampling, or, with ``batch_size=None``, full-batch
+steps (every step's gradient over the whole training set), with plain gradient descent (``gd``, the authors'
+``train_cls`` with optax ``sgd``) or Adam. Every ``eval_every`` steps the test accuracy/loss is computed on the
+whole test set with the clock paused.
 """
 
 from __future__ import annotations
@@ -51,34 +53,41 @@ from cdln.progress import time_left
 from cdln.records import make_record
 
 MODELS: tuple[str, ...] = ("mlp", "dln", "cdln", "relu_dln", "relu_cdln")
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "gd")  # sgd: with momentum; gd: plain gradient steps
 ALPHA_LAYERS: tuple[str, ...] = ("input", "bottleneck")
+
+
+def _option(default: Any, help: str) -> Any:  # noqa: A002
+    """A field with its help text beside it (the CLI's ``--help`` reads it)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class NonlinearConfig:
-    """One training run of one model; every field is a CLI flag and a config key."""
+    """One training run of one model; every field is a CLI flag and a config key (its help beside it)."""
 
-    model: str = "cdln"
-    hidden: list[int] = field(default_factory=lambda: [512, 512])  # trunk widths; the last is f
-    depth: int = 3  # linear layers in the block
-    width: int = 512  # DLN block width w
-    r_hat: int = 20  # C-DLN block width
-    eps: float = 0.1  # block init scale
-    alpha: float = 1.0  # C-DLN outer-layer step multiplier; relu_cdln: the alpha_layer's multiplier
-    init_scale: float = 1.0  # relu_dln/relu_cdln: the ReLU bottleneck's init, init_scale x random orthogonal
-    alpha_layer: str = "input"  # relu_cdln: layer at alpha x lr, "input" (network's first) or "bottleneck"
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9  # SGD only
-    batch_size: int = 256
-    steps: int = 1500
-    eval_every: int = 25
-    surrogate_batch: int = 2048
-    train_subset: int | None = None  # first n training images (None = all 60000)
-    test_subset: int | None = None
-    init_seed: int = 0
-    dtype: str = "float32"
+    model: str = _option("cdln", f"classifier: {', '.join(MODELS)} (module docstring)")
+    hidden: list[int] = _option([512, 512], "trunk widths; the last is the feature size f")
+    depth: int = _option(3, "layers of the block, >= 2")
+    width: int = _option(512, "width w of the DLN block (and of relu_dln's bottleneck)")
+    r_hat: int = _option(20, "width of the C-DLN block (and of relu_cdln's bottleneck), <= f")
+    eps: float = _option(0.1, "block init scale: eps x random orthogonal (dln), eps x spectral (cdln)")
+    alpha: float = _option(1.0, "step multiplier of the C-DLN block's outer layers; relu_cdln: of its alpha_layer")
+    init_scale: float = _option(1.0, "relu_dln/relu_cdln: every bottleneck layer is init_scale x random orthogonal")
+    alpha_layer: str = _option("input", f"relu_cdln: the layer at alpha x lr, one of {', '.join(ALPHA_LAYERS)}")
+    optimizer: str = _option("adam", "adam, sgd (with --momentum) or gd (plain gradient steps, the authors' train_cls)")
+    lr: float = _option(1e-3, "step size, > 0")
+    momentum: float = _option(0.9, "sgd's momentum, in [0, 1)")
+    batch_size: int | None = _option(256, "examples per step, or 'full' (every step over the whole training set)")
+    steps: int = _option(1500, "optimiser steps")
+    eval_every: int = _option(25, "steps between test-set evaluations (clock paused)")
+    surrogate_batch: int = _option(2048, "training examples for the C-DLN block's init gradient")
+    train_subset: int | None = _option(None, "train on the first n training images (default all 60,000)")
+    test_subset: int | None = _option(None, "test on the first n test images (default all 10,000)")
+    init_seed: int = _option(0, "seed of the trunk, head and block inits and of the minibatch order")
+    dtype: str = _option("float32", "float32 or float64")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid option and its valid values."""
@@ -89,7 +98,7 @@ class NonlinearConfig:
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"--hidden needs at least one width >= 1; got {self.hidden}")
         for name in ("depth", "width", "r_hat", "batch_size", "steps", "eval_every", "surrogate_batch"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         if self.depth < 2:
             raise ValueError(f"--depth must be >= 2 for a linear block; got {self.depth}")
@@ -277,7 +286,8 @@ def train_classifier(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Train one model; returns ``(record, curves)`` with curves columns member, iteration, seconds,
-    train_loss (mean over the minibatches since the last checkpoint), test_loss, test_accuracy."""
+    train_loss (mean over the steps since the last checkpoint: over whole-set losses in full batch),
+    test_loss, test_accuracy."""
     config.validate()
     dtype = {"float32": torch.float32, "float64": torch.float64}[config.dtype]
     x_train, y_train, x_test, y_test = data
@@ -294,7 +304,8 @@ def train_classifier(
     if config.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(groups)
     else:
-        optimizer = torch.optim.SGD(groups, momentum=config.momentum)
+        optimizer = torch.optim.SGD(groups, momentum=config.momentum if config.optimizer == "sgd" else 0.0)
+    full_batch = config.batch_size is None
     sampler = seeding.generator(config.init_seed, "batches")
     order = torch.randperm(len(x_train), generator=sampler)
     position = 0
@@ -321,11 +332,14 @@ def train_classifier(
 
     checkpoint(0)
     for step in range(1, config.steps + 1):
-        if position + config.batch_size > len(order):
-            order, position = torch.randperm(len(x_train), generator=sampler), 0
-        index = order[position : position + config.batch_size].to(device)
-        position += config.batch_size
-        loss = nn.functional.cross_entropy(model(x_train[index]), y_train[index])
+        if full_batch:
+            loss = nn.functional.cross_entropy(model(x_train), y_train)
+        else:
+            if position + config.batch_size > len(order):
+                order, position = torch.randperm(len(x_train), generator=sampler), 0
+            index = order[position : position + config.batch_size].to(device)
+            position += config.batch_size
+            loss = nn.functional.cross_entropy(model(x_train[index]), y_train[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -110,7 +110,8 @@ def matrix_problem(config: RunConfig) -> Completion:
         if values.shape != matrix.shape:
             raise ConfigError(f"--{name} file {path} has shape {values.shape}; the --matrix is {matrix.shape}")
         if not np.isin(values, (0.0, 1.0)).all():
-            raise ConfigError(f"--{name} file {path} must hold only 0 and 1 (1 = the entry is {name})")
+            meaning = {"mask": "1 = observed, 0 = missing", "heldout": "1 = held out to measure the error"}[name]
+            raise ConfigError(f"--{name} file {path} must hold only 0 and 1 ({meaning})")
         masks[name] = torch.from_numpy(values != 0)
     if not masks["mask"].any():
         raise ConfigError(f"--mask file {config.mask} marks no entry as observed")

@@ -206,7 +206,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS, help="what to run (all)")
     bench.add_argument("--sizes", nargs="+", type=int, default=None, help="d for MF/MC (default 100 400 1000 2000)")
     bench.add_argument("--ms-sizes", nargs="+", type=int, default=None, help="d for MS, m = 20d (default 100 200)")
-    bench.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
+    bench.add_argument(
+        "--dtypes", nargs="+", default=["float64", "float32"], choices=["float64", "float32"], help="dtypes to time"
+    )
     bench.add_argument("--out", type=Path, default=None, help="write the results here (JSON; CSV with --scaling)")
     scaling_options = bench.add_argument_group("--scaling (the pipeline's scaling figure)")
     scaling_options.add_argument("--scaling", action="store_true", help="seconds per iteration / to tol against d")

@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     DIVERGED = 3  # training produced a non-finite loss; no record was written
     NO_DATA = 4  # a data set is missing; the message says where to put it
     BAD_DATA = 5  # a data file is malformed
+    INTERRUPTED = 130  # Ctrl-C (SIGINT); every output is atomic, so nothing was written
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -56,6 +57,8 @@ def run_handler(args: argparse.Namespace) -> int:
         return fail(f"malformed data: {error}", ExitCode.BAD_DATA)
     except (ConfigError, GridError, ValueError, FloatingPointError, FileNotFoundError) as error:
         return fail(str(error), ExitCode.BAD_OPTION)
+    except KeyboardInterrupt:
+        return fail("interrupted; nothing written", ExitCode.INTERRUPTED)
 
 
 def fail(message: str, code: ExitCode) -> int:
@@ -75,7 +78,8 @@ def add_threads_option(parser: argparse.ArgumentParser, default: int | None = No
         "--threads",
         type=int,
         default=default,
-        help=f"CPU threads for torch (default: {default or 'torch default'}); give the same OMP_NUM_THREADS",
+        help=f"CPU threads for torch (default: {default or 'all the machine has'}); set OMP_NUM_THREADS to the same;"
+        " 1 per process when several run at once",
     )
 
 

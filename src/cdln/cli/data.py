@@ -133,8 +133,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     syn = commands.add_parser("movielens-synthetic", help="write a stand-in ml-100k.zip (same format; not MovieLens)")
     syn.add_argument("--out", type=Path, required=True, help="zip file to write")
-    syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--n-ratings", type=int, default=100_000)
+    syn.add_argument("--seed", type=int, default=0, help="seed of the stand-in's draw (default: 0)")
+    syn.add_argument("--n-ratings", type=int, default=100_000, help="ratings to draw (default: 100,000, as ml-100k)")
     writes_files(syn, "out")
     syn.set_defaults(handler=movielens_synthetic_command)
 
@@ -142,7 +142,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "fashion-mnist-synthetic", help="write stand-in IDX files (FashionMNIST format; not the data)"
     )
     fm.add_argument("--out", type=Path, required=True, help="folder to write the four .gz IDX files into")
-    fm.add_argument("--n-train", type=int, default=2000)
-    fm.add_argument("--n-test", type=int, default=500)
-    fm.add_argument("--seed", type=int, default=0)
+    fm.add_argument("--n-train", type=int, default=2000, help="training images to draw (default: 2000)")
+    fm.add_argument("--n-test", type=int, default=500, help="test images to draw (default: 500)")
+    fm.add_argument("--seed", type=int, default=0, help="seed of the stand-in's draw (default: 0)")
     fm.set_defaults(handler=fashion_mnist_synthetic_command)

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -37,6 +38,17 @@ PLOT_TABLES = {
 }  # fmt: skip
 
 
+def read_table(path: Path, what: str, **options: Any) -> pd.DataFrame:
+    """The CSV table the user named (``what``: the flag); one line naming it when it is missing or not a table."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return pd.read_csv(path, **options)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        reason = "not text" if isinstance(error, UnicodeDecodeError) else " ".join(str(error).split())[:100]
+        raise ValueError(f"{what} {path} is not a CSV table ({reason})") from None
+
+
 def aggregate_command(args: argparse.Namespace) -> int:
     if args.experiment == "synthetic":
         curves, runs = aggregate.collect(args.job_dirs, args.reach_error)
@@ -56,7 +68,7 @@ def aggregate_command(args: argparse.Namespace) -> int:
 
 
 def summary_command(args: argparse.Namespace) -> int:
-    runs = pd.concat([pd.read_csv(path) for path in args.runs], ignore_index=True)
+    runs = pd.concat([read_table(path, "runs table") for path in args.runs], ignore_index=True)
     if args.reference_model not in set(runs["model"]):
         models = sorted(set(runs["model"]))
         raise ValueError(f"--reference-model {args.reference_model!r} has no runs; models: {models}")
@@ -71,7 +83,7 @@ def summary_command(args: argparse.Namespace) -> int:
 def check_regression_command(args: argparse.Namespace) -> int:
     if not args.summary.is_file():
         raise FileNotFoundError(f"--summary {args.summary} does not exist; run the reduced grid first")
-    table = pd.read_csv(args.summary)
+    table = read_table(args.summary, "--summary")
     if args.write_expected:
         write_text(args.expected, regression.expected_file_text(table, str(args.summary)))
         print(f"wrote {args.expected}", file=sys.stderr)
@@ -102,7 +114,7 @@ def robustness_table_command(args: argparse.Namespace) -> int:
     for path in (args.runs, args.curves):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (make it with `cdln aggregate synthetic`)")
-    frame = table(pd.read_csv(args.runs), pd.read_csv(args.curves), points, args.level)
+    frame = table(read_table(args.runs, "--runs"), read_table(args.curves, "--curves"), points, args.level)
     write_csv(args.out, frame)
     print(f"wrote {args.out} ({len(frame)} rows, {len(points)} sweep points)", file=sys.stderr)
     return ExitCode.OK
@@ -115,7 +127,7 @@ def plot_command(args: argparse.Namespace) -> int:
     targets, expected, columns = PLOT_TABLES[args.figure]
     if not args.table.is_file():
         raise FileNotFoundError(f"--table {args.table} does not exist (cdln plot {args.figure} reads {expected})")
-    table = pd.read_csv(args.table)
+    table = read_table(args.table, "--table")
     missing = sorted(columns - set(table.columns))
     if missing:
         raise ValueError(
@@ -166,8 +178,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     agg.set_defaults(handler=aggregate_command)
 
     summ = commands.add_parser("summary", help="per-run tables -> the summary table (CSV + Markdown)")
-    summ.add_argument("--csv", type=Path, required=True)
-    summ.add_argument("--markdown", type=Path, required=True)
+    summ.add_argument("--csv", type=Path, required=True, help="the summary table (.csv) to write")
+    summ.add_argument("--markdown", type=Path, required=True, help="the summary table as Markdown (.md) to write")
     summ.add_argument("--reference-model", default="original", help="speed-up = its seconds / a model's")
     summ.add_argument("--config-name", default="?", help="output root of the config that made the runs")
     summ.add_argument("--real-data", type=Path, nargs="*", default=[], help="real-data Markdown tables to append")
@@ -203,8 +215,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     plot.add_argument("figure", choices=PLOTS, help="which plot (see above for the figure targets each draws)")
     plot.add_argument("--table", type=Path, required=True, help="the figure's table (curves, runs or scaling CSV)")
     plot.add_argument("--out", type=Path, required=True, help="the figure as PNG")
-    plot.add_argument("--pdf", type=Path, default=None)
-    plot.add_argument("--title", default=None)
+    plot.add_argument("--pdf", type=Path, default=None, help="also the figure as PDF")
+    plot.add_argument("--title", default=None, help="the figure's title (default: the plot's name)")
     plot.add_argument(
         "--panels", nargs="+", default=None, help="required by error-curves and ablation-alpha: the panels, in order"
     )
@@ -239,7 +251,9 @@ def claims_command(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: {int(table['holds'].sum())} of {len(table)} claims hold", file=sys.stderr)
         return ExitCode.OK
     if args.action == "gather":
-        frames = [pd.read_csv(path, keep_default_na=False, dtype={"measured": str}) for path in args.tables]
+        frames = [
+            read_table(path, "claims table", keep_default_na=False, dtype={"measured": str}) for path in args.tables
+        ]
         if args.not_evaluated:
             if args.claims is None:
                 raise ValueError("--not-evaluated needs --claims (the rows of the figure come from it)")
@@ -255,7 +269,7 @@ def claims_command(args: argparse.Namespace) -> int:
             f"wrote {args.csv} and {args.markdown}: {int(table['holds'].sum())} of {len(table)} hold", file=sys.stderr
         )
         return ExitCode.OK
-    table = pd.read_csv(args.table, keep_default_na=False, dtype={"measured": str})
+    table = read_table(args.table, "--table", keep_default_na=False, dtype={"measured": str})
     if table.empty:
         raise ValueError(f"--table {args.table} holds no claims: a check over nothing proves nothing")
     table["holds"] = table["holds"].astype(str) == "True"
@@ -289,8 +303,8 @@ def register_claims(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--timing", action="store_true", help="also the claims that read seconds")
     writes_files(evaluate, "out")
     gather = actions.add_parser("gather", help="per-figure claim CSVs -> one CSV and one Markdown table")
-    gather.add_argument("--csv", type=Path, required=True)
-    gather.add_argument("--markdown", type=Path, required=True)
+    gather.add_argument("--csv", type=Path, required=True, help="every claim in one table (.csv) to write")
+    gather.add_argument("--markdown", type=Path, required=True, help="the claims table as Markdown (.md) to write")
     gather.add_argument("--config-name", default="?", help="output root of the config that made the runs")
     gather.add_argument("tables", type=Path, nargs="+", help="per-figure claim CSVs")
     gather.add_argument("--claims", type=Path, default=None, help="claims file (for --not-evaluated)")

@@ -85,7 +85,7 @@ def add_run_config_options(parser: argparse.ArgumentParser, only: set[str] | Non
             continue
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        help_text = f"{HELP[field.name]} (default: {default})"
+        help_text = HELP[field.name] + ("" if default is None else f" (default: {default})")
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         elif field.name in ("alpha", "init_seed"):
@@ -157,7 +157,7 @@ def add_altmin_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=100, help="ALS sweeps (each solves both factors)")
     parser.add_argument("--n-inner", type=int, default=1, help="sweeps between checkpoints")
     parser.add_argument("--ridge", type=float, default=1e-6, help="ridge on each least-squares solve, >= 0")
-    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="float64 or float32")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
@@ -201,13 +201,24 @@ def add_nonlinear_options(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(NonlinearConfig):
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        help_text = field.metadata["help"] + ("" if default is None else f" (default: {default})")
         if field.name == "hidden":
-            parser.add_argument(flag, type=int, nargs="+", default=default, help=f"trunk widths (default: {default})")
+            parser.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
             continue
         kind = {"int": int, "float": float, "int | None": int, "str": str}[field.type]
-        parser.add_argument(
-            flag, type=kind, default=default, choices=choices.get(field.name), help=f"(default: {default})"
-        )
+        if field.name == "batch_size":
+            kind = _batch_size
+        parser.add_argument(flag, type=kind, default=default, choices=choices.get(field.name), help=help_text)
+
+
+def _batch_size(text: str) -> int | None:
+    """``--batch-size``: a number of examples, or ``full`` (None: the whole training set every step)."""
+    if text == "full":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of examples or 'full'; got {text!r}") from None
 
 
 def nonlinear_config(args: argparse.Namespace) -> NonlinearConfig:
