@@ -7,12 +7,14 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO, cli_env
 
+from cdln.cli import main
 from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, plan_engine, train
 from cdln.networks import compressed_dln
@@ -157,3 +159,47 @@ def test_bad_matrix_files_get_one_line_naming_the_file(tmp_path, files, extra, m
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+# ---- a run that went wrong says so; the step for a user's matrix follows its scale ----
+
+
+def _rank3_matrix_files(folder: Path, scale: float) -> list[str]:
+    """A rank-3, 50 x 40 matrix times ``scale``, half its entries observed, the rest held out."""
+    rng = np.random.default_rng(0)
+    matrix = scale * rng.standard_normal((50, 3)) @ rng.standard_normal((3, 40))
+    mask = (rng.random((50, 40)) < 0.5).astype(int)
+    np.savetxt(folder / "m.csv", matrix, delimiter=",")
+    np.savetxt(folder / "mask.csv", mask, delimiter=",", fmt="%d")
+    np.savetxt(folder / "held.csv", 1 - mask, delimiter=",", fmt="%d")
+    return ["train", "--task", "mc", "--matrix", str(folder / "m.csv"), "--mask", str(folder / "mask.csv"),
+            "--heldout", str(folder / "held.csv"), "--r", "3", "--model", "cdln", "--n-inner", "100",
+            "--max-outer", "500", "--quiet"]  # fmt: skip
+
+
+def test_a_step_too_large_warns_with_the_share_and_a_smaller_step(tmp_path, capsys):
+    args = _rank3_matrix_files(tmp_path, 0.75)
+    assert main([*args, "--lr", "10", "--out", str(tmp_path / "big")]) == 0  # it exits 0 ...
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("warning: the training loss rose at ") and "try --lr 5" in lines[-1]  # ... and says so
+    record = json.loads((tmp_path / "big" / "record.json").read_text())
+    member = record["members"][0]
+    assert member["loss_rose"] / member["checkpoints"] > 0.2 and record["warnings"]
+    assert member["final_relative_error"] > 0.1  # the wrong completion the warning is about
+    assert main([*args, "--lr", "5", "--out", str(tmp_path / "small")]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "warning" not in lines[0] and "relative error on the held-out entries" in lines[0]
+    record = json.loads((tmp_path / "small" / "record.json").read_text())
+    assert record["warnings"] == [] and record["members"][0]["final_relative_error"] < 1e-5
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_the_default_step_for_a_users_matrix_follows_its_scale(tmp_path, capsys, scale):
+    args = _rank3_matrix_files(tmp_path, scale)
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["warnings"] == [] and record["members"][0]["loss_rose"] == 0
+    assert record["members"][0]["final_relative_error"] < 1e-3, record["members"][
+        0
+    ]  # 3.5e-4 at 1e-3: eps is large there
+    assert record["config"]["lr"] == pytest.approx(4.54 * (0.75 / scale) ** (4 / 3), rel=0.05)

@@ -19,6 +19,7 @@ from cdln.devices import resolve_device, resolve_dtype
 from cdln.networks import MODELS, dln_param_count
 from cdln.spec import NOISY_TASKS, SPECTRA, TASKS, ProblemSpec
 
+DEFAULT_LR = 10.0  # the GD step when none is given (a user's --matrix: derived from its scale instead)
 MEMORY_FRACTION = 0.8  # refuse problems needing more than this share of the machine's memory
 
 
@@ -52,7 +53,7 @@ class RunConfig:
     bm_rank: int | None = None  # Burer-Monteiro k; default r
     bm_scale: float | None = None  # Burer-Monteiro init scale; default eps (1 = an order-one start)
     eps: float = 1e-2
-    lr: float = 10.0
+    lr: float | None = None  # None: DEFAULT_LR, or on a user's --matrix a step derived from its scale (runner)
     alpha: list[float] = field(default_factory=lambda: [1.0])
     gamma: float = 0.01
     n_inner: int = 100
@@ -130,8 +131,10 @@ class RunConfig:
                     f"{min(d_out, d_in)}; pass --r-hat in [1, {min(d_out, d_in)}]"
                 )
             raise ConfigError(f"--r-hat must be in [1, {min(d_out, d_in)}]; got {self.compressed_width}")
-        for name in ("eps", "lr", "gamma"):
+        for name in ("eps", "gamma"):
             _positive(name, getattr(self, name))
+        if self.lr is not None:
+            _positive("lr", self.lr)
         if self.bm_scale is not None:
             _positive("bm_scale", self.bm_scale)
         if self.model == "yaras" and self.compressed_width % 2:

@@ -7,6 +7,7 @@ trains several runs on one sensing problem together, sharing each pass over its 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 
 from cdln.analysis import SpectralSnapshots, stack_snapshots
-from cdln.config import ConfigError, RunConfig
+from cdln.config import DEFAULT_LR, ConfigError, RunConfig
 from cdln.data.synthetic import make_problem
 from cdln.devices import device_name, resolve_device
 from cdln.engine import ProgressFn, TrainResult, TrainSettings, train, train_many
@@ -93,8 +94,26 @@ def load_run_problem(config: RunConfig) -> tuple[RunConfig, Problem]:
             held = f"holds a {problem.spec.task!r} problem"
             raise ConfigError(f"--problem {config.problem} {held} but --task is {config.task!r}")
     resolved = config.with_problem(problem.spec)
+    if resolved.lr is None:
+        lr = matrix_step_size(problem, resolved) if config.matrix is not None else DEFAULT_LR
+        resolved = dataclasses.replace(resolved, lr=lr)
     resolved.validate()
     return resolved, problem
+
+
+def matrix_step_size(problem: Problem, config: RunConfig) -> float:
+    """A GD step for a user's matrix, from its scale: about half the largest stable one.
+
+    Near the end of training the loss's curvature along the target's leading direction is about
+    ``L s^(2(L-1)/L) / (d_out d_in)`` (``s`` the target's largest singular value, estimated by the surrogate's;
+    each of the ``L`` layers carries ``s^(1/L)``), so GD is stable below twice its inverse; this returns its
+    inverse, divided by the outer layers' extra step (``alpha``) where they take one."""
+    d_out, d_in = problem.shape
+    depth = 2 if config.model == "bm" else config.depth
+    top = float(torch.linalg.matrix_norm(problem.surrogate(), ord=2))
+    alpha = max(config.alpha) if config.model == "cdln" else 1.0
+    extra = (2 * alpha + depth - 2) / depth  # the outer layers step at alpha x lr
+    return d_out * d_in / (depth * top ** (2 * (depth - 1) / depth) * extra)
 
 
 def matrix_problem(config: RunConfig) -> Completion:
@@ -135,8 +154,56 @@ def train_run(config: RunConfig, progress: ProgressFn | None = None) -> RunOutpu
         problem=config.problem, matrix=config.matrix, mask=config.mask, heldout=config.heldout
     )
     if config.matrix is not None:
-        output.completed = network.end_to_end().cpu().numpy()
+        completed = network.end_to_end()
+        output.completed = completed.cpu().numpy()
+        assert isinstance(problem, Completion)
+        entries = "held-out" if problem.heldout is not None else "observed"
+        where = (problem.heldout if problem.heldout is not None else problem.mask).to(completed.dtype)
+        errors = torch.linalg.matrix_norm((completed - problem.target) * where) / torch.linalg.matrix_norm(
+            problem.target * where
+        )
+        for member, error in zip(output.record["members"], errors.tolist(), strict=True):
+            member["final_relative_error"] = error
+        output.record["problem"]["relative_error_entries"] = entries
     return output
+
+
+RISE_SHARE = 0.05  # a healthy GD run's training loss falls at every checkpoint; rising at this share warns
+
+
+def loss_health(curves: pd.DataFrame, dtype: torch.dtype) -> dict[int, dict[str, Any]]:
+    """Per member: at how many checkpoints the training loss rose (above its rounding floor) of how many, and
+    whether it ended above where it started. Rises below ``max(1e-10, (1e3 eps)^2) x`` the first loss are
+    rounding at a converged floor, not counted."""
+    floor = max(1e-10, (1e3 * torch.finfo(dtype).eps) ** 2)
+    health = {}
+    for member, frame in curves.groupby("member"):
+        loss = frame["train_loss"].to_numpy()
+        rose = (loss[1:] > loss[:-1] * (1 + 1e-9)) & (loss[1:] > floor * loss[0])
+        health[int(member)] = {
+            "loss_rose": int(rose.sum()),
+            "checkpoints": len(loss) - 1,
+            "loss_ended_above_start": bool(loss[-1] > loss[0]),
+        }
+    return health
+
+
+def health_warnings(record: dict[str, Any]) -> list[str]:
+    """One line per member whose training loss rose at a large share of checkpoints or ended above its start."""
+    lines = []
+    lr = record["config"]["lr"]
+    for member in record["members"]:
+        rose, checkpoints = member.get("loss_rose", 0), member.get("checkpoints", 0)
+        share = rose / checkpoints if checkpoints else 0.0
+        if share < RISE_SHARE and not member.get("loss_ended_above_start"):
+            continue
+        ended = " and ended above where it started" if member.get("loss_ended_above_start") else ""
+        who = f"member {member['member']}: " if len(record["members"]) > 1 else ""
+        lines.append(
+            f"{who}the training loss rose at {rose} of {checkpoints} checkpoints ({share:.0%}){ended}; the result is "
+            f"not trustworthy: the step size {lr:g} is likely too large for this problem's scale, try --lr {lr / 2:g}"
+        )
+    return lines
 
 
 def settings_of(config: RunConfig) -> TrainSettings:
@@ -224,9 +291,11 @@ def training_record(
     original_params = dln_param_count(spec.d_out, spec.d_in, config.width or max(spec.d_out, spec.d_in), config.depth)
     final = result.curves.groupby("member").last()
     members = config.members()
+    health = loss_health(result.curves, config.torch_dtype)
     for entry in members:
         i = entry["member"]
         entry.update(
+            **health[i],
             converged=result.converged[i],
             stop_iteration=result.stop_iteration[i],
             stop_seconds=result.stop_seconds[i],
@@ -234,7 +303,7 @@ def training_record(
             final_recovery_error=float(final.loc[i, "recovery_error"]),
         )
     iterations = int(result.curves["iteration"].max())
-    return make_record(
+    record = make_record(
         "train",
         config=resolved_settings(config, spec),
         problem=asdict(spec),
@@ -251,3 +320,5 @@ def training_record(
         },
         device={"type": device.type, "name": device_name(device), "dtype": config.dtype},
     )
+    record["warnings"] = health_warnings(record)
+    return record

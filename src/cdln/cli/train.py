@@ -64,7 +64,8 @@ HELP: dict[str, str] = {
     "bm_rank": "Burer-Monteiro width k (default r)",
     "bm_scale": "Burer-Monteiro init scale, > 0 (default eps; 1 = an order-one start)",
     "eps": "initialisation scale, > 0",
-    "lr": "GD step size eta, > 0",
+    "lr": "GD step size eta, > 0 (default: 10; with --matrix, half the stable step its scale allows, "
+    "d_out d_in / (L sigma_1^(2(L-1)/L)), sigma_1 the surrogate's largest singular value)",
     "alpha": "C-DLN outer-layer step multiplier(s), > 0; several values train as one batched sweep",
     "gamma": "Yaras et al. outer-layer step multiplier, > 0",
     "n_inner": "GD steps between checkpoints, >= 1",
@@ -145,10 +146,14 @@ def check_train(args: argparse.Namespace) -> None:
 
 def summarise_train(output: RunOutput) -> str:
     member, record = output.record["members"][0], output.record
-    return (
+    line = (
         f"{record['config']['model']} stopped at iteration {member['stop_iteration']} after "
         f"{record['timing']['seconds']:.2f}s, recovery error {member['final_recovery_error']:.3e}"
     )
+    if "final_relative_error" in member:  # a user's matrix: the error a user reads, on the entries it used
+        entries = record["problem"]["relative_error_entries"]
+        line += f", relative error on the {entries} entries {member['final_relative_error']:.3g}"
+    return "".join([line, *(f"\nwarning: {warning}" for warning in record.get("warnings", []))])
 
 
 def add_altmin_options(parser: argparse.ArgumentParser) -> None:
