@@ -176,7 +176,5 @@ def test_reduced_grid_through_slurm_equals_the_local_run(cluster, tmp_path: Path
     assert_same(tables(local_clone), tables(slurm_clone), "table")
     assert (slurm_clone / "results" / "ci" / "tables" / "summary.md").is_file()
     assert (slurm_clone / "results" / "ci" / "tables" / "claims.md").is_file()
-    # The bound: through SLURM at most twice the local time (CDLN_SLURM_MAX_RATIO to loosen it on a
-    # machine shared with other work, where the two runs see different loads).
-    bound = float(os.environ.get("CDLN_SLURM_MAX_RATIO", "2.0"))
-    assert ratio <= bound, f"SLURM {slurm_seconds:.0f} s > {bound} x local {local_seconds:.0f} s"
+    # Its time against the local run's is printed above, not asserted: a clock read on a shared machine is no
+    # test (docs/pipeline.md quotes the measured ratio with the command that measures it).

@@ -1,5 +1,16 @@
 """The gallery (config ``gallery``, the paper grid only): a finished replication's figures, claims table and
-summary copied into a tracked folder with a stamp (commit, date, machine, elapsed time, versions)."""
+summary copied into a tracked folder with a stamp (commit, date, machine, elapsed time, versions).
+
+`snakemake gallery` only copies: without a finished replication (or on a grid without a gallery) it says so in
+one line before anything starts, instead of starting the replication (cdln.pipeline.gallery.refusal)."""
+
+if workflow.is_main_process and "gallery" in sys.argv[1:]:
+    from cdln.pipeline.gallery import refusal
+
+    _why = refusal(config.get("gallery"), config["output_root"], TARGETS.files("all"))
+    if _why:
+        print(f"snakemake gallery: {_why}", file=sys.stderr)
+        sys.exit(1)
 
 
 if "gallery" in config:

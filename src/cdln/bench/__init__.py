@@ -14,6 +14,7 @@ Sections (``--sections``), each in its own module:
    library present (numpy's OpenBLAS, numba/scipy's, torch's MKL, XLA), the sampled MC step against the dense one
    (d = 2000, p = 0.05; a MovieLens-shaped problem), and the MS step of two runs sharing one operator
    pass against both alone.
+5. ``agreement`` (:mod:`cdln.bench.scaling`): the scaling figure's seconds per iteration against whole runs'.
 
 ``--scaling`` instead measures seconds per iteration and to tol against d (:mod:`cdln.bench.scaling`)
 and writes the CSV of the pipeline's scaling figure. Settings that are the paper grid's (step sizes,
@@ -45,13 +46,13 @@ from cdln.bench.paths import (
     single_thread_jax,
 )
 from cdln.bench.runs import bench_batch, bench_tol, experiment_runs
-from cdln.bench.scaling import scaling
+from cdln.bench.scaling import scaling, whole_run_agreement
 from cdln.bench.timing import gemm_rate, pin_to_one_core
 from cdln.cli.common import ExitCode, add_threads_option, apply_threads, writes_files
 from cdln.devices import blas_info, device_name, numba_label, resolve_device
 from cdln.outputs import write_csv, write_json
 
-SECTIONS = ("kernels", "tol", "batch", "jax", "sampled", "shared")
+SECTIONS = ("kernels", "tol", "batch", "jax", "sampled", "shared", "agreement")
 DEFAULT_CONFIG = Path("config/config.yaml")
 
 
@@ -159,6 +160,9 @@ def run_benchmark(
         results["sampled"] = bench_sampled(echo=echo)
         echo("where the sampled step stops paying: native sampled/dense per iteration against the observed fraction")
         results["sampled"]["crossover"] = bench_crossover(echo=echo)
+    if "agreement" in sections:
+        echo("\n[agreement] the scaling figure's seconds per iteration against whole runs' (MC, d = 60)")
+        results["agreement"] = whole_run_agreement(echo=echo)
     if "shared" in sections:
         echo("\n[shared] an MS step (the ms section's first panel) of two runs sharing one pass over the operator")
         results["shared"] = bench_shared(experiment_runs(config, "ms", str(device)), echo=echo)

@@ -51,6 +51,31 @@ def iteration_seconds(
     return statistics.median(interval(steps) for _ in range(runs)), steps
 
 
+def whole_run_agreement(repeats: int = 5, echo: Callable[[str], None] = print) -> list[dict]:
+    """How close :func:`iteration_seconds` comes to whole runs' seconds per iteration (a record's seconds over its
+    iterations, 20 checkpoints of 100 steps), interleaved, on an MC problem (d = 60, r = 4, p = 0.3) for the
+    original DLN and the C-DLN: the medians and their ratio."""
+    problem = make_problem(ProblemSpec("mc", 60, 60, 4, 0, p=0.3))
+    rows = []
+    for model in ("original", "cdln"):
+        network = (
+            original_dln(60, 60, 3, 1e-2, [0])
+            if model == "original"
+            else compressed_dln(problem.surrogate(), 8, 3, 1e-2)
+        )
+        whole, measured = [], []
+        for _ in range(repeats):
+            whole.append(train(network.clone(), problem, TrainSettings(2.0, 100, 20)).seconds / 2000)
+            measured.append(iteration_seconds(network, problem, 2.0, 100, target_seconds=0.05, repeats=1)[0])
+        row = {"model": model, "whole_run_us": 1e6 * statistics.median(whole),
+               "measured_us": 1e6 * statistics.median(measured)}  # fmt: skip
+        row["ratio"] = row["measured_us"] / row["whole_run_us"]
+        echo(f"{model:>8}: whole runs {row['whole_run_us']:.1f} us/iteration, the scaling measurement "
+             f"{row['measured_us']:.1f} us ({row['ratio']:.3f}x), medians of {repeats} interleaved")  # fmt: skip
+        rows.append(row)
+    return rows
+
+
 def scaling(
     sizes: Sequence[int],
     device_spec: str = "auto",

@@ -9,6 +9,7 @@ none), the elapsed time of the Snakemake run that built the default target, and 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -65,6 +66,27 @@ def _record_environment(root: Path) -> dict[str, Any]:
     if len(commits) > 1:
         raise ValueError(f"the run records under {root} come from {len(commits)} code versions: {sorted(commits)}")
     return environments[0]
+
+
+def refusal(gallery: str | None, output_root: str, replication: list[str]) -> str | None:
+    """Why ``snakemake gallery`` cannot copy now (None when it can): the config has no gallery (the reduced grid),
+    or the files of the default target (``replication``) are not all there; says how long a replication takes."""
+    if not gallery:
+        return (
+            f"the gallery shows the paper grid's replication; this config ({output_root}) has none: run it without "
+            "--configfile"
+        )
+    missing = [path for path in replication if not Path(path).exists()]
+    if not missing:
+        return None
+    last = ""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        stamp = json.loads((Path(gallery) / STAMP).read_text())
+        last = f" (the last took {stamp['run']['seconds'] // 60} min on {stamp['machine']['cores']} cores)"
+    return (
+        f"it copies a finished replication, and {len(missing)} of its {len(replication)} files are missing (e.g. "
+        f"{missing[0]}): run the replication first, `snakemake --cores all`{last}, then this"
+    )
 
 
 def make_gallery(root: str | Path, out: str | Path, log_dir: str | Path = ".snakemake/log") -> dict[str, Any]:
