@@ -170,6 +170,7 @@ import sys  # noqa: E402
 import yaml  # noqa: E402
 from conftest import REPO  # noqa: E402
 
+from cdln.pipeline.grid import Grid  # noqa: E402
 from cdln.pipeline.validate import pipeline_config_errors, validate_pipeline_config  # noqa: E402
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -200,7 +201,6 @@ BAD_PIPELINE_CONFIGS = [
     (["seeds"], "0", r"^seeds: '0' is not of type 'array'"),
     (["dtype"], "float16", r"^dtype: 'float16' is not one of \['float64', 'float32'\]"),
     (["device"], "gpu", r"^device: 'gpu' does not match"),
-    (["output_root"], "a/b", r"^output_root: 'a/b' does not match"),
     (["learning_rate"], 1.0, r"^<top level>: unknown key\(s\) \['learning_rate'\]; valid keys: \[.*'seeds'"),
     (["experiments", "fig_magic"], {}, r"^experiments: unknown key\(s\) \['fig_magic'\]; valid keys: \[.*'mc'"),
     (["experiments", "mc", "lr"], -1, r"^experiments\.mc\.lr: -1 is less than or equal to the minimum of 0"),
@@ -234,7 +234,15 @@ BAD_PIPELINE_CONFIGS = [
      r"^experiments\.movielens\.zip_path: /nonexistent/ml-100k\.zip does not exist \(give an existing path, or null\)"),
     (["experiments", "nonlinear", "data_dir"], "/nonexistent/fashion",
      r"^experiments\.nonlinear\.data_dir: /nonexistent/fashion does not exist"),
+    (["output_root"], "..", r"^output_root: '\.\.' is not valid .* a name .* or an absolute folder"),  # the repo root
+    (["output_root"], "a/b", r"^output_root: 'a/b' is not valid"),
 ]  # fmt: skip
+
+
+def test_an_absolute_output_root_is_its_own_folder(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "ci.yaml").read_text()) | {"output_root": str(tmp_path / "out")}
+    validate_pipeline_config(config, SCHEMA)
+    assert Grid(config).root == str(tmp_path / "out")
 
 
 def test_both_shipped_configs_are_valid():

@@ -152,7 +152,8 @@ class Grid:
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = config
-        self.root = f"results/{config['output_root']}"
+        root = config["output_root"]  # a name under results/, or an absolute folder (the schema allows no other)
+        self.root = root.rstrip("/") if root.startswith("/") else f"results/{root}"
         self._data: dict[str, DataFile] = {}
         self._jobs: dict[str, dict[str, Job]] = {}
         self._measured_in: dict[str, dict[tuple[str, str], str]] = {}  # sweep: (panel, model) -> panel that ran it
