@@ -234,7 +234,7 @@ BAD_PIPELINE_CONFIGS = [
      r"^experiments\.movielens\.zip_path: /nonexistent/ml-100k\.zip does not exist \(give an existing path, or null\)"),
     (["experiments", "nonlinear", "data_dir"], "/nonexistent/fashion",
      r"^experiments\.nonlinear\.data_dir: /nonexistent/fashion does not exist"),
-    (["output_root"], "..", r"^output_root: '\.\.' is not valid .* a name .* or an absolute folder"),  # the repo root
+    (["output_root"], "..", r"^output_root: '\.\.' is not valid .*a name .* or an absolute folder"),  # the repo root
     (["output_root"], "a/b", r"^output_root: 'a/b' is not valid"),
 ]  # fmt: skip
 
