@@ -135,3 +135,15 @@ def test_cli_flags_round_trip_through_shell_quoting():
 def test_panels_in_config_order():
     assert Grid(PAPER).panels("mf") == list(PAPER["experiments"]["mf"]["panels"])
     assert Grid(CI).panels("ablation_depth") == ["L2", "L3"]
+
+
+def test_a_named_nonlinear_protocol_replaces_the_sections_training_settings():
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    section = config["experiments"]["nonlinear"]
+    assert "--batch-size 256 --steps 3000" in Grid(config).jobs("nonlinear")[0].runs[0].argument()
+    section["protocol"] = "full_batch"
+    argument = Grid(config).jobs("nonlinear")[0].runs[0].argument()
+    assert "--batch-size full --steps 1250 --eval-every 10" in argument and "--optimizer adam" in argument
+    section["protocol"] = "mine"
+    with pytest.raises(GridError, match=r"protocol: 'mine' is not in its protocols \['full_batch'\]"):
+        Grid(config)

@@ -462,6 +462,13 @@ class Grid:
 
     def _nonlinear_jobs(self, name: str) -> Iterable[Job]:
         section = self.section(name)
+        protocol = section.get("protocol")
+        if protocol is not None:  # a named protocol's settings replace the section's
+            protocols = section.get("protocols", {})
+            if protocol not in protocols:
+                known = sorted(protocols)
+                raise GridError(f"experiments.{name}.protocol: {protocol!r} is not in its protocols {known}")
+            section = {**section, **protocols[protocol]}
         data_dir, inputs = section.get("data_dir"), ()
         if section.get("synthetic", False):
             standin = DataFile(
