@@ -210,4 +210,5 @@ def test_cli_trains_on_a_configured_directory(tmp_path):
     assert code == 0
     record = json.loads((out / "record.json").read_text())
     assert record["config"]["model"] == "cdln" and record["parameters"]["block"] == 2 * 16 * 4 + 4 * 4
-    assert record["data"]["files"]["train-images-idx3-ubyte"].startswith(str(tmp_path / "data"))
+    assert record["data"]["files"]["train-images-idx3-ubyte"]["path"].startswith(str(tmp_path / "data"))
+    assert len(record["data"]["files"]["train-images-idx3-ubyte"]["sha256"]) == 64

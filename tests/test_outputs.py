@@ -198,3 +198,15 @@ def test_a_ledger_vouches_only_for_the_content_it_recorded(tmp_path):
     (tmp_path / LEDGER).write_text("not json")  # a broken ledger vouches for nothing
     (tmp_path / "table.csv").write_text("a,b\n1,2\n")
     assert not written_by_cdln(tmp_path / "table.csv")
+
+
+def test_the_same_problem_saved_twice_has_the_same_bytes(tmp_path):
+    """Records name each data file by its SHA-256, so a file must be a function of its content."""
+    from cdln.data.synthetic import make_problem
+    from cdln.io import save_problem
+    from cdln.spec import ProblemSpec
+
+    problem = make_problem(ProblemSpec("mc", 6, 5, 2, data_seed=1, p=0.5))
+    save_problem(problem, tmp_path / "a.pt")
+    save_problem(problem, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

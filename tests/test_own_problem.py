@@ -25,7 +25,8 @@ DOC = REPO / "docs" / "own-problem.md"
 
 
 def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    """The new-loss example's two blocks: the data, then the problem and its training (the page's last two)."""
+    return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)[-2:]
 
 
 def _relative(completed: torch.Tensor, target: torch.Tensor) -> float:

@@ -271,10 +271,15 @@ def copy_file(source: str | os.PathLike[str], path: str | os.PathLike[str], what
 
 
 def torch_save(payload: Any, path: str | os.PathLike[str], what: str = "output") -> Path:
-    """``torch.save(payload)`` to ``path``, atomically."""
+    """``torch.save(payload)`` to ``path``, atomically; the same payload gives the same bytes (saved through a file
+    object: given a path, torch names the archive's root after the file, here a random temporary name)."""
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp), what)
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            torch.save(payload, handle)
+
+    return atomic_write(path, save, what)
 
 
 def json_default(value: Any) -> Any:
