@@ -316,7 +316,8 @@ def check_output_dir(
 
     Allowed: no such path, an empty folder, a folder holding exactly what cdln wrote there, or with ``force`` any
     folder none of whose foreign files sits at a path in ``writes`` (the names the caller will write at the top
-    of the folder). A file at ``path`` is refused. Call it before the work whose result goes there."""
+    of the folder; a file of the user's inside a folder cdln writes stays beside cdln's). A file at ``path`` is
+    refused. Call it before the work whose result goes there."""
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise OutputError(f"{what} {path} is a file, not a folder; name a new folder for the output")
@@ -328,7 +329,7 @@ def check_output_dir(
             f"{what} {path} holds files cdln did not write ({_listing(foreign)}); name a new folder, or pass --force "
             "to write beside them (cdln never removes a file it did not write)"
         )
-    clashes = [name for name in foreign if name.rstrip("/").split("/")[0] in writes]
+    clashes = [name for name in foreign if name.rstrip("/") in writes]  # what is inside a folder cdln writes stays
     if clashes:
         raise OutputError(
             f"{what} {path}: {_listing(clashes)} was not written by cdln and would be overwritten, even with "
