@@ -210,3 +210,21 @@ def test_the_same_problem_saved_twice_has_the_same_bytes(tmp_path):
     save_problem(problem, tmp_path / "a.pt")
     save_problem(problem, tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_force_keeps_a_users_file_inside_a_folder_cdln_writes(tmp_path):
+    job = tmp_path / "job"
+
+    def write_job(value: str, force: bool = False) -> None:
+        with atomic_directory(job, force=force, writes=["a", "job.json"]) as staging:
+            (staging / "a").mkdir()
+            (staging / "a" / "record.json").write_text(value)
+            (staging / "job.json").write_text(value)
+
+    write_job("1")
+    (job / "a" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="a/notes.txt"):
+        write_job("2")
+    write_job("2", force=True)
+    assert (job / "a" / "record.json").read_text() == "2" and (job / "a" / "notes.txt").read_text() == "mine"
+    assert foreign_files(job) == ["a/notes.txt"]
