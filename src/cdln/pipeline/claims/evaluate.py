@@ -1,0 +1,110 @@
+"""A figure's claims evaluated on a run's tables: one row each (measured value, verdict, how seeds were
+combined, devices), and the rows that are violations."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cdln.pipeline.claims.measures import ClaimError, NotApplicable, Tables
+from cdln.pipeline.claims.noise import spread
+from cdln.pipeline.claims.spec import COLUMNS, Claim, _parse, _value
+
+
+def format_value(value: float, bounds: Sequence[float] = ()) -> str:
+    """3 significant digits, more where fewer would print a value equal to a bound it is not equal to (so a
+    failing 1.1016 against "at most 1.1" never reads 1.1)."""
+    if value is None or math.isnan(value):
+        return "never / n/a"
+    if float(value).is_integer() and abs(value) < 1e7:
+        return f"{int(value)}"
+    for digits in range(3, 18):
+        text = f"{value:.{digits}g}"
+        if all(float(text) != bound or value == bound for bound in bounds):
+            return text
+    return repr(value)
+
+
+def measure(claim: Claim, tables: Tables) -> float:
+    """The claim's measure on ``tables``; ``tables.devices`` and ``tables.aggregations`` then say what it read."""
+    tables.devices, tables.aggregations = set(), {}
+    return float(_value(_parse(claim), tables, claim))
+
+
+def evaluate(
+    claims: list[Claim],
+    figure: str,
+    tables_dir: str | Path,
+    panels: Mapping[str, Mapping[str, str | None]] | None = None,
+    absolute: bool = True,
+    timing: bool = True,
+) -> pd.DataFrame:
+    """The claims of ``figure`` that apply to this grid (see the module docstring), each with its
+    measured value, verdict and how the seeds were combined. A claim whose measure names a panel,
+    model, task or value that the tables do not have raises :class:`ClaimError` naming the claim."""
+    tables = Tables(Path(tables_dir), panels or {})
+    rows = []
+    for claim in claims:
+        if claim.figure != figure or (claim.absolute and not absolute):
+            continue
+        try:
+            value = measure(claim, tables)
+        except NotApplicable:
+            continue
+        except ClaimError as error:
+            raise ClaimError(f"claim {claim.id} ({claim.figure}): {error}") from None
+        if tables.devices and not timing:
+            continue
+        aggregation, noisy = "; ".join(tables.aggregations), False
+        if tables.devices:  # seconds: a verdict inside the measure's spread over seeds is noise
+            low, high = spread(claim, tables)
+            noisy = claim.check(low) != claim.check(high) and not (math.isnan(low) or math.isnan(high))
+            aggregation += f"; spread over seeds {format_value(low)}-{format_value(high)}"
+        rows.append(
+            _row(
+                claim,
+                format_value(value, claim.bounds()),
+                claim.check(value) and not noisy,
+                aggregation=aggregation,
+                device=", ".join(sorted(tables.devices)),
+                within_noise="within noise" if noisy else "",
+            )
+        )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def not_evaluated(claims: list[Claim], figure: str, reason: str, absolute: bool = True) -> pd.DataFrame:
+    """The rows of ``figure``'s claims that cannot be evaluated on this run (``reason``: why, and the step that
+    would evaluate them): kept in the table, counted apart, never a verdict."""
+    rows = [
+        _row(claim, "not evaluated", False, not_evaluated=reason)
+        for claim in claims
+        if claim.figure == figure and (absolute or not claim.absolute)
+    ]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _row(claim: Claim, measured: str, holds: bool, **columns: str) -> dict[str, Any]:
+    """A row of the claims table (:data:`COLUMNS`); ``columns`` fills the evaluation's own, the rest stay empty."""
+    empty = {"aggregation": "", "device": "", "not_evaluated": "", "within_noise": ""}
+    return {
+        "figure": claim.figure, "section": claim.section, "id": claim.id, "claim": claim.claim,
+        "paper": claim.paper, "measured": measured, "holds": holds, "calibrated": claim.calibrated or "",
+        "measure": claim.measure, "deviation": claim.deviation or "",
+    } | empty | columns  # fmt: skip
+
+
+def _flag(table: pd.DataFrame, column: str) -> pd.Series:
+    if column not in table:
+        return pd.Series(False, index=table.index)
+    return table[column].fillna("").astype(str).str.len() > 0
+
+
+def violations(table: pd.DataFrame) -> pd.DataFrame:
+    """Evaluated claims that do not hold and are not known deviations."""
+    undecided = _flag(table, "not_evaluated") | _flag(table, "within_noise")
+    return table[~table["holds"].astype(bool) & ~_flag(table, "deviation") & ~undecided]
