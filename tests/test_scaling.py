@@ -31,10 +31,11 @@ def test_the_per_iteration_measurement_times_whole_runs_of_a_copy(monkeypatch):
         return types.SimpleNamespace(curves=pd.DataFrame({"iteration": [0, steps], "seconds": seconds}))
 
     monkeypatch.setattr(sys.modules["cdln.bench.scaling"], "train", fake_train)  # the package shadows the name
-    seconds, steps = iteration_seconds(network, problem, 2.0, n_inner=100, target_seconds=0.05, repeats=3)
+    seconds, steps, noise = iteration_seconds(network, problem, 2.0, n_inner=100, target_seconds=0.05, repeats=3)
     assert [(n, outer) for _, n, outer in calls] == [(1, 1), (25, 1), (25, 1), (25, 1)]  # a probe, then 3 runs
     assert steps == 25 and all(copy is not network for copy, _, _ in calls)  # 0.05 s / 2 ms steps, on copies
     assert seconds == pytest.approx(0.002)  # the median: the slow runs are the minority
+    assert noise == pytest.approx(0.00016 / (2 * 0.002))  # the repeats' half-range over their median
 
 
 def test_scaling_rows_and_a_bound_below_the_measurement():

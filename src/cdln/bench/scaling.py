@@ -10,6 +10,7 @@ traffic and overheads come on top).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 
@@ -34,11 +35,11 @@ def iteration_seconds(
     n_inner: int,
     target_seconds: float = 1.0,
     repeats: int = 3,
-) -> tuple[float, int]:
+) -> tuple[float, int, float]:
     """Median seconds per iteration of ``train`` runs of a copy of ``network``: the first checkpoint interval
     (``n`` steps and the checkpoint that ends them, as every interval of a whole run) over ``n``, from the run's
     own curve. ``n`` = ``n_inner``, fewer where a step is slow (at least 10, about ``target_seconds`` a run).
-    Returns (seconds, n)."""
+    Returns (seconds, n, noise): noise is the repeats' half-range over their median (NaN for one run)."""
 
     def interval(steps: int) -> float:
         curve = train(network.clone(), problem, TrainSettings(lr, steps, 1)).curves
@@ -48,7 +49,10 @@ def iteration_seconds(
     probe = interval(1)  # compiles; one step and a checkpoint
     steps = int(min(n_inner, max(10, round(target_seconds / max(probe, 1e-9)))))
     runs = repeats if steps * probe < 10 * target_seconds else 1
-    return statistics.median(interval(steps) for _ in range(runs)), steps
+    times = [interval(steps) for _ in range(runs)]
+    median = statistics.median(times)
+    noise = (max(times) - min(times)) / (2 * median) if len(times) > 1 and median > 0 else math.nan
+    return median, steps, noise
 
 
 def whole_run_agreement(repeats: int = 5, echo: Callable[[str], None] = print) -> list[dict]:
@@ -113,10 +117,10 @@ def scaling(
                 network = compressed_dln(problem.surrogate().cpu().double(), r_hat, 3, 1e-2)
             network = network.to(device, torch_dtype)
             path = plan_engine([network.weights], problem).path
-            seconds, steps = iteration_seconds(network, problem, lr, n_inner)
+            seconds, steps, noise = iteration_seconds(network, problem, lr, n_inner)
             bound = step_flops(network.weights, problem, sampled=path == "native-sampled") / peak
             common = dict(d=d, model=model, path=path, steps=steps)
-            rows.append(dict(common, quantity="seconds_per_iteration", value=seconds))
+            rows.append(dict(common, quantity="seconds_per_iteration", value=seconds, seconds_noise=noise))
             rows.append(dict(common, quantity="bound_seconds", value=bound))
             echo(
                 f"d={d:5d} {model:8} {1e6 * seconds:12.1f} us/iter ({path}, {steps} steps; bound {1e6 * bound:.1f} us)"

@@ -3,7 +3,8 @@
 Curves: one row per (run, checkpoint): experiment, panel, model, seed, alpha, depth, r, r_hat,
 iteration, seconds, train_loss, recovery_error.
 Runs: one row per run: its settings, parameter counts, where it stopped (tol or budget), final
-errors and, for a ``reach_error`` E, the first checkpoint whose recovery error is <= E.
+errors, its own timing noise (:func:`timing_noise`) and, for a ``reach_error`` E, the first checkpoint whose
+recovery error is <= E.
 
 Runs are read from their job directories (named as :mod:`cdln.pipeline.grid` names them). A batched
 alpha sweep (run ``cdln_alphabatch``, several members) becomes one row per member (panel id
@@ -42,6 +43,19 @@ def first_reach(curves: pd.DataFrame, threshold: float | None) -> tuple[float, f
         return math.nan, math.nan
     first = hit.iloc[0]
     return float(first["iteration"]), float(first["seconds"])
+
+
+def timing_noise(curves: pd.DataFrame) -> float:
+    """A run's own timing noise, from its repeated timings: half the spread between the 10th and 90th percentile
+    of its checkpoint intervals' seconds per iteration, over their median (NaN with fewer than 3 intervals). A
+    claim's bound on this run's seconds within that relative margin of its value is within noise."""
+    ordered = curves.sort_values("iteration")
+    per_iteration = (ordered["seconds"].diff() / ordered["iteration"].diff()).iloc[1:]
+    per_iteration = per_iteration[per_iteration > 0]
+    if len(per_iteration) < 3:
+        return math.nan
+    low, middle, high = per_iteration.quantile([0.1, 0.5, 0.9])
+    return float((high - low) / (2 * middle))
 
 
 def collect(job_dirs: list[Path], reach_error: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -103,6 +117,7 @@ def _run_row(curves: pd.DataFrame, keys: dict, record: dict, member: dict, reach
         "stop_iteration": int(member["stop_iteration"]),
         "stop_seconds": float(member["stop_seconds"]),
         "seconds_per_iteration": float(record["timing"]["seconds_per_iteration"]),
+        "seconds_noise": timing_noise(curves),
         "final_train_loss": float(member["final_train_loss"]),
         "final_recovery_error": float(member["final_recovery_error"]),
         "reach_error": reach_error if reach_error is not None else math.nan,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cdln.pipeline.aggregate import run_dirs_of
+from cdln.pipeline.aggregate import run_dirs_of, timing_noise
 from cdln.pipeline.grid import real_data_seed
 from cdln.records import read_run_record
 
@@ -52,6 +52,7 @@ def movielens_rows(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 ),
                 "iterations": int(final["iteration"]),
                 "seconds": record["timing"]["seconds"],
+                "seconds_noise": timing_noise(frame),
                 "params": record["parameters"]["model"],
                 "device": record["device"]["name"],
             }
@@ -78,6 +79,7 @@ def nonlinear_rows(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "final_test_loss": final["test_loss"],
                 "iterations": int(final["iteration"]),
                 "seconds": record["timing"]["seconds"],
+                "seconds_noise": timing_noise(frame),
                 "params": record["parameters"]["total"],
                 "params_block": record["parameters"]["block"],
                 "device": record["device"]["name"],

@@ -36,7 +36,7 @@ COLUMNS = [
     "factor", "value", "panel", "model", "seed", "d", "r", "r_hat", "final_error", "initial_error",
     "relative_error", "floor_error", "relative_to_floor", "converged", "hit_budget", "budget", "stop_iteration",
     "stop_seconds", "seconds_per_iteration", "level", "level_iteration", "level_seconds", "level_iteration_at_least",
-    "level_seconds_at_least", "device_name", "engine_path",
+    "level_seconds_at_least", "seconds_noise", "device_name", "engine_path",
 ]  # fmt: skip
 
 
@@ -96,6 +96,7 @@ def _row(point: SweepPoint, run, curves: pd.DataFrame, level: float) -> dict:
         "level_seconds": level_seconds,
         "level_iteration_at_least": level_iteration if hit.size else float(run.stop_iteration),
         "level_seconds_at_least": level_seconds if hit.size else float(run.stop_seconds),
+        "seconds_noise": float(getattr(run, "seconds_noise", math.nan)),
         "device_name": run.device_name,
         "engine_path": run.engine_path,
     }

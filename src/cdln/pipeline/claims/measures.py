@@ -28,13 +28,17 @@ class NotApplicable(Exception):  # noqa: N818 (a signal, not an error)
 class Tables:
     """A results root's tables, read on demand, with the panel map of the grid that made them.
 
-    While a claim is evaluated, ``devices`` collects the devices of the seconds it read and
-    ``aggregations`` how each function combined the seeds."""
+    While a claim is evaluated, ``devices`` collects the devices of the seconds it read, ``timed`` the models
+    whose seconds those were, and ``aggregations`` how each function combined the seeds. Every read of seconds
+    goes through :meth:`seconds`: with ``perturb`` (model -> -1 or +1) each run's seconds move to that end of its
+    own timing noise (the tables' ``seconds_noise``), which is how a timing verdict's noise is probed."""
 
     directory: Path
     panels: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
     devices: set[str] = field(default_factory=set)
     aggregations: dict[str, None] = field(default_factory=dict)
+    timed: set[str] = field(default_factory=set)
+    perturb: Mapping[str, int] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -84,6 +88,20 @@ class Tables:
             )
         return rows
 
+    def noise_factor(self, rows: pd.DataFrame) -> pd.Series:
+        """Per row: 1, or while probing noise 1 + sign x the row's run's timing noise (``perturb`` by model)."""
+        self.timed.update(rows["model"].astype(str).unique())
+        if not self.perturb or "seconds_noise" not in rows:
+            return pd.Series(1.0, index=rows.index)
+        sign = rows["model"].astype(str).map(lambda model: self.perturb.get(model, 0)).astype(float)
+        return 1 + sign * rows["seconds_noise"].astype(float).fillna(0.0)
+
+    def seconds(self, rows: pd.DataFrame, column: str) -> pd.Series:
+        """``rows[column]``, seconds of the rows' runs, as a claim reads them (:meth:`noise_factor`); notes the
+        rows' devices."""
+        self.note_devices(rows)
+        return rows[column].astype(float) * self.noise_factor(rows)
+
     def note_devices(self, rows: pd.DataFrame) -> None:
         """Remember the devices (and engine paths, where the runs table has them) of the seconds read."""
         column = "device_name" if "device_name" in rows else "device"
@@ -122,9 +140,12 @@ def _first_per_seed(
     for seed, rows in curves.groupby("seed"):
         hit = rows[rows[column] <= level]
         per_seed[seed] = float(hit[x].iloc[0]) if not hit.empty else math.nan
-    if x == "seconds":
-        tables.note_devices(tables.select(experiment, "runs", panel, model))
-    return pd.Series(per_seed, dtype=float)
+    values = pd.Series(per_seed, dtype=float)
+    if x == "seconds":  # the run's seconds at that checkpoint, as read (its timing noise from the runs table)
+        runs = tables.select(experiment, "runs", panel, model)
+        tables.note_devices(runs)
+        values = values * tables.noise_factor(runs).groupby(runs["seed"].to_numpy()).mean().reindex(values.index)
+    return values
 
 
 def _final_per_seed(tables: Tables, experiment, panel, model, column="recovery_error") -> pd.Series:
@@ -133,9 +154,8 @@ def _final_per_seed(tables: Tables, experiment, panel, model, column="recovery_e
 
 def _runs_per_seed(tables: Tables, experiment, panel, model, column) -> pd.Series:
     rows = tables.select(experiment, "runs", panel, model)
-    if "seconds" in column:
-        tables.note_devices(rows)
-    return rows.groupby("seed")[column].mean().astype(float)
+    values = tables.seconds(rows, column) if "seconds" in column else rows[column].astype(float)
+    return values.groupby(rows["seed"].to_numpy()).mean()
 
 
 def _first(tables: Tables, experiment, panel, model, level, x="iteration", column="recovery_error", over="mean"):
@@ -155,13 +175,12 @@ def _runs(tables: Tables, experiment, panel, model, column, over="mean", alpha=N
     if alpha is not None and alpha != "all":
         target = {"min": rows["alpha"].min(), "max": rows["alpha"].max()}.get(alpha, alpha)
         rows = rows[np.isclose(rows["alpha"], float(target))]
-    if "seconds" in column:
-        tables.note_devices(rows)
+    values = tables.seconds(rows, column) if "seconds" in column else rows[column].astype(float)
     n_seeds = rows["seed"].nunique() if "seed" in rows else len(rows)
     tables.note_seeds(n_seeds, over)
     if len(rows) > n_seeds:
         tables.aggregations[f"{over} over {len(rows)} runs ({alpha} alpha)"] = None
-    return _aggregate(rows[column].astype(float), over)
+    return _aggregate(values, over)
 
 
 def _paired(
@@ -230,9 +249,8 @@ def _dominance(tables: Tables, experiment, panel, model_a, model_b, floor=1e-10)
 def _alpha_sweep(tables: Tables, experiment, panel, column) -> pd.Series:
     """The C-DLN's ``column`` per swept alpha (mean over seeds), in increasing alpha."""
     rows = tables.select(experiment, "runs", panel, "cdln")
-    if "seconds" in column:
-        tables.note_devices(rows)
-    return rows.groupby("alpha")[column].mean().sort_index()
+    values = tables.seconds(rows, column) if "seconds" in column else rows[column].astype(float)
+    return values.groupby(rows["alpha"].to_numpy()).mean().sort_index()
 
 
 def _crossover(tables: Tables, experiment, panel, column="stop_iteration"):
@@ -278,13 +296,12 @@ def _table(tables: Tables, name, model, column):
         raise ClaimError(f"{name}.csv has no row for model {model!r}; models: {sorted(frame['model'])}")
     if column not in rows:
         raise ClaimError(f"{name}.csv has no column {column!r}; columns: {list(frame.columns)}")
-    if "seconds" in column:
-        tables.note_devices(rows)
+    value = float((tables.seconds(rows, column) if "seconds" in column else rows[column].astype(float)).iloc[0])
     if "n_seeds" in rows:
         n_seeds = int(rows["n_seeds"].iloc[0])
         spread = "spread over" if column.endswith(("_min", "_max")) else "mean of"
         tables.aggregations[f"{spread} {n_seeds} seeds" if n_seeds > 1 else "1 seed"] = None
-    return float(rows[column].iloc[0])
+    return value
 
 
 def _by_seed(tables: Tables, name, model_a, model_b, column, op="ratio", over="min", column_b=None):
@@ -298,9 +315,8 @@ def _by_seed(tables: Tables, name, model_a, model_b, column, op="ratio", over="m
         rows = frame[frame["model"] == model]
         if rows.empty:
             raise ClaimError(f"{name}_runs.csv has no rows for model {model!r}; models: {sorted(set(frame['model']))}")
-        if "seconds" in model_column:
-            tables.note_devices(rows)
-        per_seed.append(rows.set_index("seed")[model_column].astype(float))
+        values = tables.seconds(rows, model_column) if "seconds" in model_column else rows[model_column].astype(float)
+        per_seed.append(pd.Series(values.to_numpy(), index=rows["seed"].to_numpy()))
     return _seed_pairs(tables, f"{name}_runs.csv", tuple(zip((model_a, model_b), per_seed, strict=True)), op, over)
 
 
@@ -309,10 +325,8 @@ def _scaling(tables: Tables, model, quantity, d="max"):
     rows = frame[(frame["model"] == model) & (frame["quantity"] == quantity)]
     size = {"min": rows["d"].min(), "max": rows["d"].max()}.get(d, d)
     rows = rows[rows["d"] == size]
-    if "second" in quantity:
-        tables.note_devices(rows)
     tables.aggregations["median of repeats, 1 problem"] = None
-    return float(rows["value"].iloc[0])
+    return float((tables.seconds(rows, "value") if "second" in quantity else rows["value"].astype(float)).iloc[0])
 
 
 def _robust_frame(tables: Tables, column: str) -> pd.DataFrame:
@@ -329,23 +343,21 @@ def _robust(tables: Tables, factor, value, model, column, over="max"):
         rows = robustness.select(_robust_frame(tables, column), factor, value, model)
     except ValueError as error:
         raise ClaimError(str(error)) from None
-    if "seconds" in column:
-        tables.note_devices(rows)
+    values = tables.seconds(rows, column) if "seconds" in column else rows[column].astype(float)
     tables.note_seeds(len(rows), over)
-    return _aggregate(rows[column], over)
+    return _aggregate(values, over)
 
 
 def _robust_ratio(tables: Tables, factor, value, column, over="min", a="original", b="cdln"):
     from cdln.pipeline import robustness
 
     frame = _robust_frame(tables, column)
+    if "seconds" in column:  # as read: each run's seconds (moved within its timing noise while probing it)
+        frame = frame.assign(**{column: tables.seconds(frame, column)})
     try:
         ratios = robustness.paired_ratio(frame, factor, value, column, a, b)
     except ValueError as error:
         raise ClaimError(str(error)) from None
-    if "seconds" in column:
-        for model in (a, b):
-            tables.note_devices(robustness.select(frame, factor, value, model))
     tables.note_seeds(len(ratios), over, paired=True)
     return _aggregate(ratios, over)
 

@@ -1,72 +1,106 @@
-"""The claims table as Markdown: the headline, then every claim by section and figure."""
+"""The claims table as Markdown: the headline, then every claim by section and figure.
+
+Every count is computed from the table's per-row columns (``section``, ``category``, ``holds``,
+``within_noise``, ``not_evaluated``): :func:`tally` is the one place that counts, so the headline and the
+table below it cannot disagree, and a test recomputes them from ``claims.csv``.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from cdln.pipeline.claims.evaluate import _flag
+from cdln.pipeline.claims.spec import CATEGORIES
 
-SECTION_TITLES = {
+# A row's place in the report: its section, except that the paper's rows that are not evidence have their own.
+GROUP_TITLES = {
     "abstract": "The abstract's claims",
     "paper": "The paper's figures",
-    "calibrated": "Calibrated claims (reported apart: a threshold or setting was fitted to the same figure)",
+    "calibrated": "Counted apart: calibrated claims (a threshold or setting was fitted to the same figure)",
+    "other size": "Counted apart: claims run at another size than the paper's (reported, not evidence)",
+    "hardware": "Counted apart: magnitudes in seconds, which depend on the hardware (the paper's GPU, our CPU)",
     "ours": "Our own claims (figures that are not the paper's)",
 }
+SIDES = {"paper": ("abstract", "paper"), "ours": ("ours",)}
+
+
+def _category(table: pd.DataFrame) -> pd.Series:
+    if "category" in table:
+        return table["category"].fillna("").replace("", "evidence").astype(str)
+    return pd.Series("evidence", index=table.index)
+
+
+def tally(table: pd.DataFrame, side: str) -> dict[str, tuple[int, int]]:
+    """For the paper's claims (``side`` = paper: the abstract's and the figures') or ours: category -> (rows that
+    hold, rows evaluated), plus ``within noise`` and ``not evaluated`` -> (0, rows). Decided rows only count
+    under their category."""
+    section = table["section"] if "section" in table else pd.Series("paper", index=table.index)
+    rows = section.isin(SIDES[side])
+    skipped, noisy = _flag(table, "not_evaluated") & rows, _flag(table, "within_noise") & rows
+    decided = rows & ~skipped & ~noisy
+    holds, category = table["holds"].astype(bool), _category(table)
+    counts = {
+        name: (int((holds & decided & (category == name)).sum()), int((decided & (category == name)).sum()))
+        for name in CATEGORIES
+    }
+    return {**counts, "within noise": (0, int(noisy.sum())), "not evaluated": (0, int(skipped.sum()))}
 
 
 def headline(table: pd.DataFrame) -> str:
-    """'N of M evaluated paper claims hold; J within noise; K not evaluated (why)', the calibrated ones apart,
-    and the same for our own claims. Rows within noise or not evaluated are in neither N nor M."""
-    holds, calibrated, skipped = table["holds"].astype(bool), _flag(table, "calibrated"), _flag(table, "not_evaluated")
-    noisy = _flag(table, "within_noise")
-    section = table["section"] if "section" in table else pd.Series("paper", index=table.index)
-    paper = section.isin(["abstract", "paper"]) & ~skipped & ~noisy
-    counted, ours = paper & ~calibrated, (section == "ours") & ~skipped & ~noisy
-    text = (
-        f"**{int((holds & counted).sum())} of {int(counted.sum())} evaluated paper claims hold** "
-        f"({int((paper & calibrated).sum())} calibrated, reported apart: {int((holds & paper & calibrated).sum())} "
-        f"of them hold)"
-    )
-    if noisy.any():
-        text += (
-            f"; **{int(noisy.sum())} within noise** (timing rows whose bound lies inside their measure's spread "
-            "over seeds: neither hold nor fail)"
-        )
-    if skipped.any():
-        reasons = table.loc[skipped].groupby("figure", sort=False)["not_evaluated"].first()
-        why = "; ".join(f"{figure}: {reason}" for figure, reason in reasons.items())
-        text += f"; **{int(skipped.sum())} not evaluated** ({why})"
-    if ours.any():
-        text += f"; {int((holds & ours).sum())} of {int(ours.sum())} of our own claims hold"
-    return text + "."
+    """'N of M paper claims hold', where M counts the evidence only; then, apart, each other category's count,
+    the rows within noise and not evaluated (why); then the same for our own claims."""
+    parts = []
+    for side, noun in (("paper", "paper claims"), ("ours", "of our own claims")):
+        counts = tally(table, side)
+        if sum(n for _, n in counts.values()) == 0:
+            continue
+        held, evaluated = counts["evidence"]
+        text = f"**{held} of {evaluated} {noun} hold**" if side == "paper" else f"{held} of {evaluated} {noun} hold"
+        apart = [
+            f"{name}: {h} of {n} hold"
+            for name, (h, n) in counts.items()
+            if name in CATEGORIES and name != "evidence" and n
+        ]
+        if apart:
+            text += " (evidence only; counted apart, " + "; ".join(apart) + ")"
+        if counts["within noise"][1]:
+            text += f"; **{counts['within noise'][1]} within noise** (a timing bound inside the run's own timing noise)"
+        if counts["not evaluated"][1]:
+            section = table["section"] if "section" in table else pd.Series("paper", index=table.index)
+            skipped = _flag(table, "not_evaluated") & section.isin(SIDES[side])
+            reasons = table.loc[skipped].groupby("figure", sort=False)["not_evaluated"].first()
+            why = "; ".join(f"{figure}: {reason}" for figure, reason in reasons.items())
+            text += f"; **{counts['not evaluated'][1]} not evaluated** ({why})"
+        parts.append(text)
+    return ". ".join(parts) + "."
 
 
-def to_markdown(table: pd.DataFrame, config_name: str) -> str:
-    """Every claim, by section then figure: the statement, the paper's value, ours, whether it holds
-    (and why not), over what it was measured and on which device."""
+def to_markdown(table: pd.DataFrame, config_name: str, coverage: str | None = None) -> str:
+    """Every claim, by section then figure: the statement, the paper's value, ours, whether it holds (and why
+    not), what it counts as, over what it was measured and on which device. ``coverage``: what the every-row
+    falsifiability test measured (a line, with its record), stated under the headline."""
     holds, known, skipped = table["holds"].astype(bool), _flag(table, "deviation"), _flag(table, "not_evaluated")
     noisy = _flag(table, "within_noise")
-    skipped_or_noisy = skipped | noisy
-    holds, known = holds & ~skipped_or_noisy, known & ~skipped_or_noisy
+    undecided = skipped | noisy
+    holds, known = holds & ~undecided, known & ~undecided
     section = table["section"] if "section" in table else pd.Series("paper", index=table.index)
-    group_of = section.where(~(_flag(table, "calibrated") & section.isin(["abstract", "paper"])), "calibrated")
-    lines = [
-        f"# The paper's claims on this run (config `{config_name}`)",
-        "",
-        headline(table),
-        "",
-        f"In all, {int(holds.sum())} of {int((~skipped_or_noisy).sum())} evaluated rows hold; "
+    category = _category(table)
+    group_of = section.where(~(section.isin(SIDES["paper"]) & (category != "evidence")), category)
+    lines = [f"# The paper's claims on this run (config `{config_name}`)", "", headline(table), ""]
+    if coverage:
+        lines += [coverage, ""]
+    lines += [
+        f"In all, {int(holds.sum())} of {int((~undecided).sum())} decided rows hold; "
         f"{int((~holds & known).sum())} do not and are known deviations, each with its measured reason below; "
-        f"{int((~holds & ~known & ~skipped_or_noisy).sum())} do not and are not; {int(noisy.sum())} are within the "
-        f"noise of their seconds (the bound inside the measure's spread over seeds, given in `over`); "
-        f"{int(skipped.sum())} were not evaluated. "
+        f"{int((~holds & ~known & ~undecided).sum())} do not and are not; {int(noisy.sum())} are within the "
+        f"timing noise of the run that decides them; {int(skipped.sum())} were not evaluated. "
         "`measured` is computed from this run's tables by the claim's measure (config/claims.yaml); `over` says how "
         "the seeds were combined (a bound on the max, or min, over seeds holds on every seed; *paired* compares the "
         "two networks seed by seed, on the same problem instance); seconds were measured on the device named (with "
         "the engine path, in brackets, that each model's steps ran on).",
         "",
     ]
-    for key, title in SECTION_TITLES.items():
+    for key, title in GROUP_TITLES.items():
         part = table[group_of == key]
         if part.empty:
             continue
@@ -75,21 +109,21 @@ def to_markdown(table: pd.DataFrame, config_name: str) -> str:
             lines += [
                 f"### {figure}",
                 "",
-                "| claim | paper | measured | holds | over | calibrated | device |",
+                "| claim | paper | measured | holds | over | counted as | device |",
                 "|---|---|---|---|---|---|---|",
             ]
-            for row in group.itertuples():
+            for row, kind in zip(group.itertuples(), _category(group), strict=True):
                 verdict = "yes" if row.holds else ("no (known deviation)" if row.deviation else "**no**")
                 if isinstance(getattr(row, "within_noise", ""), str) and row.within_noise:
                     verdict = "within noise"
                 if isinstance(getattr(row, "not_evaluated", ""), str) and row.not_evaluated:
                     verdict = "not evaluated"
-                calibrated = "yes (below)" if row.calibrated else "no"
-                cells = [row.claim, row.paper, f"`{row.measured}`", verdict, row.aggregation or "-", calibrated,
-                         row.device or "-"]  # fmt: skip
+                cells = [row.claim, row.paper, f"`{row.measured}`", verdict, row.aggregation or "-",
+                         kind if kind == "evidence" else f"{kind} (below)", row.device or "-"]  # fmt: skip
                 lines.append("| " + " | ".join(str(cell).replace("|", "/") for cell in cells) + " |")
-            for row in group[_flag(group, "calibrated")].itertuples():
-                lines.append(f"\n- *{row.id}* (calibrated): {row.calibrated}")
+            for label, column in (("calibrated", "calibrated"), ("other size", "other_size"), ("hardware", "hardware")):
+                for row in group[_flag(group, column)].itertuples():
+                    lines.append(f"\n- *{row.id}* ({label}): {getattr(row, column)}")
             for row in group[_flag(group, "deviation")].itertuples():
                 lines.append(f"\n- *{row.id}*: {row.deviation}")
             skipped_here = group[_flag(group, "not_evaluated")]

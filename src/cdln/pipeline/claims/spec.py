@@ -14,7 +14,16 @@ from cdln.pipeline.claims.measures import BUILTINS, FUNCTIONS, ClaimError, Table
 
 PREDICATES = ("above", "below", "at_least", "at_most", "between", "equals")
 SECTIONS = ("abstract", "paper", "ours")
-CLAIM_KEYS = ("id", "figure", "section", "claim", "paper", "measure", "holds", "absolute", "calibrated", "deviation")
+CLAIM_KEYS = ("id", "figure", "section", "claim", "paper", "measure", "holds", "absolute", "calibrated", "other_size",
+              "hardware", "deviation")  # fmt: skip
+# What kind of evidence a row is (column ``category``, from the claim's labels, the first that applies): only
+# ``evidence`` rows make the headline's count; the others are counted apart, each under its own name.
+CATEGORIES = {
+    "evidence": "evidence",
+    "calibrated": "calibrated (a threshold or setting fitted to the same figure)",
+    "other size": "at another size than the paper's (reported, not evidence)",
+    "hardware": "a magnitude in seconds, which depends on the hardware (the paper's, probably a GPU; ours, a CPU)",
+}
 COLUMNS = [
     "figure",
     "section",
@@ -26,6 +35,9 @@ COLUMNS = [
     "aggregation",
     "device",
     "calibrated",
+    "other_size",  # what differs from the paper's size, where the row runs at another (then not evidence)
+    "hardware",  # why the row's magnitude in seconds depends on the hardware (then not evidence)
+    "category",  # the first of calibrated, other size, hardware that the row is; else evidence
     "measure",
     "deviation",
     "not_evaluated",  # why a row was not evaluated (its data is absent) and the step that would evaluate it
@@ -45,7 +57,15 @@ class Claim:
     section: str = "paper"
     absolute: bool = False
     calibrated: str | None = None  # what was fitted to the same figure, if anything
+    other_size: str | None = None  # what differs from the paper's size, where the row runs at another
+    hardware: str | None = None  # why its magnitude in seconds depends on the hardware
     deviation: str | None = None
+
+    @property
+    def category(self) -> str:
+        """The first of calibrated, other size, hardware that the row is (:data:`CATEGORIES`); else evidence."""
+        labels = {"calibrated": self.calibrated, "other size": self.other_size, "hardware": self.hardware}
+        return next((name for name, label in labels.items() if label), "evidence")
 
     def bounds(self) -> list[float]:
         """The numbers the predicate compares with."""
