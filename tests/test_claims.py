@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import cdln.runner
 from cdln.cli import main
 from cdln.pipeline import aggregate, claims
 from cdln.pipeline.claims import Claim, ClaimError, evaluate, load_claims, tables_read, violations
+from cdln.pipeline.claims.spec import NOTE_PLACEHOLDER
 from cdln.pipeline.grid import Grid
 
 CLAIMS_FILE = REPO / "config" / "claims.yaml"
@@ -459,3 +461,40 @@ def test_by_seed_pairs_real_data_runs_seed_by_seed(tmp_path):
     tables = claims.Tables(tmp_path)
     with pytest.raises(ClaimError, match=r"cdln has seeds \[0\], dln \[0, 1\]"):
         value("by_seed(nonlinear, cdln, dln, seconds)")
+
+
+NUMBER = re.compile(r"(?<![\w.^])(\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?k?)")
+
+
+def typed_numbers(note: str) -> list[str]:
+    """The numbers a note types itself (outside its placeholders)."""
+    return NUMBER.findall(NOTE_PLACEHOLDER.sub("", note))
+
+
+def test_no_deviation_note_types_a_number_of_ours():
+    """Our numbers reach a note through its placeholders, filled from the run's tables; a typed number must be the
+    paper's (the row's paper or claim text, or its labels) or a setting (config/config.yaml), or a count up to 10."""
+    config_text = (REPO / "config" / "config.yaml").read_text()
+    typed = []
+    for rule in load_claims(REPO / "config" / "claims.yaml"):
+        notes = rule.deviation.values() if isinstance(rule.deviation, dict) else [rule.deviation or ""]
+        sources = " ".join(filter(None, [rule.paper, rule.claim, rule.other_size, rule.hardware, rule.calibrated]))
+        for number in (n for note in notes for n in typed_numbers(note)):
+            small = number.isdigit() and int(number) <= 10
+            if not (small or number in sources or re.search(rf"(?<![\w.]){re.escape(number)}(?![\w.])", config_text)):
+                typed.append(f"{rule.id}: {number}")
+    assert typed == [], "typed numbers of ours in deviation notes (use a placeholder): " + ", ".join(typed)
+    assert typed_numbers("reaches 1,250 at {first(ms, r3, cdln, 1e-4)} (~17k, 4.1e-11)") == ["1,250", "17k", "4.1e-11"]
+
+
+def test_a_note_is_filled_from_the_tables_and_shown_only_where_it_fails(tables):
+    note = "the worst seed is {first(mf, r10, cdln, 1e-10, over=max)}, the row's value {measured}"
+    failing = claim("first(mf, r10, cdln, 1e-10)", {"below": 100}, deviation=note)
+    holding = Claim(**{**failing.__dict__, "id": "h", "holds": {"above": 100}})
+    for_ci = Claim(**{**failing.__dict__, "id": "ci", "deviation": {"ci": note}})
+    table = evaluate([failing, holding, for_ci], "fig_mf", tables).set_index("id")
+    assert table.loc["c", "deviation"] == "the worst seed is 400, the row's value 350"
+    assert table.loc["h", "deviation"] == ""  # it holds: no note
+    assert table.loc["ci", "deviation"] == "" and list(violations(table.reset_index())["id"]) == ["ci"]
+    on_ci = evaluate([for_ci], "fig_mf", tables, grid="ci").iloc[0]
+    assert on_ci["deviation"].startswith("the worst seed is 400") and violations(on_ci.to_frame().T).empty

@@ -108,7 +108,8 @@ def sensing_group(wildcards) -> str | None:
 def claims_flags() -> str:
     section = config["claims"]
     panels = json.dumps(section["panels"], sort_keys=True) if section.get("panels") else None
-    return cli_flags({"absolute": section.get("absolute", True), "timing": section.get("timing", True), "panels": panels})
+    options = {"absolute": section.get("absolute", True), "timing": section.get("timing", True), "panels": panels}
+    return cli_flags({**options, "grid": config["output_root"]})
 
 
 def say_what_is_left_out(when: str) -> None:

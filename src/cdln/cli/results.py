@@ -246,7 +246,7 @@ def claims_command(args: argparse.Namespace) -> int:
         if args.figure not in figures:
             raise ValueError(f"--figure {args.figure!r} has no claims in {args.claims}; its figures: {figures}")
         panels = json.loads(args.panels) if args.panels else {}
-        table = claims.evaluate(rules, args.figure, args.table_dir, panels, args.absolute, args.timing)
+        table = claims.evaluate(rules, args.figure, args.table_dir, panels, args.absolute, args.timing, args.grid)
         write_csv(args.out, table)
         print(f"wrote {args.out}: {int(table['holds'].sum())} of {len(table)} claims hold", file=sys.stderr)
         return ExitCode.OK
@@ -301,6 +301,9 @@ def register_claims(commands: argparse._SubParsersAction) -> None:
         "--absolute", action="store_true", help="also the claims with the paper's absolute thresholds"
     )
     evaluate.add_argument("--timing", action="store_true", help="also the claims that read seconds")
+    evaluate.add_argument(
+        "--grid", default="paper", help="the grid the tables come from (its output_root): whose deviation notes apply"
+    )
     writes_files(evaluate, "out")
     gather = actions.add_parser("gather", help="per-figure claim CSVs -> one CSV and one Markdown table")
     gather.add_argument("--csv", type=Path, required=True, help="every claim in one table (.csv) to write")

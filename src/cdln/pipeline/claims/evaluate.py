@@ -3,8 +3,10 @@ combined, devices), and the rows that are violations."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pandas as pd
 
 from cdln.pipeline.claims.measures import ClaimError, NotApplicable, Tables
 from cdln.pipeline.claims.noise import spread
-from cdln.pipeline.claims.spec import COLUMNS, Claim, _parse, _value
+from cdln.pipeline.claims.spec import COLUMNS, NOTE_PLACEHOLDER, PAPER_GRID, Claim, _parse, _value
 
 
 def format_value(value: float, bounds: Sequence[float] = ()) -> str:
@@ -55,6 +57,25 @@ def timing_noise_range(claim: Claim, tables: Tables) -> tuple[float, float]:
     return (min(finite), max(finite)) if finite else (math.nan, math.nan)
 
 
+def fill_note(note: str, claim: Claim, tables: Tables, measured: str) -> str:
+    """``note`` with each placeholder filled from this run's tables: ``{measured}`` is the row's value, any other
+    ``{expression}`` an expression of the measure language (printed like a measured value)."""
+
+    def fill(match: re.Match) -> str:
+        expression = match[1].strip()
+        if expression == "measured":
+            return measured
+        saved = tables.devices, tables.aggregations, tables.timed
+        try:
+            return format_value(float(_value(ast.parse(expression, mode="eval"), tables, claim)))
+        except (ClaimError, NotApplicable, KeyError, ValueError) as error:
+            raise ClaimError(f"claim {claim.id}: the note's placeholder {{{expression}}}: {error}") from None
+        finally:
+            tables.devices, tables.aggregations, tables.timed = saved
+
+    return NOTE_PLACEHOLDER.sub(fill, note)
+
+
 def evaluate(
     claims: list[Claim],
     figure: str,
@@ -62,6 +83,7 @@ def evaluate(
     panels: Mapping[str, Mapping[str, str | None]] | None = None,
     absolute: bool = True,
     timing: bool = True,
+    grid: str = PAPER_GRID,
 ) -> pd.DataFrame:
     """The claims of ``figure`` that apply to this grid (see the module docstring), each with its
     measured value, verdict and how the seeds were combined. A claim whose measure names a panel,
@@ -69,7 +91,8 @@ def evaluate(
 
     A row that reads seconds and fails is "within noise" when its bound lies inside the range the runs' own
     timing noise allows (:func:`timing_noise_range`): timed again, the seed that fails it could pass. A seed that
-    fails outside its noise fails the row."""
+    fails outside its noise fails the row. A row that fails shows its known-deviation note for ``grid`` (the
+    config's ``output_root``), filled in (:func:`fill_note`); one that holds shows none."""
     tables = Tables(Path(tables_dir), panels or {})
     rows = []
     for claim in claims:
@@ -91,14 +114,17 @@ def evaluate(
                 low, high = timing_noise_range(claim, tables)
                 noisy = any(claim.check(v) for v in (low, high, *claim.bounds()) if low <= v <= high)
                 aggregation += f"; within the runs' timing noise {format_value(low)}-{format_value(high)}"
+        measured = format_value(value, claim.bounds())
+        note = claim.note_for(grid) if not holds and not noisy else None
         rows.append(
             _row(
                 claim,
-                format_value(value, claim.bounds()),
+                measured,
                 holds,
                 aggregation=aggregation,
                 device=", ".join(sorted(tables.devices)),
                 within_noise="within noise" if noisy else "",
+                deviation=fill_note(note, claim, tables, measured) if note else "",
             )
         )
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -122,7 +148,7 @@ def _row(claim: Claim, measured: str, holds: bool, **columns: str) -> dict[str, 
         "figure": claim.figure, "section": claim.section, "id": claim.id, "claim": claim.claim,
         "paper": claim.paper, "measured": measured, "holds": holds, "calibrated": claim.calibrated or "",
         "other_size": claim.other_size or "", "hardware": claim.hardware or "", "category": claim.category,
-        "measure": claim.measure, "deviation": claim.deviation or "",
+        "measure": claim.measure, "deviation": "",
     } | empty | columns  # fmt: skip
 
 

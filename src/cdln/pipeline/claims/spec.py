@@ -16,6 +16,9 @@ PREDICATES = ("above", "below", "at_least", "at_most", "between", "equals")
 SECTIONS = ("abstract", "paper", "ours")
 CLAIM_KEYS = ("id", "figure", "section", "claim", "paper", "measure", "holds", "absolute", "calibrated", "other_size",
               "hardware", "deviation")  # fmt: skip
+PAPER_GRID = "paper"  # the output_root of the paper grid (config/config.yaml), whose notes may be bare strings
+# Placeholders in a note: an expression of the measure language in braces, or {measured}, filled in at evaluation
+NOTE_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 # What kind of evidence a row is (column ``category``, from the claim's labels, the first that applies): only
 # ``evidence`` rows make the headline's count; the others are counted apart, each under its own name.
 CATEGORIES = {
@@ -59,7 +62,14 @@ class Claim:
     calibrated: str | None = None  # what was fitted to the same figure, if anything
     other_size: str | None = None  # what differs from the paper's size, where the row runs at another
     hardware: str | None = None  # why its magnitude in seconds depends on the hardware
-    deviation: str | None = None
+    deviation: str | Mapping[str, str] | None = None  # per grid (output_root); a bare note is the paper grid's
+
+    def note_for(self, grid: str) -> str | None:
+        """The known-deviation note written for ``grid`` (the config's ``output_root``), if any: a note says why the
+        row fails where it was measured, so on another grid it is no excuse."""
+        if isinstance(self.deviation, Mapping):
+            return self.deviation.get(grid)
+        return self.deviation if grid == PAPER_GRID else None
 
     @property
     def category(self) -> str:
@@ -119,6 +129,17 @@ def load_claims(path: str | Path) -> list[Claim]:
             raise ClaimError(f"{where}: holds must be one of {list(PREDICATES)} with its bound; got {holds!r}")
         if entry.get("section", "paper") not in SECTIONS:
             raise ClaimError(f"{where}: section must be one of {list(SECTIONS)}; got {entry['section']!r}")
+        deviation = entry.get("deviation")
+        notes = deviation.values() if isinstance(deviation, dict) else [deviation] if deviation else []
+        if not all(isinstance(note, str) for note in notes):
+            raise ClaimError(f"{where}: deviation must be a note, or a mapping of grid (output_root) -> note")
+        for note in notes:
+            for expression in NOTE_PLACEHOLDER.findall(note):
+                if expression != "measured":
+                    try:
+                        ast.parse(expression, mode="eval")
+                    except SyntaxError:
+                        raise ClaimError(f"{where}: the note's placeholder {{{expression}}} does not parse") from None
         claim = Claim(**{key: entry[key] for key in CLAIM_KEYS if key in entry})
         for function, _ in claim.calls():
             if function not in FUNCTIONS and function not in BUILTINS:
