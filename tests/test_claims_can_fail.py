@@ -73,7 +73,7 @@ def build_tables(claims: list[Claim]) -> Files:
                 swept.update([args[0]] if "alpha" in kwargs else [])
             elif function in ("paired", "dominance"):
                 runs_of.setdefault(args[0], set()).update({(args[1], args[2]), (args[1], args[3])})
-            elif function in ("crossover", "sweep_rise"):
+            elif function in ("crossover", "sweep_rise", "sweep_ratio"):
                 runs_of.setdefault(args[0], set()).update({(args[1], "cdln"), (args[1], "original")})
                 swept.add(args[0])
             elif function == "finding":
@@ -83,6 +83,8 @@ def build_tables(claims: list[Claim]) -> Files:
             elif function == "by_seed":
                 for model, column in zip(args[1:3], (args[3], kwargs.get("column_b", args[3])), strict=True):
                     real_runs.setdefault(args[0], {}).setdefault(model, set()).add(column)
+            elif function == "per_seed":
+                real_runs.setdefault(args[0], {}).setdefault(args[1], set()).add(args[2])
             elif function == "scaling":
                 scaling.add((args[0], args[1]))
             elif function == "robust":
@@ -90,6 +92,9 @@ def build_tables(claims: list[Claim]) -> Files:
             elif function == "robust_ratio":
                 a, b = kwargs.get("a", "original"), kwargs.get("b", "cdln")
                 robust.setdefault((args[0], float(args[1])), set()).update({f"{a}:{args[2]}", f"{b}:{args[2]}"})
+            elif function == "robust_across":
+                for value in args[1:3]:
+                    robust.setdefault((args[0], float(value)), set()).add(f"{args[3]}:{args[4]}")
     files: Files = {}
     device = {"device": "cpu", "device_name": "cpu (1 threads)", "engine_path": "native-dense"}
     for experiment, pairs in runs_of.items():
@@ -194,7 +199,11 @@ def models_of(claim: Claim) -> list[str]:
             names.update(args[2:4])
         elif function == "by_seed":
             names.update(args[1:3])
-        elif function in ("crossover", "sweep_rise"):
+        elif function == "per_seed":
+            names.add(args[1])
+        elif function == "robust_across":
+            names.add(args[3])
+        elif function in ("crossover", "sweep_rise", "sweep_ratio"):
             names.update(["cdln", "original"])
         elif function == "scaling":
             names.add(args[0])

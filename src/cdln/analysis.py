@@ -173,7 +173,9 @@ class SpectralSnapshots:
     - ``target_svals`` (r,): ``|u_i*^T W v_i*|``, the end-to-end matrix's value along each of the target's
       singular pairs (tracks a value by its target direction, not by its sorted position);
     - ``align_left``/``align_right`` (k,): :func:`alignments` of its singular vectors with the
-      target's, ``|<u_i(t), u_i*>|`` / ``|<v_i(t), v_i*>|`` for i < r;
+      target's, ``|<u_i(t), u_i*>|`` / ``|<v_i(t), v_i*>|`` for i < r (by sorted position);
+    - ``followed_left``/``followed_right`` (r,): each target direction followed, ``max_j |<u_j(t), u_i*>|`` over
+      the top k singular vectors: the alignment of target pair i whatever position its vector holds;
     - ``layer_svals`` (L, n): every layer's singular values (n = smallest layer dimension);
     - ``layer_angles`` (L, 6): largest principal angle between the left/right top-r, middle
       (n - 2r) and bottom-r singular subspaces of each layer at t and at initialisation, in the
@@ -233,6 +235,8 @@ class SpectralSnapshots:
             "target_svals": (target_u.mT @ end_to_end[0] @ target_v).diagonal().abs().cpu().numpy(),
             "align_left": alignments(u[:, :k], target_u).cpu().numpy(),
             "align_right": alignments(v[:, :k], target_v).cpu().numpy(),
+            "followed_left": (u[:, :k].mT @ target_u).abs().amax(dim=0).cpu().numpy(),
+            "followed_right": (v[:, :k].mT @ target_v).abs().amax(dim=0).cpu().numpy(),
             "layer_svals": np.stack([sv[:n_min].cpu().numpy() for _, sv, _ in layer_bases]),
             "layer_angles": angles,
             "layer_change_svals": np.stack(
@@ -275,7 +279,11 @@ def incremental_findings(snaps: dict[str, np.ndarray], rank: int, learned_fracti
     final size; pairs are learned "one at a time", largest first, when those times strictly increase with
     the pair's index. Each alignment "jumps when its value is learned" when it first reaches 0.9 inside the
     window in which the value is learned: from when it leaves its initial scale (10x its size at t = 0) to
-    when it reaches 90% of its final size, widened by one checkpoint on each side.
+    when it reaches 90% of its final size, widened by one checkpoint on each side. Alignments follow their
+    target directions too (``followed_left``/``followed_right``; snapshots recorded before they existed fall back
+    to the sorted positions). The end-to-end vectors beyond the first r are "unaligned" by their largest
+    alignment with the target's span over the whole run after initialisation (there, at t = 0, they are the
+    flow's limit directions) as well as at its end.
     """
     iterations, svals, tracked = snaps["iteration"], snaps["e2e_svals"], np.abs(snaps["target_svals"])
     final, tracked_final = svals[-1], tracked[-1]
@@ -285,17 +293,21 @@ def incremental_findings(snaps: dict[str, np.ndarray], rank: int, learned_fracti
     peak = svals.max(axis=0)
     grown = int((peak > learned_fraction * final[0]).sum())
     half_times = first_iteration_reaching(iterations, tracked[:, :n_pairs], 0.5 * tracked_final[:n_pairs])
-    aligned_times = first_iteration_reaching(iterations, snaps["align_right"][:, :n_learned], 0.9)
+    followed = "followed_left" in snaps
+    left, right = (snaps["followed_left"], snaps["followed_right"]) if followed else (
+        snaps["align_left"][:, :rank], snaps["align_right"][:, :rank])  # fmt: skip
+    aligned_times = first_iteration_reaching(iterations, right[:, :n_pairs], 0.9)
     step = float(iterations[1] - iterations[0]) if len(iterations) > 1 else 0.0
     window_start = first_iteration_reaching(iterations, tracked[:, :n_pairs], 10 * tracked[0, :n_pairs]) - step
     window_end = first_iteration_reaching(iterations, tracked[:, :n_pairs], 0.9 * tracked_final[:n_pairs]) + step
     jumps, offsets = [], []
-    for key in ("align_left", "align_right"):
-        times = first_iteration_reaching(iterations, snaps[key][:, :n_pairs], 0.9)
+    for alignment in (left, right):
+        times = first_iteration_reaching(iterations, alignment[:, :n_pairs], 0.9)
         jumps.append((times >= window_start) & (times <= window_end))
         offsets.append(times - half_times)
     in_window = np.concatenate(jumps) if n_pairs else np.array([], dtype=bool)
     unlearned = final[n_learned:]
+    beyond = np.concatenate([snaps["align_left"][:, rank:], snaps["align_right"][:, rank:]], axis=1)
     return {
         "rank": rank,
         "n_learned": n_learned,
@@ -313,19 +325,17 @@ def incremental_findings(snaps: dict[str, np.ndarray], rank: int, learned_fracti
             n_pairs > 0 and np.all(np.isfinite(half_times)) and np.all(np.diff(half_times) > 0)
         ),
         "checkpoint_spacing": step,
+        "alignments_follow_targets": followed,
         "alignment_jump_share": float(in_window.mean()) if in_window.size else float("nan"),
         # iteration at which each learned alignment (left, then right) first reaches 0.9, minus its learning time
         "alignment_offsets": np.concatenate(offsets).tolist() if n_pairs else [],
-        "min_final_alignment_learned": float(
-            min(snaps["align_left"][-1, :n_learned].min(), snaps["align_right"][-1, :n_learned].min())
-        )
-        if n_learned
+        "min_final_alignment_learned": float(min(left[-1, :n_pairs].min(), right[-1, :n_pairs].min()))
+        if n_pairs
         else float("nan"),
-        "max_final_alignment_unlearned": float(
-            max(snaps["align_left"][-1, rank:].max(), snaps["align_right"][-1, rank:].max())
-        )
-        if snaps["align_left"].shape[1] > rank
-        else float("nan"),
+        "max_final_alignment_unlearned": float(beyond[-1].max()) if beyond.shape[1] else float("nan"),
+        "max_alignment_unlearned_over_run": float(beyond[1:].max())
+        if beyond.shape[1] and len(beyond) > 1
+        else float("nan"),  # fmt: skip
         "right_alignment_0.9_times": aligned_times.tolist(),
         "last_iteration": int(iterations[-1]),
     }

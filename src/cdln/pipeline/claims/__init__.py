@@ -24,12 +24,14 @@ bare-word arguments are names (``first(mf, r10, cdln, 1e-10)``). ``over`` says h
   checkpoints where both errors are above ``floor`` times their value at iteration 0 (below that the
   ratio compares rounding, not learning); the row's ``over`` names the seed and iteration of the worst
   ratio and how many checkpoints are above 1.
-- ``crossover(experiment, panel, column=stop_iteration)``: the alpha from which the C-DLN needs less of
-  ``column`` (mean over seeds) than the original DLN at every larger swept alpha, interpolated linearly
-  between the last swept alpha where it needs more and the next; NaN when there is no crossing inside the
-  sweep (the C-DLN faster at every alpha, or never faster).
-- ``sweep_rise(experiment, panel, column=stop_iteration)``: the largest rise of the C-DLN's ``column``
-  (mean over seeds) from one swept alpha to the next; at most 0 when it never rises as alpha grows.
+- ``crossover(experiment, panel, column=stop_iteration, over=max)``: per seed, the alpha from which the C-DLN
+  needs less of ``column`` than that seed's original DLN at every larger swept alpha, interpolated linearly
+  between the last swept alpha where it needs more and the next (NaN when there is no crossing inside the
+  sweep: the C-DLN faster at every alpha, or never faster), combined ``over`` seeds.
+- ``sweep_rise(experiment, panel, column=stop_iteration, over=max)``: per seed, the largest rise of the
+  C-DLN's ``column`` from one swept alpha to the next (at most 0 when it never rises as alpha grows).
+- ``sweep_ratio(experiment, panel, column=stop_iteration, over=min)``: per seed, the C-DLN's ``column`` at the
+  smallest swept alpha over its value at the largest.
 - ``finding(analysis, task, path, over=max)``: a value of ``<analysis>_findings.json``, per seed
   (``by_seed``), combined ``over`` seeds; ``path`` (quoted) is ``/``-separated
   (``top_left_last/iteration_0.99``); true/false count as 1/0.
@@ -38,11 +40,15 @@ bare-word arguments are names (``first(mf, r10, cdln, 1e-10)``). ``over`` says h
 - ``by_seed(name, model_a, model_b, column, op=ratio, over=min, column_b=column)``: per seed (or split), a
   real-data run's ``column`` of ``model_a`` against ``model_b``'s ``column_b`` (``<name>_runs.csv``, the same
   seed): ``ratio`` (a / b), ``difference`` (a - b) or ``gap`` (|a - b|).
+- ``per_seed(name, model, column, over=max)``: a real-data run's ``column`` (``<name>_runs.csv``), one value
+  per seed (split), combined ``over`` them.
 - ``scaling(model, quantity, d=max)``: a value of ``scaling.csv`` at one d (a number, min or max).
 - ``robust(factor, value, model, column, over=max)``: a column of ``robustness.csv`` (the robustness
   figure's sweeps, :mod:`cdln.pipeline.robustness`) at one swept value, combined over seeds.
 - ``robust_ratio(factor, value, column, over=min, a=original, b=cdln)``: per seed, model ``a``'s column
   over model ``b``'s at one swept value (e.g. ``level_seconds``: the speed-up to the figure's level).
+- ``robust_across(factor, value_a, value_b, model, column, over=min)``: per seed, a model's column at one swept
+  value over its value at another.
 
 Predicates: ``above``, ``below``, ``at_least``, ``at_most``, ``between: [low, high]``, ``equals`` (to
 1e-12 relative; true counts as 1). A NaN measure never holds.

@@ -147,7 +147,8 @@ def _row(claim: Claim, measured: str, holds: bool, **columns: str) -> dict[str, 
     return {
         "figure": claim.figure, "section": claim.section, "id": claim.id, "claim": claim.claim,
         "paper": claim.paper, "measured": measured, "holds": holds, "calibrated": claim.calibrated or "",
-        "other_size": claim.other_size or "", "hardware": claim.hardware or "", "category": claim.category,
+        "other_size": claim.other_size or "", "hardware": claim.hardware or "",
+        "construction": claim.construction or "", "category": claim.category,
         "measure": claim.measure, "deviation": "",
     } | empty | columns  # fmt: skip
 

@@ -246,30 +246,52 @@ def _dominance(tables: Tables, experiment, panel, model_a, model_b, floor=1e-10)
     return worst if counted else math.nan
 
 
-def _alpha_sweep(tables: Tables, experiment, panel, column) -> pd.Series:
-    """The C-DLN's ``column`` per swept alpha (mean over seeds), in increasing alpha."""
+def _alpha_sweep(tables: Tables, experiment, panel, column) -> pd.DataFrame:
+    """The C-DLN's ``column`` per swept alpha (rows, increasing) and seed (columns)."""
     rows = tables.select(experiment, "runs", panel, "cdln")
     values = tables.seconds(rows, column) if "seconds" in column else rows[column].astype(float)
-    return values.groupby(rows["alpha"].to_numpy()).mean().sort_index()
+    frame = pd.DataFrame({"alpha": rows["alpha"].to_numpy(float), "seed": rows["seed"].to_numpy(), "value": values})
+    return frame.pivot_table(index="alpha", columns="seed", values="value", aggfunc="mean").sort_index()
 
 
-def _crossover(tables: Tables, experiment, panel, column="stop_iteration"):
-    reference = _runs(tables, experiment, panel, "original", column)
-    sweep = _alpha_sweep(tables, experiment, panel, column)
-    alphas, gap = sweep.index.to_numpy(float), sweep.to_numpy(float) - reference  # gap < 0: the C-DLN is faster
+def _crossing(alphas: np.ndarray, gap: np.ndarray) -> float:
+    """Where ``gap`` (C-DLN minus original; < 0: the C-DLN needs less) turns negative for good, linearly
+    interpolated between the last swept alpha where it is not and the next; NaN without a crossing in the sweep."""
     for position in range(len(alphas)):
         if (gap[position:] < 0).all():
             if position == 0:
                 return math.nan  # faster at every alpha: no crossing inside the sweep
             (a0, a1), (g0, g1) = alphas[position - 1 : position + 1], gap[position - 1 : position + 1]
-            return float(a0 + (a1 - a0) * g0 / (g0 - g1))  # where the gap crosses 0, linearly between the two
+            return float(a0 + (a1 - a0) * g0 / (g0 - g1))
     return math.nan
 
 
-def _sweep_rise(tables: Tables, experiment, panel, column="stop_iteration"):
+def _crossover(tables: Tables, experiment, panel, column="stop_iteration", over="max"):
+    """Per seed, the alpha from which the C-DLN needs less of ``column`` than that seed's original DLN."""
+    reference = _runs_per_seed(tables, experiment, panel, "original", column)
     sweep = _alpha_sweep(tables, experiment, panel, column)
-    tables.aggregations[f"mean over seeds, {len(sweep)} alphas"] = None
-    return float(np.diff(sweep.to_numpy(float)).max()) if len(sweep) > 1 else math.nan
+    alphas = sweep.index.to_numpy(float)
+    per_seed = [_crossing(alphas, sweep[seed].to_numpy(float) - reference[seed]) for seed in sweep.columns]
+    tables.note_seeds(len(per_seed), over, paired=True)
+    return _aggregate(per_seed, over)
+
+
+def _sweep_rise(tables: Tables, experiment, panel, column="stop_iteration", over="max"):
+    """Per seed, the largest rise of the C-DLN's ``column`` from one swept alpha to the next (at most 0 when it
+    never rises), combined ``over`` seeds."""
+    sweep = _alpha_sweep(tables, experiment, panel, column)
+    rises = [float(np.diff(sweep[seed].to_numpy(float)).max()) if len(sweep) > 1 else math.nan for seed in sweep]
+    tables.note_seeds(len(rises), over)
+    tables.aggregations[f"{len(sweep)} alphas"] = None
+    return _aggregate(rises, over)
+
+
+def _sweep_ratio(tables: Tables, experiment, panel, column="stop_iteration", over="min"):
+    """Per seed, the C-DLN's ``column`` at the smallest swept alpha over its value at the largest."""
+    sweep = _alpha_sweep(tables, experiment, panel, column)
+    ratios = (sweep.iloc[0] / sweep.iloc[-1].replace(0, math.nan)).to_numpy(float)
+    tables.note_seeds(len(ratios), over)
+    return _aggregate(ratios, over)
 
 
 def _finding(tables: Tables, analysis, task, path, over="max"):
@@ -320,6 +342,17 @@ def _by_seed(tables: Tables, name, model_a, model_b, column, op="ratio", over="m
     return _seed_pairs(tables, f"{name}_runs.csv", tuple(zip((model_a, model_b), per_seed, strict=True)), op, over)
 
 
+def _per_seed(tables: Tables, name, model, column, over="max"):
+    """A real-data run's ``column`` of ``model`` (``<name>_runs.csv``), one value per seed (split), combined."""
+    frame = tables.csv(f"{name}_runs.csv")
+    rows = frame[frame["model"] == model]
+    if rows.empty or column not in frame:
+        raise ClaimError(f"{name}_runs.csv has no {column!r} of model {model!r}; models: {sorted(set(frame['model']))}")
+    values = tables.seconds(rows, column) if "seconds" in column else rows[column].astype(float)
+    tables.note_seeds(len(values), over)
+    return _aggregate(values, over)
+
+
 def _scaling(tables: Tables, model, quantity, d="max"):
     frame = tables.csv("scaling.csv")
     rows = frame[(frame["model"] == model) & (frame["quantity"] == quantity)]
@@ -366,6 +399,24 @@ def _log10(value: float) -> float:
     return math.log10(value) if value > 0 else math.nan
 
 
+def _robust_across(tables: Tables, factor, value_a, value_b, model, column, over="min"):
+    """Per seed, ``model``'s ``column`` at one swept value over its value at another."""
+    from cdln.pipeline import robustness
+
+    frame = _robust_frame(tables, column)
+    try:
+        rows_a, rows_b = (robustness.select(frame, factor, value, model) for value in (value_a, value_b))
+    except ValueError as error:
+        raise ClaimError(str(error)) from None
+    a, b = (rows.set_index("seed")[column].astype(float) for rows in (rows_a, rows_b))
+    if sorted(a.index) != sorted(b.index):
+        raise ClaimError(
+            f"robustness.csv: {factor} = {value_a} has seeds {sorted(a.index)}, = {value_b} {sorted(b.index)}"
+        )
+    tables.note_seeds(len(a), over, paired=True)
+    return _aggregate(a / b.loc[a.index].replace(0, math.nan), over)
+
+
 FUNCTIONS: dict[str, Callable[..., float]] = {
     "first": _first,
     "final": _final,
@@ -374,6 +425,9 @@ FUNCTIONS: dict[str, Callable[..., float]] = {
     "dominance": _dominance,
     "crossover": _crossover,
     "sweep_rise": _sweep_rise,
+    "sweep_ratio": _sweep_ratio,
+    "per_seed": _per_seed,
+    "robust_across": _robust_across,
     "finding": _finding,
     "table": _table,
     "by_seed": _by_seed,

@@ -19,6 +19,7 @@ GROUP_TITLES = {
     "calibrated": "Counted apart: calibrated claims (a threshold or setting was fitted to the same figure)",
     "other size": "Counted apart: claims run at another size than the paper's (reported, not evidence)",
     "hardware": "Counted apart: magnitudes in seconds, which depend on the hardware (the paper's GPU, our CPU)",
+    "construction": "Counted apart: claims that hold by construction (no evidence either way)",
     "ours": "Our own claims (figures that are not the paper's)",
 }
 SIDES = {"paper": ("abstract", "paper"), "ours": ("ours",)}
@@ -121,7 +122,9 @@ def to_markdown(table: pd.DataFrame, config_name: str, coverage: str | None = No
                 cells = [row.claim, row.paper, f"`{row.measured}`", verdict, row.aggregation or "-",
                          kind if kind == "evidence" else f"{kind} (below)", row.device or "-"]  # fmt: skip
                 lines.append("| " + " | ".join(str(cell).replace("|", "/") for cell in cells) + " |")
-            for label, column in (("calibrated", "calibrated"), ("other size", "other_size"), ("hardware", "hardware")):
+            labels = (("calibrated", "calibrated"), ("other size", "other_size"), ("hardware", "hardware"),
+                      ("construction", "construction"))  # fmt: skip
+            for label, column in labels:
                 for row in group[_flag(group, column)].itertuples():
                     lines.append(f"\n- *{row.id}* ({label}): {getattr(row, column)}")
             for row in group[_flag(group, "deviation")].itertuples():

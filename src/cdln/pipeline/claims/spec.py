@@ -15,7 +15,7 @@ from cdln.pipeline.claims.measures import BUILTINS, FUNCTIONS, ClaimError, Table
 PREDICATES = ("above", "below", "at_least", "at_most", "between", "equals")
 SECTIONS = ("abstract", "paper", "ours")
 CLAIM_KEYS = ("id", "figure", "section", "claim", "paper", "measure", "holds", "absolute", "calibrated", "other_size",
-              "hardware", "deviation")  # fmt: skip
+              "hardware", "construction", "deviation")  # fmt: skip
 PAPER_GRID = "paper"  # the output_root of the paper grid (config/config.yaml), whose notes may be bare strings
 # Placeholders in a note: an expression of the measure language in braces, or {measured}, filled in at evaluation
 NOTE_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
@@ -26,6 +26,7 @@ CATEGORIES = {
     "calibrated": "calibrated (a threshold or setting fitted to the same figure)",
     "other size": "at another size than the paper's (reported, not evidence)",
     "hardware": "a magnitude in seconds, which depends on the hardware (the paper's, probably a GPU; ours, a CPU)",
+    "construction": "fixed by construction (it holds for any run, so it is no evidence)",
 }
 COLUMNS = [
     "figure",
@@ -40,6 +41,7 @@ COLUMNS = [
     "calibrated",
     "other_size",  # what differs from the paper's size, where the row runs at another (then not evidence)
     "hardware",  # why the row's magnitude in seconds depends on the hardware (then not evidence)
+    "construction",  # why the row holds by construction, whatever the run (then not evidence)
     "category",  # the first of calibrated, other size, hardware that the row is; else evidence
     "measure",
     "deviation",
@@ -62,6 +64,7 @@ class Claim:
     calibrated: str | None = None  # what was fitted to the same figure, if anything
     other_size: str | None = None  # what differs from the paper's size, where the row runs at another
     hardware: str | None = None  # why its magnitude in seconds depends on the hardware
+    construction: str | None = None  # why it holds by construction, whatever the run
     deviation: str | Mapping[str, str] | None = None  # per grid (output_root); a bare note is the paper grid's
 
     def note_for(self, grid: str) -> str | None:
@@ -74,7 +77,8 @@ class Claim:
     @property
     def category(self) -> str:
         """The first of calibrated, other size, hardware that the row is (:data:`CATEGORIES`); else evidence."""
-        labels = {"calibrated": self.calibrated, "other size": self.other_size, "hardware": self.hardware}
+        labels = {"calibrated": self.calibrated, "other size": self.other_size, "hardware": self.hardware,
+                  "construction": self.construction}  # fmt: skip
         return next((name for name, label in labels.items() if label), "evidence")
 
     def bounds(self) -> list[float]:
@@ -159,17 +163,17 @@ def tables_read(claims: list[Claim], figure: str) -> list[str]:
         for function, names in claim.calls():
             if function in ("first", "final", "paired", "dominance"):
                 files[f"{names[0]}_curves.csv"] = None
-            if function in ("first", "runs", "crossover", "sweep_rise", "final", "paired", "dominance"):
+            if function in ("first", "runs", "crossover", "sweep_rise", "sweep_ratio", "final", "paired", "dominance"):
                 files[f"{names[0]}_runs.csv"] = None  # device names, and the runs themselves
             elif function == "finding":
                 files[f"{names[0]}_findings.json"] = None
             elif function == "table":
                 files[f"{names[0]}.csv"] = None
-            elif function == "by_seed":
+            elif function in ("by_seed", "per_seed"):
                 files[f"{names[0]}_runs.csv"] = None
             elif function == "scaling":
                 files["scaling.csv"] = None
-            elif function in ("robust", "robust_ratio"):
+            elif function in ("robust", "robust_ratio", "robust_across"):
                 files["robustness.csv"] = None
     return list(files)
 
