@@ -4,6 +4,7 @@ real configs, without Snakemake."""
 from __future__ import annotations
 
 import pytest
+import yaml
 from conftest import REPO
 
 from cdln.pipeline import cluster
@@ -65,13 +66,17 @@ def test_the_reduced_grid_makes_stand_ins_so_nothing_is_left_out():
     assert {"fig_movielens", "fig_nonlinear", "claims_table"} <= set(targets.names())
 
 
-def test_short_jobs_are_the_reduced_grids_and_none_of_the_paper_grids():
-    for name, short in (("ci.yaml", True), ("config.yaml", False)):
+def test_short_jobs_are_the_reduced_grids_and_only_the_paper_grids_compressed_only_points():
+    """Every training job of the reduced grid is short; of the paper grid's only the robustness points whose runs
+    are all C-DLNs of width <= r (seconds each: the original DLN is read from the base point)."""
+    for name in ("ci.yaml", "config.yaml"):
         grid = Grid(load_pipeline_config(REPO / "config" / name))
         for job in grid.jobs():
             if any(run.command == "train" for run in job.runs):
-                group = cluster.training_group(grid, job.experiment, job.job_id)
-                assert (group == cluster.SHORT_GROUP) == short, (name, job.job_id, cluster.estimated_work(grid, job))
+                short = cluster.training_group(grid, job.experiment, job.job_id) == cluster.SHORT_GROUP
+                tiny = job.experiment == "robustness" and {run.name for run in job.runs} == {"cdln"}
+                expected = name == "ci.yaml" or (tiny and job.runs[0].options["r_hat"] <= 10)
+                assert short == expected, (name, job.job_id, cluster.estimated_work(grid, job))
 
 
 def test_estimated_work_grows_with_the_budget():
@@ -80,3 +85,17 @@ def test_estimated_work_grows_with_the_budget():
     before = cluster.estimated_work(Grid(config), job)
     config["experiments"]["mc"]["max_outer"] *= 10
     assert cluster.estimated_work(Grid(config), Grid(config).jobs("mc")[0]) == pytest.approx(10 * before)
+
+
+def test_the_longest_jobs_start_first_and_their_problems_with_them():
+    grid = Grid(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    priority = {(job.experiment, job.job_id): cluster.job_priority(grid, job.experiment, job.job_id)
+                for job in grid.jobs()}  # fmt: skip
+    work = {(job.experiment, job.job_id): cluster.estimated_work(grid, job) for job in grid.jobs()}
+    ordered = sorted(priority, key=lambda key: work[key] or 0)
+    assert [priority[key] for key in ordered] == sorted(priority[key] for key in ordered)  # more work, not lower
+    assert priority[ordered[-1]] > priority[ordered[0]] >= 1
+    for data in grid.data_files():
+        readers = [job for job in grid.jobs() if data.path in job.inputs]
+        if readers:
+            assert cluster.data_priority(grid, data.path) == max(priority[(j.experiment, j.job_id)] for j in readers)

@@ -97,6 +97,18 @@ def real_data_figure(name: str, path: str, **report_args):
     return report(path, **report_args) if TARGETS.real_data_present(name) or Path(path).exists() else path
 
 
+def job_priority(wildcards) -> int:
+    return cluster.job_priority(GRID, wildcards.experiment, wildcards.job)
+
+
+def data_priority(family: str):
+    """The priority of a problem file of ``family`` (its path from the wildcards): its readers' highest."""
+    def priority(wildcards) -> int:
+        return cluster.data_priority(GRID, f"{ROOT}/data/{family or wildcards.family}/{wildcards.name}.pt")
+
+    return priority
+
+
 def training_group(wildcards) -> str | None:
     return cluster.training_group(GRID, wildcards.experiment, wildcards.job)
 

@@ -18,6 +18,7 @@ rule make_problem:
         command=lambda wc, output: GRID.data_file(output[0]).command,
         flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
+    priority: data_priority(None)
     group:
         cluster.SHORT_GROUP
     conda:
@@ -32,7 +33,8 @@ rule make_sensing_problem:
     """MS problem: target, operator A (d*d*m floats: 1.3 GB at d=200, m=4000) and measurements.
 
     temp(): deleted once every job on it has finished, so operators never pile up on disk. Drawn with the
-    training jobs' priority: MS jobs are the longest of the grid, and starting them early shortens the run."""
+    priority of the jobs that read it: MS jobs are the longest of the grid, and starting them early shortens the
+    run."""
     output:
         temp(f"{ROOT}/data/ms/{{name}}.pt"),
     log:
@@ -42,7 +44,7 @@ rule make_sensing_problem:
     params:
         flags=lambda wc, output: GRID.data_file(output[0]).flags(),
     threads: 1
-    priority: 1
+    priority: data_priority("ms")
     resources:
         mem_mb=lambda wc: 2000 if sensing_group(wc) else 8000,  # for a cluster; the largest is 1.3 GB
     group:

@@ -18,9 +18,9 @@ rule run_job:
     params:
         runs=lambda wc: GRID.job(wc.experiment, wc.job).arguments(),
     threads: config["threads_per_job"]
-    # Ready jobs go before MF/MC problem files; MS problem files share this priority (rule
-    # make_sensing_problem), so the longest jobs start first.
-    priority: 1
+    # Longest first, from the estimated work (cdln.pipeline.cluster.job_priority); problem files share the
+    # priority of their jobs (rules make_problem, make_sensing_problem).
+    priority: job_priority
     resources:
         gpu=uses_gpu,
         # for a cluster: a short job 10 min and 2 GB, the others 120 min and 8 GB (an MS problem is 1.3 GB)

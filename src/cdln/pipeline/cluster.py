@@ -1,5 +1,9 @@
-"""Cluster execution (profiles/slurm): which jobs a cluster runs, and which are short enough to share one
-batch job.
+"""Scheduling: the order in which jobs start (longest first), which jobs a cluster runs (profiles/slurm), and
+which are short enough to share one batch job.
+
+Every training job gets a priority from its estimated work (:func:`job_priority`), so that on a few cores the
+longest jobs start first and the run does not end with one long job alone; a data file gets the highest
+priority of the jobs that read it (Snakemake does not pass priorities upstream).
 
 A job group bundles jobs into one cluster job (``group-components: short=N`` in the profile: N connected
 sets of them per sbatch), so that seconds-long jobs do not each pay a batch job's submission, start-up and
@@ -10,6 +14,7 @@ grid keep a batch job (and a node) each.
 from __future__ import annotations
 
 import contextlib
+import math
 
 from cdln.pipeline.grid import Grid, GridError, Job
 
@@ -24,14 +29,16 @@ CLUSTER_RULES = frozenset(
 # above (tests/test_cluster.py).
 SHORT_JOB_WORK = 2e10
 SHORT_SENSING_FLOATS = 1e8  # d^2 m of an MS problem drawn in seconds
-IMAGE_PIXELS = 28 * 28  # FashionMNIST
+IMAGE_PIXELS, TRAIN_IMAGES = 28 * 28, 60_000  # FashionMNIST
+MOVIELENS_SHAPE = (943, 1682)  # users x items, when the config keeps them all
 
 
 def estimated_work(grid: Grid, job: Job) -> float | None:
-    """A generous estimate of a job's floating-point work, from the config alone: every iteration of every run
-    costing a dense step of the original DLN (L d_out d_in width; MS: L d^2 m), every step of a classifier
-    L x batch x pixels x width, every AltMin iteration (d_out + d_in) d_in k^2; None when a run's sizes are not
-    in the config."""
+    """A job's floating-point work, from the config alone, each run at its full budget (a run that stops at tol
+    costs less): a GD step of a network of width w on a d_out x d_in target costs about 2 L d_out d_in w (the
+    C-DLN's w = r_hat, the original DLN's its width, B-M's its rank), an MS step adds 2 m d^2 (the operator pass);
+    a classifier step 6 x examples x (pixels x hidden + depth x width^2); an AltMin sweep (d_out + d_in) d_in k^2.
+    None when a run's sizes are not in the config."""
     sizes = {}
     for path in job.inputs:
         with contextlib.suppress(GridError):  # an input the grid does not make (e.g. a configured archive)
@@ -40,19 +47,41 @@ def estimated_work(grid: Grid, job: Job) -> float | None:
     for run in job.runs:
         options = {**sizes, **{k: v for k, v in run.options.items() if v is not None}}
         depth = options.get("depth", 3)
-        if run.command == "nonlinear" and "steps" in options:
-            width = max([*options.get("hidden", []), options.get("width", 0)])
-            total += options["steps"] * depth * options.get("batch_size", 1) * IMAGE_PIXELS * width
+        if run.command == "nonlinear":
+            batch = TRAIN_IMAGES if options.get("batch_size", "full") == "full" else options["batch_size"]
+            hidden = max(options.get("hidden", [0]))
+            per_example = IMAGE_PIXELS * hidden + depth * options.get("width", hidden) ** 2
+            total += 6 * options.get("steps", 1) * batch * per_example
             continue
-        d_out, d_in = options.get("n_users", options.get("d")), options.get("n_items", options.get("d"))
-        if d_out is None or run.command not in ("train", "altmin"):
+        default = MOVIELENS_SHAPE if run.keys.get("experiment") == "movielens" else (None, None)
+        d_out, d_in = (
+            options.get("n_users", options.get("d", default[0])),
+            options.get("n_items", options.get("d", default[1])),
+        )
+        if d_out is None or d_in is None or run.command not in ("train", "altmin"):
             return None
         if run.command == "altmin":  # a least-squares solve of rank k per row and column per iteration
             total += options.get("iterations", 1) * (d_out + d_in) * d_in * options.get("r", d_in) ** 2
             continue
-        iterations = options.get("n_inner", 1) * options.get("max_outer", 1)
-        total += iterations * depth * d_out * d_in * options.get("m", options.get("width", d_in))
+        model = options.get("model", "original")
+        width = {"cdln": options.get("r_hat"), "narrow": options.get("r_hat"), "bm": options.get("bm_rank")}.get(model)
+        width = width or options.get("width") or max(d_out, d_in)
+        step = 2 * depth * d_out * d_in * width + 2 * options.get("m", 0) * d_out * d_in
+        total += options.get("n_inner", 1) * options.get("max_outer", 1) * step
     return total
+
+
+def job_priority(grid: Grid, experiment: str, job_id: str) -> int:
+    """Snakemake priority of a training job: 10 log10 of its estimated work (:func:`estimated_work`), so the
+    longest start first; 1 when its sizes are not in the config. Every other rule keeps priority 0."""
+    work = estimated_work(grid, grid.job(experiment, job_id))
+    return max(1, round(10 * math.log10(work))) if work else 1
+
+
+def data_priority(grid: Grid, path: str) -> int:
+    """A data file's priority: the highest of the jobs that read it (a long job's problem is drawn first)."""
+    readers = [job for job in grid.jobs() if path in job.inputs]
+    return max((job_priority(grid, job.experiment, job.job_id) for job in readers), default=1)
 
 
 def training_group(grid: Grid, experiment: str, job_id: str) -> str | None:
