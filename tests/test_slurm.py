@@ -10,7 +10,7 @@ Both runs go into temporary copies of the workflow: the same config, the same co
 ``tables/``) must be equal, wall-clock fields aside (seconds, and the timing-only rows of the scaling table):
 where a job runs must not change a number: strings, integers, floats and the set of files are compared
 exactly (a kernel that one job compiles and another loads from numba's cache computes the same numbers:
-tests/test_native.py).
+tests/test_kernels.py).
 """
 
 from __future__ import annotations
