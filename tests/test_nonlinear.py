@@ -212,3 +212,14 @@ def test_cli_trains_on_a_configured_directory(tmp_path):
     assert record["config"]["model"] == "cdln" and record["parameters"]["block"] == 2 * 16 * 4 + 4 * 4
     assert record["data"]["files"]["train-images-idx3-ubyte"]["path"].startswith(str(tmp_path / "data"))
     assert len(record["data"]["files"]["train-images-idx3-ubyte"]["sha256"]) == 64
+
+
+def test_a_diverging_classifier_exits_3_like_a_diverging_gd_run(tmp_path, capsys):
+    synthetic_fashion_mnist(tmp_path / "data", n_train=200, n_test=50)
+    args = ["nonlinear", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model", "mlp",
+            "--hidden", "16", "--r-hat", "4", "--steps", "20", "--eval-every", "5", "--batch-size", "full",
+            "--optimizer", "gd", "--lr", "1e30", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main(args) == 3
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("cdln: error: training diverged: non-finite loss at iteration") and "--lr" in line
+    assert not (tmp_path / "run").exists()

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from cdln.devices import SyncTimer, device_name
+from cdln.engine import DivergenceError
 from cdln.problems import Completion
 from cdln.progress import time_left
 from cdln.records import make_record
@@ -74,7 +75,7 @@ def altmin(
         loss = float(problem.train_loss(estimate[None])[0])
         error = float(problem.recovery_error(estimate[None])[0])
         if not math.isfinite(loss):
-            raise FloatingPointError(f"AltMin produced a non-finite loss at iteration {iteration}; raise --ridge")
+            raise DivergenceError(iteration, advice="raise --ridge")
         rows.append((0, iteration, seconds, loss, error))
         if progress is not None:
             progress(

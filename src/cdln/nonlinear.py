@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from cdln import seeding
 from cdln.devices import SyncTimer, device_name
+from cdln.engine import DivergenceError
 from cdln.networks import random_orthogonal, top_singular_vectors
 from cdln.progress import time_left
 from cdln.records import make_record
@@ -322,7 +323,7 @@ def train_classifier(
         model.train()
         train_loss = running / seen if seen else math.nan
         if seen and not math.isfinite(train_loss):
-            raise FloatingPointError(f"training diverged at step {step}: non-finite loss; try a smaller --lr")
+            raise DivergenceError(step, advice=f"try a smaller --lr than {config.lr:g}")
         rows.append((0, step, timer.elapsed, train_loss, test_loss, accuracy))
         running, seen = 0.0, 0
         if progress is not None:

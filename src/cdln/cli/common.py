@@ -55,7 +55,7 @@ def run_handler(args: argparse.Namespace) -> int:
         return fail(str(error), ExitCode.NO_DATA)
     except DataFormatError as error:
         return fail(f"malformed data: {error}", ExitCode.BAD_DATA)
-    except (ConfigError, GridError, ValueError, FloatingPointError, FileNotFoundError) as error:
+    except (ConfigError, GridError, ValueError, FileNotFoundError) as error:
         return fail(str(error), ExitCode.BAD_OPTION)
     except KeyboardInterrupt:
         return fail("interrupted; nothing written", ExitCode.INTERRUPTED)

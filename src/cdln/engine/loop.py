@@ -34,14 +34,13 @@ CURVE_COLUMNS = ["member", "iteration", "seconds", "train_loss", "recovery_error
 
 
 class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss."""
+    """Training produced a non-finite loss (GD here; AltMin and the classifiers raise it too, with their advice)."""
 
-    def __init__(self, iteration: int, member: int, lr: float) -> None:
+    def __init__(self, iteration: int, member: int = 0, lr: float | None = None, advice: str | None = None) -> None:
         self.iteration, self.member = iteration, member
-        super().__init__(
-            f"training diverged: non-finite loss at iteration {iteration} (batch member {member}) "
-            f"with step size {lr:g}; try a smaller --lr (e.g. {lr / 4:g}) or a smaller --alpha"
-        )
+        where = f"iteration {iteration}" + (f" (batch member {member}) with step size {lr:g}" if lr is not None else "")
+        advice = advice or f"try a smaller --lr (e.g. {(lr or 0) / 4:g}) or a smaller --alpha"
+        super().__init__(f"training diverged: non-finite loss at {where}; {advice}")
 
 
 @dataclass(frozen=True)
