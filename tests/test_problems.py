@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from cdln.analysis import target_factors
 from cdln.data.synthetic import low_rank_target, make_problem
 from cdln.io import load_problem, save_problem
-from cdln.problems import Completion, Factorization, ProblemSpec, Sensing
+from cdln.problems import Completion, Factorization, Problem, ProblemSpec, Sensing, problem_class
 
 
 def _spec(task: str, d_out: int = 2, d_in: int = 2, rank: int = 1, **kw) -> ProblemSpec:
@@ -263,3 +265,75 @@ def test_mc_surrogate_is_unbiased_over_masks():
         problem = make_problem(ProblemSpec(**spec, data_seed=seed))
         mean += Completion(problem.spec, target, problem.mask).surrogate() / 200
     assert float(torch.linalg.matrix_norm(mean - target) / torch.linalg.matrix_norm(target)) < 0.15
+
+
+# ---- a problem is its loss: the gradient defaults to autograd's, tensors are declared once, classes by name ----
+
+
+@pytest.mark.parametrize("task", ["mf", "mc", "ms"])
+def test_autograds_gradient_is_the_closed_form_of_every_builtin_problem(task):
+    spec = ProblemSpec(task, 7, 5, 2, data_seed=1, p=0.5, m=40, noise=0.1 if task != "mf" else 0.0)
+    problem = make_problem(spec)
+    end_to_end = torch.randn(3, 7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    closed = problem.loss_grad(end_to_end)
+    assert torch.allclose(Problem.loss_grad(problem, end_to_end), closed, rtol=1e-12, atol=1e-15)
+
+
+class ScaledFactorization(Problem):
+    """A user's problem in a few lines: a loss, no gradient (autograd's), data and a setting declared once."""
+
+    data = ("target",)
+    settings = ("weight",)
+
+    def __init__(self, spec, target, weight=1.0):
+        self.spec, self.target, self.weight = spec, target, weight
+
+    def train_loss(self, end_to_end):
+        return 0.5 * self.weight * (end_to_end - self.target).square().mean(dim=(-2, -1))
+
+    def recovery_error(self, end_to_end):
+        return torch.linalg.matrix_norm(end_to_end - self.target) / torch.linalg.matrix_norm(self.target)
+
+    def surrogate(self):
+        return self.target
+
+
+def test_a_users_problem_moves_saves_and_loads_from_what_it_declares(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    target = make_problem(ProblemSpec("mf", 6, 4, 2)).target
+    problem = ScaledFactorization(ProblemSpec("test_problems:ScaledFactorization", 6, 4, 2), target, weight=3.0)
+    moved = problem.to("cpu", torch.float32)
+    assert moved.target.dtype == torch.float32 and moved.weight == 3.0
+    save_problem(problem, tmp_path / "p.pt")
+    loaded = load_problem(tmp_path / "p.pt")
+    assert type(loaded).__name__ == "ScaledFactorization" and loaded.weight == 3.0
+    assert torch.equal(loaded.target, target)
+    w = torch.zeros(1, 6, 4, dtype=torch.float64)
+    assert torch.allclose(loaded.loss_grad(w), -3.0 * target[None] / target.numel())
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [("nope", "module:Class"), ("no_such_module:X", "cannot import X"), ("torch:Tensor", "not a subclass")],
+)
+def test_a_problem_class_that_cannot_be_used_is_named(task, message):
+    with pytest.raises(ValueError, match=message):
+        problem_class(task)
+
+
+def test_cdln_train_runs_a_users_problem_class_from_its_file(tmp_path, monkeypatch, capsys):
+    from cdln.cli import main
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    task = "test_problems:ScaledFactorization"
+    target = make_problem(ProblemSpec("mf", 10, 8, 2, data_seed=4)).target
+    save_problem(ScaledFactorization(ProblemSpec(task, 10, 8, 2), target, weight=2.0), tmp_path / "p.pt")
+    args = ["train", "--task", task, "--problem", str(tmp_path / "p.pt"), "--model", "cdln", "--lr", "2",
+            "--n-inner", "100", "--max-outer", "20", "--quiet", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["problem"]["task"] == task and record["timing"]["engine_path"] == "torch"
+    assert record["members"][0]["final_recovery_error"] < 1e-6
+    capsys.readouterr()
+    assert main(["train", "--task", task, "--model", "cdln", "--quiet", "--out", str(tmp_path / "other")]) == 2
+    assert "needs --problem: a file of it saved with cdln.io.save_problem" in capsys.readouterr().err

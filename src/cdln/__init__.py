@@ -12,7 +12,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _HOMES = {
-    "cdln.problems": ["Problem", "Factorization", "Completion", "Sensing"],
+    "cdln.problems": ["Problem", "Factorization", "Completion", "Sensing", "problem_class"],
     "cdln.spec": ["ProblemSpec"],
     "cdln.data.synthetic": ["make_problem"],
     "cdln.networks": [

@@ -17,7 +17,7 @@ import torch
 
 from cdln.devices import resolve_device, resolve_dtype
 from cdln.networks import MODELS, dln_param_count
-from cdln.spec import NOISY_TASKS, SPECTRA, TASKS, ProblemSpec
+from cdln.spec import CLASS_PATH, NOISY_TASKS, SPECTRA, TASKS, ProblemSpec
 
 DEFAULT_LR = 10.0  # the GD step when none is given (a user's --matrix: derived from its scale instead)
 MEMORY_FRACTION = 0.8  # refuse problems needing more than this share of the machine's memory
@@ -103,7 +103,13 @@ class RunConfig:
 
     def validate(self, check_memory: bool = True) -> None:
         """Raise :class:`ConfigError` for the first invalid option, before any work is done."""
-        _choice("task", self.task, TASKS)
+        if not CLASS_PATH.match(str(self.task)):
+            _choice("task", self.task, TASKS)
+        elif self.problem is None:
+            raise ConfigError(
+                f"--task {self.task} (a problem class of yours) needs --problem: a file of it saved with "
+                "cdln.io.save_problem (docs/own-problem.md)"
+            )
         _choice("model", self.model, MODELS)
         _choice("spectrum", self.spectrum, SPECTRA)
         if self.spectrum == "geometric" and (not _is_number(self.condition) or not self.condition >= 1):

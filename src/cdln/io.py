@@ -84,18 +84,30 @@ def _read_csv_numbers(path: Path, what: str) -> np.ndarray:
 
 
 def save_problem(problem: Problem, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None) -> None:
-    """Write the problem (its spec and its tensors, e.g. target (d_out, d_in)) to ``path`` atomically, with where
-    its data came from (``provenance``, e.g. the MovieLens source and checksum) when there is one."""
-    from dataclasses import asdict
+    """Write the problem (its spec, its tensors, e.g. target (d_out, d_in), and its settings) to ``path``
+    atomically, with where its data came from (``provenance``, e.g. the MovieLens source and checksum) when there
+    is one. A problem class of a user's is saved under its name, ``module:Class`` (its spec's task)."""
+    from dataclasses import asdict, replace
 
-    payload: dict[str, Any] = {"spec": asdict(problem.spec)}
+    from cdln.problems import PROBLEM_CLASSES
+
+    spec, cls = problem.spec, type(problem)
+    if not (spec.task in PROBLEM_CLASSES and isinstance(problem, PROBLEM_CLASSES[spec.task])):
+        if cls.__module__ == "__main__":
+            raise ValueError(f"{cls.__name__} is defined in __main__: put it in a module to save it (and to train it)")
+        spec = replace(spec, task=f"{cls.__module__}:{cls.__qualname__}")  # its kind, read back by name
+    payload: dict[str, Any] = {"spec": asdict(spec)}
     payload["tensors"] = {k: v.cpu() for k, v in problem.tensors().items()}
+    if problem.parameters():
+        payload["settings"] = problem.parameters()
     if provenance is not None:
         payload["provenance"] = provenance
     torch_save(payload, path)
 
 
-def _read_problem_file(path: str | os.PathLike[str], mmap: bool) -> tuple[ProblemSpec, dict[str, Tensor], Any]:
+def _read_problem_file(
+    path: str | os.PathLike[str], mmap: bool
+) -> tuple[ProblemSpec, dict[str, Tensor], Any, dict[str, Any]]:
     import torch
 
     from cdln.spec import ProblemSpec
@@ -116,7 +128,7 @@ def _read_problem_file(path: str | os.PathLike[str], mmap: bool) -> tuple[Proble
     except Exception as error:
         reason = " ".join(str(error).split())[:160] or type(error).__name__
         raise ValueError(f"problem file {path} is not a readable cdln problem ({reason}); {remake}") from None
-    return spec, tensors, payload.get("provenance")
+    return spec, tensors, payload.get("provenance"), dict(payload.get("settings") or {})
 
 
 def load_problem_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -132,10 +144,10 @@ def load_problem_spec(path: str | os.PathLike[str]) -> ProblemSpec:
 def load_problem(path: str | os.PathLike[str]) -> Problem:
     """Read a problem written by :func:`save_problem` (tensors on the CPU, in their stored dtype); a file
     that is not one raises ``ValueError`` naming it."""
-    spec, tensors, _ = _read_problem_file(path, mmap=False)
+    spec, tensors, _, settings = _read_problem_file(path, mmap=False)
     try:
-        from cdln.problems import PROBLEM_CLASSES
+        from cdln.problems import problem_class
 
-        return PROBLEM_CLASSES[spec.task](spec, **tensors)
+        return problem_class(spec.task)(spec, **tensors, **settings)
     except (TypeError, ValueError) as error:
         raise ValueError(f"problem file {path} is not a readable cdln problem ({error})") from None

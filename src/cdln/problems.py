@@ -12,7 +12,9 @@ replication spec, section 2:
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,19 +23,28 @@ from cdln.spec import ProblemSpec
 
 
 class Problem(ABC):
-    """A recovery problem: loss gradient (B, d_out, d_in), training loss (B,) and recovery error (B,) of a batch of
+    """A recovery problem: training loss (B,), its gradient (B, d_out, d_in) and recovery error (B,) of a batch of
     end-to-end matrices (B, d_out, d_in), in torch.
 
-    That is all the engine needs of a problem. A new problem is a subclass defining those three (and
-    :meth:`surrogate`, to build a C-DLN from it); it trains on the engine's torch step with no change to the
-    engine (docs/own-problem.md). ``target`` (d_out, d_in) is what the recovery error compares against."""
+    That is all the engine needs of a problem. A new problem is a subclass defining :meth:`train_loss` and
+    :meth:`recovery_error` (and :meth:`surrogate`, to build a C-DLN from it); its gradient is autograd's unless it
+    gives a closed form, and it trains on the engine's torch step with no change to the engine
+    (docs/own-problem.md). Its constructor takes ``(spec, **data, **settings)``: the names in :attr:`data` are its
+    tensors (moved by :meth:`to`, saved in a problem file), those in :attr:`settings` plain values (saved too).
+    ``target`` (d_out, d_in) is what the recovery error compares against."""
 
     spec: ProblemSpec
     target: Tensor
+    data: tuple[str, ...] = ("target",)
+    settings: tuple[str, ...] = ()
 
-    @abstractmethod
-    def loss_grad(self, end_to_end: Tensor) -> Tensor:
-        """Gradient of the summed per-member training loss w.r.t. ``W``, (B, d_out, d_in)."""
+    def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
+        """Gradient of the summed per-member training loss w.r.t. ``W``, (B, d_out, d_in): autograd's of
+        :meth:`train_loss`; the built-in problems give closed forms (tested against this)."""
+        with torch.enable_grad():
+            leaf = end_to_end.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.train_loss(leaf).sum(), leaf)
+        return grad if out is None else out.copy_(grad)
 
     @abstractmethod
     def train_loss(self, end_to_end: Tensor) -> Tensor:
@@ -48,15 +59,20 @@ class Problem(ABC):
         raise NotImplementedError(f"{type(self).__name__} defines no surrogate(), which a C-DLN is built from")
 
     def tensors(self) -> dict[str, Tensor]:
-        """The problem's data tensors, for saving and for :meth:`to`."""
-        raise NotImplementedError(f"{type(self).__name__} defines no tensors(); it cannot be saved or moved")
+        """The problem's data tensors (:attr:`data`; None ones left out), for saving and for :meth:`to`."""
+        tensors = {name: getattr(self, name, None) for name in self.data}
+        return {name: value for name, value in tensors.items() if value is not None}
+
+    def parameters(self) -> dict[str, Any]:
+        """The problem's plain settings (:attr:`settings`), for saving and for :meth:`to`."""
+        return {name: getattr(self, name) for name in self.settings}
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Problem:
         """Copy of the problem with every tensor on ``device`` in ``dtype`` (masks stay bool)."""
         moved = {
             k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in self.tensors().items()
         }
-        return type(self)(self.spec, **moved)
+        return type(self)(self.spec, **moved, **self.parameters())
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -66,6 +82,8 @@ class Problem(ABC):
 
 class Factorization(Problem):
     """MF: observe every entry of the target (d_out, d_in)."""
+
+    data = ("target",)
 
     def __init__(self, spec: ProblemSpec, target: Tensor) -> None:
         self.spec, self.target = spec, target
@@ -83,9 +101,6 @@ class Factorization(Problem):
     def surrogate(self) -> Tensor:
         return self.target
 
-    def tensors(self) -> dict[str, Tensor]:
-        return {"target": self.target}
-
 
 class Completion(Problem):
     """MC: observe the entries of the target (d_out, d_in) where ``mask`` (d_out, d_in, bool) is true.
@@ -98,6 +113,8 @@ class Completion(Problem):
     ``observations`` (optional, the target's shape): the values the loss fits on the observed entries
     (noisy data); by default the target itself.
     """
+
+    data = ("target", "mask", "heldout", "observations")
 
     def __init__(
         self,
@@ -200,6 +217,8 @@ class CompletionWithoutTruth(Completion):
 class Sensing(Problem):
     """MS: ``y_i = <A_i, M*>`` for m Gaussian ``A_i``; the operator is stored as (m, d_out*d_in)."""
 
+    data = ("target", "operator", "measurements")
+
     def __init__(self, spec: ProblemSpec, target: Tensor, operator: Tensor, measurements: Tensor) -> None:
         self.spec, self.target, self.operator, self.measurements = spec, target, operator, measurements
         self._target_norm = torch.linalg.matrix_norm(target)
@@ -223,8 +242,24 @@ class Sensing(Problem):
         m = self.operator.shape[0]
         return (self.measurements @ self.operator).reshape(self.target.shape) / m
 
-    def tensors(self) -> dict[str, Tensor]:
-        return {"target": self.target, "operator": self.operator, "measurements": self.measurements}
 
 
 PROBLEM_CLASSES: dict[str, type[Problem]] = {"mf": Factorization, "mc": Completion, "ms": Sensing}
+
+
+def problem_class(task: str) -> type[Problem]:
+    """The problem class of ``task``: a built-in one (``mf``, ``mc``, ``ms``), or a user's ``module:Class`` (a
+    subclass of :class:`Problem`, importable). Raises ``ValueError`` saying what is wrong with the name."""
+    if task in PROBLEM_CLASSES:
+        return PROBLEM_CLASSES[task]
+    module_name, _, class_name = task.partition(":")
+    if not module_name or not class_name:
+        known = list(PROBLEM_CLASSES)
+        raise ValueError(f"task must be one of {known} or a problem class as module:Class; got {task!r}")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"task {task!r}: cannot import {class_name} from {module_name} ({error})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Problem)):
+        raise ValueError(f"task {task!r} is not a subclass of cdln.problems.Problem")
+    return cls

@@ -11,6 +11,7 @@ vectors and its Frobenius norm, so errors stay comparable across shapes.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +21,7 @@ Task = Literal["mf", "mc", "ms"]
 TASKS: tuple[str, ...] = ("mf", "mc", "ms")
 SPECTRA: tuple[str, ...] = ("spread", "top", "flat", "geometric")
 NOISY_TASKS: tuple[str, ...] = ("mc", "ms")
+CLASS_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # a user's problem class, module:Class
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,8 @@ class ProblemSpec:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field and its valid range."""
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {list(TASKS)}; got {self.task!r}")
+        if self.task not in TASKS and not CLASS_PATH.match(self.task):
+            raise ValueError(f"task must be one of {list(TASKS)} or a problem class as module:Class; got {self.task!r}")
         if self.d_out < 1 or self.d_in < 1:
             raise ValueError(f"d must be >= 1; got d_out={self.d_out}, d_in={self.d_in}")
         if not 1 <= self.rank <= min(self.d_out, self.d_in):

@@ -42,7 +42,8 @@ from cdln.runner import RunOutput, can_share_passes, matrix_problem, train_in_lo
 from cdln.spec import SPECTRA, TASKS
 
 HELP: dict[str, str] = {
-    "task": f"recovery problem: {', '.join(TASKS)} (factorization, completion, sensing)",
+    "task": f"recovery problem: {', '.join(TASKS)} (factorization, completion, sensing), or a problem class of "
+    "yours as module:Class (with --problem, a file of it)",
     "d": "target size d for a square d x d target",
     "d_out": "rows of a rectangular target (overrides --d)",
     "d_in": "columns of a rectangular target (overrides --d)",
