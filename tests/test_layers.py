@@ -70,3 +70,11 @@ def test_the_product_does_not_import_the_tools_and_problems_import_no_kernels():
         tools = sorted(t for t in graph[module] if t.startswith(("cdln.bench", "cdln.reference")))
         assert not tools, f"{module} imports the tools {tools}"
     assert not {t for t in graph["cdln.problems"] if t.startswith("cdln.engine")}
+
+
+def test_the_tools_never_import_the_command_line():
+    """The arrow goes cdln.cli -> cdln.bench and cdln.reference, never back up."""
+    graph = import_graph()
+    for module in (m for m in graph if m.startswith(("cdln.bench", "cdln.reference"))):
+        up = sorted(t for t in graph[module] if t.startswith("cdln.cli"))
+        assert not up, f"{module} imports the command line {up}"

@@ -243,7 +243,6 @@ class Sensing(Problem):
         return (self.measurements @ self.operator).reshape(self.target.shape) / m
 
 
-
 PROBLEM_CLASSES: dict[str, type[Problem]] = {"mf": Factorization, "mc": Completion, "ms": Sensing}
 
 

@@ -16,7 +16,6 @@ Medians of interleaved repeats, wall clock and process CPU time (the steadier on
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 import zipfile
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cdln.bench.kernels import engine_runner, step_flops
@@ -35,9 +33,9 @@ from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, plan_engine, train
 from cdln.engine.plan import sampled_max_density
 from cdln.io import save_problem
-from cdln.networks import LinearNetwork, compressed_dln, original_dln, product
+from cdln.networks import LinearNetwork, compressed_dln, original_dln
 from cdln.problems import Completion, Problem
-from cdln.reference import INSTALL_HINT, SINGLE_THREAD_XLA_FLAGS, jax_available, jax_loop
+from cdln.reference import INSTALL_HINT, jax_available, jax_loop
 from cdln.runner import build_network, load_run_problem, train_in_lockstep, train_run
 from cdln.spec import ProblemSpec
 
@@ -198,11 +196,7 @@ def bench_whole_runs(
 
             def jax_run(n: int, loop: jax_loop.JaxLoop = loop) -> None:
                 for _ in range(n):
-                    weights = loop.initial
-                    for _ in range(outer):
-                        weights = loop.run(weights)
-                        end = torch.from_numpy(np.array(product(weights)))
-                        problem.train_loss(end).tolist(), problem.recovery_error(end).tolist()
+                    loop.whole_run(problem, outer)
 
             variants["jax"] = jax_run
         wall, _, cpu = interleaved(variants, dict.fromkeys(variants, outer * n_inner), repeats, 0.3)
@@ -389,9 +383,3 @@ def check_attribution(
     total = attributed_total / sum(row["alone_ms"] for row in rows.values())
     echo(f"  the shared job's runs together: {total:.3f} x the time of the two runs alone ({max_outer} checkpoints)")
     return {**rows, "shared_over_alone": total}
-
-
-def single_thread_jax() -> None:
-    """Make a later JAX import single-threaded (see :func:`cdln.bench.timing.pin_to_one_core`)."""
-
-    os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_XLA_FLAGS)

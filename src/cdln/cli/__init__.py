@@ -8,7 +8,7 @@ codes of :class:`cdln.cli.common.ExitCode`.
 - data (:mod:`cdln.cli.data`): ``make-problem``, ``movielens-problem``, ``movielens-synthetic``,
   ``fashion-mnist-synthetic``;
 - results (:mod:`cdln.cli.results`): ``aggregate``, ``summary``, ``check-regression``, ``plot``;
-- performance (:mod:`cdln.bench`): ``bench``;
+- performance (:mod:`cdln.cli.bench`, the benchmark itself in :mod:`cdln.bench`): ``bench``;
 - cross-check (:mod:`cdln.cli.crosscheck`): ``crosscheck`` (the authors' code on our instances).
 """
 
@@ -18,13 +18,11 @@ import argparse
 import sys
 
 from cdln import __version__
-from cdln.cli import crosscheck, data, results, train
+from cdln.cli import bench, crosscheck, data, results, train
 from cdln.cli.common import run_handler
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cdln import bench
-
     description = "Compressed deep linear networks: train, plot, check the paper's claims (python -m cdln works too)."
     parser = argparse.ArgumentParser(prog="cdln", description=description)
     parser.add_argument("--version", action="version", version=f"cdln {__version__}")

@@ -6,6 +6,7 @@ loaded here, once, in float64.
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
 import numpy as np
@@ -18,6 +19,11 @@ SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_paralleli
 
 class JaxUnavailableError(ImportError):
     """JAX is not installed; the JAX references are skipped."""
+
+
+def single_thread_jax() -> None:
+    """Make a later JAX import single-threaded (with :func:`cdln.bench.timing.pin_to_one_core`)."""
+    os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_XLA_FLAGS)
 
 
 def jax_available() -> bool:

@@ -53,6 +53,20 @@ class JaxLoop:
             w.block_until_ready()
         return weights
 
+    def whole_run(self, problem: Problem, outer: int) -> None:
+        """A whole run as ``cdln.engine.train`` makes one: ``outer`` checkpoints of ``n_inner`` steps, each
+        followed by its training loss and recovery error (computed by the problem, in torch)."""
+        import numpy as np
+        import torch
+
+        from cdln.networks import product
+
+        weights = self.initial
+        for _ in range(outer):
+            weights = self.run(weights)
+            end = torch.from_numpy(np.array(product(weights)))
+            problem.train_loss(end).tolist(), problem.recovery_error(end).tolist()
+
 
 def build_jax_loop(
     network: LinearNetwork, problem: Problem, lr: float, n_inner: int, gradient: Gradient = "autodiff"
