@@ -65,20 +65,46 @@ def run_experiment(config: dict, experiment: str, edit=None) -> list[Path]:
     import shlex
 
     from cdln.cli import main
-    from cdln.pipeline.grid import Grid, cli_flags
+    from cdln.pipeline.grid import Grid
 
     grid = Grid(config)
-    for job in grid.jobs(experiment):
+    jobs = {job.directory: job for job in grid.jobs()}
+
+    def run(job) -> None:
         for path in job.inputs:
+            if Path(path).exists():
+                continue
+            if path in jobs:  # the job that trains a run this one reads
+                run(jobs[path])
+                continue
             data = grid.data_file(path)
-            if not Path(path).exists():
-                assert main([data.command, *shlex.split(data.flags()), "--out", path]) == 0, path
-        arguments = []
-        for run in job.runs:
-            options = edit(dict(run.options)) if edit else run.options
-            arguments += ["--run", run.name, f"{run.command} {cli_flags(options)}"]
-        assert main(["run-job", "--out", job.directory, "--quiet", *arguments]) == 0, job.directory
+            assert main([data.command, *shlex.split(data.flags()), "--out", path]) == 0, path
+        runs = [dict(r.manifest(), options=edit(dict(r.manifest()["options"])) if edit else r.manifest()["options"])
+                for r in job.runs]  # fmt: skip
+        Path(job.directory).parent.mkdir(parents=True, exist_ok=True)
+        manifest = write_manifest(Path(job.directory + ".manifest.json"), runs)
+        assert main(["run-job", "--manifest", str(manifest), "--out", job.directory, "--quiet"]) == 0, job.directory
+
+    for job in grid.jobs(experiment):
+        run(job)
     return [Path(job.directory) for job in grid.jobs(experiment)]
+
+
+def write_manifest(path: Path, runs: list[dict]) -> Path:
+    """A ``cdln run-job`` manifest of ``runs`` (``{"name", "command", "options"}`` each) written to ``path``."""
+    import json
+
+    path.write_text(json.dumps({"runs": runs}))
+    return path
+
+
+def train_options(flags: list[str], command: str = "train") -> dict:
+    """The options of a run given as command-line flags (a test's shorthand), as a manifest lists them."""
+    from cdln.cli.train import _command_parsers
+
+    parsed = vars(_command_parsers()[command].parse_args([f for f in flags if f != "--quiet"]))
+    defaults = vars(_command_parsers()[command].parse_args([]))
+    return {key: value for key, value in parsed.items() if value is not None and value != defaults[key]}
 
 
 # What a clone holds that the pipeline needs (not results/ or .snakemake/).

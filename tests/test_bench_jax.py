@@ -104,7 +104,7 @@ def test_busy_threads_reports_shares():
 
 
 def test_bench_sections_print_their_ratios(capsys):
-    """The jax, sampled and shared sections of `cdln bench` on the reduced grid's settings (seconds only
+    """The jax, sampled and operator sections of `cdln bench` on the reduced grid's settings (seconds only
     printed, never compared): each prints its ratio line."""
     import yaml
     from conftest import REPO
@@ -124,10 +124,12 @@ def test_bench_sections_print_their_ratios(capsys):
     rows = paths.bench_crossover(1, lines.append, d=40, cases=[("cdln", 4), ("original", 40)], densities=[0.2, 0.7])
     assert [(r["model"], r["k"], r["threshold"]) for r in rows] == [("cdln", 4, 0.6), ("original", 40, 0.35)]
     assert all(len(r["ratios"]) == 2 and min(r["ratios"]) > 0 for r in rows)
-    shared = paths.bench_shared(experiment_runs(ci, "ms", "cpu"), repeats=1, echo=lines.append)
-    assert math.isfinite(shared["ratio"]) and shared["ratio"] > 0
+    operator = paths.bench_operator(experiment_runs(ci, "ms", "cpu"), repeats=1, echo=lines.append)
+    assert {"float32", "float64", "step_original", "step_cdln"} <= set(operator)
+    assert operator["float64"]["operator_bytes"] == 2 * operator["float32"]["operator_bytes"]
+    assert all(operator[storage]["pass_over_floor"] > 0 for storage in ("float32", "float64"))
     text = "\n".join(lines)
-    assert "sampled/dense =" in text and "shared/alone =" in text and "the engine samples below p = 0.35" in text
+    assert "sampled/dense =" in text and "x the floor" in text and "the engine samples below p = 0.35" in text
     assert "engine/JAX =" in text or not reference.jax_available()
 
 

@@ -7,14 +7,12 @@ import json
 import re
 
 import pytest
-import yaml
-from conftest import REPO, run_cli
+from conftest import run_cli, train_options, write_manifest
 
 import cdln.runner
 from cdln.cli import build_parser, main
 from cdln.cli.train import HELP
 from cdln.config import RunConfig
-from cdln.pipeline.grid import Grid
 from cdln.records import read_run_record
 
 TINY_MC = ["--task", "mc", "--d", "10", "--r", "2", "--p", "0.5", "--model", "cdln", "--depth", "3",
@@ -208,11 +206,14 @@ def test_parser_builds_one_option_per_field():
     assert {f.name for f in dataclasses.fields(RunConfig)} <= dests
 
 
-def _job(tmp_path, *runs: tuple[str, list[str]]) -> list[str]:
-    args = ["run-job", "--out", str(tmp_path / "job"), "--quiet"]
-    for name, flags in runs:
-        args += ["--run", name, "train " + " ".join(a for a in flags if a != "--quiet")]
-    return args
+def _job(tmp_path, *runs: tuple[str, list[str] | dict]) -> list[str]:
+    """``cdln run-job`` of ``train`` runs (name, flags or options), its manifest written beside the job."""
+    entries = [
+        {"name": name, "command": "train", "options": flags if isinstance(flags, dict) else train_options(flags)}
+        for name, flags in runs
+    ]
+    manifest = write_manifest(tmp_path / "job.manifest.json", entries)
+    return ["run-job", "--manifest", str(manifest), "--out", str(tmp_path / "job"), "--quiet"]
 
 
 def test_run_job_trains_every_run_into_one_directory_with_its_manifest(tmp_path, capsys):
@@ -226,47 +227,69 @@ def test_run_job_trains_every_run_into_one_directory_with_its_manifest(tmp_path,
         and read_run_record(job / "second")[0]["config"]["lr"] == 1.0
     )
     err = capsys.readouterr().err
-    assert f"{job}/first: cdln stopped at iteration 30" in err and f"wrote {job} (2 runs)" in err
+    assert f"{job}/first: cdln stopped at iteration 30" in err and f"wrote {job} (2 runs trained, 0 read)" in err
 
 
 @pytest.mark.parametrize(
     "second,message",
     [
-        (_with(TINY_MC, lr="-1"), r"--run second: --lr must be a finite number > 0; got -1"),
-        ([*TINY_MC, "--learning-rate", "1"], r"--run second: unrecognized arguments: --learning-rate 1"),
+        (_with(TINY_MC, lr="-1"), r"run second: --lr must be a finite number > 0; got -1"),
+        ({"learning_rate": 1}, r"run second: unknown option\(s\) \['learning_rate'\]; cdln train takes \["),
     ],
 )
 def test_run_job_checks_every_run_before_training_any(tmp_path, capsys, monkeypatch, second, message):
     monkeypatch.setattr(cdln.runner, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
     assert main(_job(tmp_path, ("first", TINY_MC), ("second", second))) == 2
     assert re.search(message, capsys.readouterr().err)
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "job").exists()
 
 
 def test_run_job_failing_in_a_later_run_leaves_no_job_directory(tmp_path, capsys):
     assert main(_job(tmp_path, ("first", TINY_MC), ("second", _with(TINY_MC, lr="1e6", eps="1")))) == 3
     assert "training diverged" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "job").exists()
 
 
-@pytest.mark.parametrize("share", [False, True])
-def test_ms_runs_of_a_job_are_timed_alone_unless_asked_to_share_passes(tmp_path, share):
-    """The paper grid times every MS network on its own, as the paper's seconds are; ``--share-passes``
-    (opt-in) trains them in lockstep, and their records then say their seconds are attributed shares."""
+def test_run_job_reads_a_run_another_job_trained(tmp_path, capsys):
+    """A manifest's run with ``same_as`` is not trained again: the job lists it (its options and where it is) and
+    trains nothing for it; one whose run is not finished is refused before any work."""
+    assert main(_job(tmp_path, ("first", TINY_MC))) == 0
+    trained = tmp_path / "job" / "first"
+    entry = {"name": "again", "command": "train", "options": train_options(TINY_MC), "same_as": str(trained)}
+    manifest = write_manifest(tmp_path / "second.json", [entry])
+    assert main(["run-job", "--manifest", str(manifest), "--out", str(tmp_path / "second"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "second").iterdir()) == [".cdln-written.json", "job.json"]
+    assert json.loads((tmp_path / "second" / "job.json").read_text())["runs"] == [entry]
+    assert f"the same run as {trained}" in capsys.readouterr().err
+    manifest = write_manifest(tmp_path / "third.json", [dict(entry, same_as=str(tmp_path / "missing"))])
+    assert main(["run-job", "--manifest", str(manifest), "--out", str(tmp_path / "third"), "--quiet"]) == 2
+    assert "run again: same_as" in capsys.readouterr().err and not (tmp_path / "third").exists()
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"runs": []}', 'must hold {"runs"'),
+        ('{"runs": [{"name": "a", "command": "fit", "options": {}}]}', "run a: command must be one of"),
+        ('{"runs": [{"name": "a b", "command": "train"}]}', "run name 'a b' must be unique"),
+        ('{"runs": [{"name": "a", "command": "altmin", "options": {}}]}', r"needs option\(s\) \['problem'\]"),
+    ],
+)
+def test_run_job_refuses_a_bad_manifest_in_one_line(tmp_path, capsys, text, message):
+    (tmp_path / "job.json").write_text(text)
+    assert main(["run-job", "--manifest", str(tmp_path / "job.json"), "--out", str(tmp_path / "job")]) == 2
+    assert re.search(message, capsys.readouterr().err) and not (tmp_path / "job").exists()
+
+
+def test_ms_runs_of_a_job_are_timed_alone(tmp_path):
+    """Every MS network of a job trains and is timed on its own, as the paper's seconds are: its record's
+    seconds are its own run's, on the compiled operator pass."""
     problem = tmp_path / "ms.pt"
     assert main(["make-problem", "--out", str(problem), "--task", "ms", "--d", "6", "--r", "1", "--m", "50"]) == 0
-    train = f"train --problem {problem} --task ms --lr 5 --n-inner 5 --max-outer 2 --device cpu"
-    args = ["run-job", "--out", str(tmp_path / "job"), "--quiet", "--run", "original", f"{train} --model original"]
-    args += ["--run", "cdln", f"{train} --model cdln", *(["--share-passes"] if share else [])]
-    assert main(args) == 0
+    train = dict(problem=str(problem), task="ms", lr=5, n_inner=5, max_outer=2, device="cpu")
+    assert main(_job(tmp_path, ("original", dict(train, model="original")), ("cdln", dict(train, model="cdln")))) == 0
     for name in ("original", "cdln"):
         timing = read_run_record(tmp_path / "job" / name)[0]["timing"]
-        assert timing.get("lockstep_runs") == (2 if share else None), name
-        assert timing["engine_path"].startswith("lockstep+") is share, timing["engine_path"]
-
-
-def test_the_paper_grid_times_ms_networks_alone():
-    paper = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    ci = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
-    assert all("--share-passes" not in job.arguments() for job in Grid(paper).jobs("ms"))
-    assert all(job.arguments().endswith("--share-passes") for job in Grid(ci).jobs("ms"))  # the CI grid shares
+        assert timing["engine_path"] == "torch+native-one-pass", timing["engine_path"]
+        assert timing["engine_plan"]["operator_pass"] == "native-one-pass"

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, cdln_command, cli_env, run_cli
+from conftest import REPO, cdln_command, cli_env, run_cli, train_options, write_manifest
 
 from cdln.cli import build_parser
 from cdln.data.synthetic import make_problem
@@ -78,7 +78,9 @@ def test_out_naming_a_file_fails_before_training(tmp_path):
 def test_run_job_checks_out_before_it_trains(tmp_path):
     folder = tmp_path / "job"
     _users_folder(folder)
-    result = run_cli("run-job", "--out", str(folder), "--run", "a", " ".join(TRAIN))
+    run = {"name": "a", "command": "train", "options": train_options(TRAIN[1:])}
+    manifest = write_manifest(tmp_path / "job.json", [run])
+    result = run_cli("run-job", "--manifest", str(manifest), "--out", str(folder))
     _one_error_line(result, str(folder))
     assert (folder / "notes.txt").read_text() == "mine"
 
@@ -201,10 +203,12 @@ def test_claims_of_an_unknown_figure_and_a_check_over_nothing(tmp_path):
 def test_run_job_checks_every_run_before_the_first_trains(tmp_path):
     problem = tmp_path / "mc.pt"
     save_problem(make_problem(ProblemSpec("mc", 8, 8, 2, p=0.5)), problem)
-    good = f"train --task mc --problem {problem} --model cdln --r-hat 4 --lr 1 --n-inner 5 --max-outer 400"
-    bad = f"train --task mc --problem {problem} --model cdln --r-hat 9 --lr 1"  # r_hat > d: known from the file
-    result = run_cli("run-job", "--out", str(tmp_path / "job"), "--run", "a", good, "--run", "b", bad)
-    _one_error_line(result, "--run b", "--r-hat must be in [1, 8]")
+    good = dict(task="mc", problem=str(problem), model="cdln", r_hat=4, lr=1, n_inner=5, max_outer=400)
+    bad = dict(good, r_hat=9, max_outer=500)  # r_hat > d: known from the file
+    runs = [{"name": name, "command": "train", "options": options} for name, options in (("a", good), ("b", bad))]
+    manifest = write_manifest(tmp_path / "job.json", runs)
+    result = run_cli("run-job", "--manifest", str(manifest), "--out", str(tmp_path / "job"))
+    _one_error_line(result, "run b", "--r-hat must be in [1, 8]")
     assert "iter" not in result.stderr and not (tmp_path / "job").exists()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import json
 import shlex
 
 import pytest
@@ -45,27 +47,32 @@ def test_runs_of_one_job_share_one_problem_file_and_experiments_share_draws():
     assert ms.temporary and ms.command == "make-problem" and ms.options["m"] == 4000 and ms.options["p"] is None
 
 
+def trained_manifest(job) -> dict:
+    """The job's manifest through JSON, every run as one trained here (a run another job trains parses too)."""
+    manifest = json.loads(json.dumps(job.manifest()))
+    for entry in manifest["runs"]:
+        entry.pop("same_as", None)
+    return manifest
+
+
 def test_every_run_parses_with_its_cdln_command():
-    """What the grid asks for, the CLI accepts: each job as ``cdln run-job`` parses it (the files it
-    reads do not exist here; the values themselves are checked by tests/test_config_validation.py)."""
+    """What the grid asks for, the CLI accepts: each job's manifest as ``cdln run-job`` parses it, through
+    JSON (the files it reads do not exist here; the values are checked by tests/test_config_validation.py)."""
     for config in (PAPER, CI):
         for job in Grid(config).jobs():
-            runs = [[run.name, run.argument()] for run in job.runs]
-            parsed = parse_job(runs, validate=False)
-            assert [name for name, _ in parsed] == [run.name for run in job.runs]
+            parsed = parse_job(trained_manifest(job), validate=False)
+            assert [run.name for run in parsed] == [run.name for run in job.runs]
 
 
 def test_a_setting_reaches_the_run_config_by_one_path():
-    """alpha: config section -> run options -> flags -> the RunConfig the engine is given."""
+    """alpha: config section -> run options -> the manifest (JSON) -> the RunConfig the engine is given."""
     config = copy.deepcopy(CI)
     config["experiments"]["mc"]["alpha"] = 3.5
     job = Grid(config).jobs("mc")[0]
-    cdln = next(run for run in job.runs if run.name == "cdln")
-    assert "--alpha 3.5" in cdln.flags()
-    ((_, args),) = parse_job([[cdln.name, cdln.argument()]], validate=False)
-    assert resolve_config(args).alpha == [3.5]
-    original = next(run for run in job.runs if run.name == "original")
-    assert "--alpha" not in original.flags()  # alpha belongs to the C-DLN only
+    runs = {run.name: run for run in parse_job(trained_manifest(job), validate=False)}
+    assert resolve_config(runs["cdln"].args).alpha == [3.5]
+    assert "alpha" not in job.manifest()["runs"][0]["options"]  # alpha belongs to the C-DLN only
+    assert resolve_config(runs["original"].args).alpha == [1.0]  # the default
 
 
 def test_batched_alpha_sweep_is_one_run_with_every_alpha():
@@ -82,8 +89,7 @@ def test_analysis_seed_is_the_configured_one():
     config["experiments"]["incremental"]["seeds"] = [1]
     grid = Grid(config)
     job = grid.job("incremental", "mf_seed1")
-    flags = shlex.split(job.runs[0].flags())
-    assert flags[flags.index("--init-seed") + 1] == "1" and flags[flags.index("--data-seed") + 1] == "1"
+    assert job.runs[0].options["init_seed"] == 1 and job.runs[0].options["data_seed"] == 1
     with pytest.raises(GridError, match=r"experiments.incremental defines no job 'mf_seed0'; its jobs: \['mc_seed1'"):
         grid.job("incremental", "mf_seed0")
     assert grid.analysis_run_dirs("incremental")["mf"] == ["results/ci/runs/incremental/mf_seed1/original"]
@@ -123,8 +129,10 @@ def test_run_directory_names_read_back():
     }
     assert synthetic_run_keys("results/ci/runs/mf/r2_exact_seed0/bm")["panel"] == "r2_exact"
     assert real_data_seed("results/ci/runs/movielens/seed3/altmin") == 3
+    per_panel = synthetic_run_keys("results/ci/runs/robustness/p_0p2/cdln_seed2")  # a job per panel
+    assert (per_panel["panel"], per_panel["model"], per_panel["seed"]) == ("p_0p2", "cdln", 2)
     with pytest.raises(ValueError, match="not a synthetic run directory"):
-        synthetic_run_keys("results/ci/runs/mf/r2/bm_seed0")
+        synthetic_run_keys("results/ci/runs/mf/r2/bm")
 
 
 def test_cli_flags_round_trip_through_shell_quoting():
@@ -140,10 +148,57 @@ def test_panels_in_config_order():
 def test_a_named_nonlinear_protocol_replaces_the_sections_training_settings():
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     section = config["experiments"]["nonlinear"]
-    assert "--batch-size 256 --steps 3000" in Grid(config).jobs("nonlinear")[0].runs[0].argument()
+    options = Grid(config).jobs("nonlinear")[0].runs[0].options
+    assert (options["batch_size"], options["steps"]) == (256, 3000)
     section["protocol"] = "full_batch"
-    argument = Grid(config).jobs("nonlinear")[0].runs[0].argument()
-    assert "--batch-size full --steps 1250 --eval-every 10" in argument and "--optimizer adam" in argument
+    options = Grid(config).jobs("nonlinear")[0].runs[0].options
+    protocol = (options["batch_size"], options["steps"], options["eval_every"], options["optimizer"])
+    assert protocol == ("full", 1250, 10, "adam")
+    manifest = Grid(config).jobs("nonlinear")[0].manifest()
+    (run,) = [r for r in parse_job(manifest, validate=False) if r.name == "mlp"]
+    assert run.args.batch_size is None  # full: the whole training set every step
     section["protocol"] = "mine"
     with pytest.raises(GridError, match=r"protocol: 'mine' is not in its protocols \['full_batch'\]"):
         Grid(config)
+
+
+def test_each_run_trains_once_on_the_paper_grid():
+    """No two jobs of the paper grid train runs of equal settings: among the runs that train, none could stand
+    for another (same settings, stopping no later, readable by its figure). The pairs that used to train twice
+    are each one run, read by every figure that needs it; a job that reads a run depends on the job that
+    trains it."""
+    grid = Grid(PAPER)
+    where = {job.run_dir(run): (job, run) for job in grid.jobs() for run in job.runs}
+    groups: dict[str, list] = {}
+    for job in grid.jobs():
+        for run in job.trained():
+            groups.setdefault(grid.run_identity(run), []).append((job, run))
+    for trained in groups.values():
+        for (job_a, a), (_, b) in itertools.permutations(trained, 2):
+            assert not Grid._can_read(job_a.experiment, a, b), f"{job_a.directory}/{a.name} trains twice"
+    read = {f"{job.experiment}/{job.job_id}/{run.name}": run.same_as for job in grid.jobs() for run in job.runs}
+    for seed in PAPER["seeds"]:
+        for model in ("original", "cdln"):
+            assert read[f"baselines/r10_seed{seed}/{model}"] == f"results/paper/runs/mc/r10_seed{seed}/{model}"
+            assert read[f"robustness/base/{model}_seed{seed}"] == f"results/paper/runs/mc/r10_seed{seed}/{model}"
+        assert read[f"incremental/ms_seed{seed}/original"] == f"results/paper/runs/ms/r10_seed{seed}/original"
+        assert read[f"incremental/mc_seed{seed}/original"] == f"results/paper/runs/mc/r10_seed{seed}/original"
+        assert read[f"invariance/mc_seed{seed}/original"] == f"results/paper/runs/mc/r10_seed{seed}/original"
+        assert read[f"invariance/mf_seed{seed}/original"] == f"results/paper/runs/incremental/mf_seed{seed}/original"
+    for job in grid.jobs():
+        for run in job.runs:
+            if run.same_as:
+                owner_job, owner = where[run.same_as]
+                assert owner.same_as is None and owner_job.directory in job.inputs
+                assert owner.options.get("snapshots") or not run.options.get("snapshots")
+    assert grid.analysis_run_dirs("incremental")["ms"][0] == "results/paper/runs/ms/r10_seed0/original"
+
+
+def test_a_run_stopped_sooner_reads_the_longer_run_only_where_its_reader_can_cut_it():
+    """An aggregated figure reads a longer run cut at its own tol (robustness's base point, tol 1e-10, from the
+    mc runs, 1e-12); an analysis notebook reads whole runs, so its run must stop where the trained one does."""
+    config = copy.deepcopy(PAPER)
+    config["experiments"]["invariance"]["tasks"]["mc"]["tol"] = 1e-10
+    grid = Grid(config)
+    assert grid.job("robustness", "base").runs[0].same_as == "results/paper/runs/mc/r10_seed0/original"
+    assert grid.job("invariance", "mc_seed0").runs[0].same_as is None  # trained itself

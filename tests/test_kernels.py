@@ -25,7 +25,7 @@ from cdln.spec import ProblemSpec
 
 
 def step_path(weights, problem) -> str:
-    return plan_engine([weights], problem).path
+    return plan_engine(weights, problem).path
 
 
 def _relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -84,16 +84,20 @@ def test_sampled_step_equals_dense_step_over_100_steps(model, p):
 
 @pytest.mark.parametrize("wide", [False, True])
 def test_wide_rows_sampled_step_equals_dense_step(wide):
-    """Rows wider than 32 (the original DLN's): in registers up to ``kernels.REGISTER_MAX`` (AVX-512), in register
-    blocks beyond; either way the sampled step gives the dense step's and the torch path's iterates."""
-    width = kernels.REGISTER_MAX + 5 if wide else max(33, kernels.REGISTER_MAX - 3)
+    """Rows wider than 32 (the original DLN's): in registers up to what this CPU's registers hold (104 with
+    AVX-512), in register blocks beyond; either way the sampled step gives the dense step's and the torch path's
+    iterates, and the plan records the kernel it chose."""
+    block, register_max = kernels._vector_registers()
+    width = register_max + 5 if wide else max(33, register_max - 3)
     problem = make_problem(ProblemSpec("mc", 30, 25, 3, 0, 0.3))
     network = original_dln(30, 25, 3, 0.1, [0], width=width)
     assert network.weights[-1].shape[-1] == width
     steps = kernels.CompiledSteps(
         network.weights, problem.observations, problem.loss_weights, 0.0, problem.observed_entries()
     )
-    assert steps.kernel.__name__.startswith("_sampled_steps_wide") == (width > kernels.REGISTER_MAX)
+    assert steps.kernel_name == (f"blocks-{block}" if wide else f"registers-{width}")
+    assert steps.kernel.__name__.startswith("_sampled_steps_wide") == wide
+    assert plan_engine(network.weights, problem, "native-sampled").record()["sampled_kernel"] == steps.kernel_name
     lr = problem.n_observed / 300
     dense, sampled, torch_path = (
         _steps(network.weights, network, problem, path, lr=lr) for path in ("native-dense", "native-sampled", "torch")
@@ -169,24 +173,25 @@ def test_torch_override_means_torch_everywhere(monkeypatch):
     ms = make_problem(ProblemSpec("ms", 6, 6, 2, 0, m=40))
     weights = original_dln(20, 20, 3, 0.1, [0]).weights
     ms_weights = original_dln(6, 6, 3, 0.1, [0]).weights
-    assert plan_engine([weights], mc).record()["backend"].startswith("numba")
-    assert plan_engine([ms_weights], ms).operator_pass == "native-one-pass"
+    assert plan_engine(weights, mc).record()["backend"].startswith("numba")
+    assert plan_engine(ms_weights, ms).operator_pass == "native-one-pass"
     monkeypatch.setenv("CDLN_ENGINE", "torch")
-    record = plan_engine([weights], mc).record()
+    record = plan_engine(weights, mc).record()
     assert (record["path"], record["override"]) == ("torch", "torch") and record["backend"].startswith("torch")
     assert record["blas"].startswith("torch") and "numba" not in record["blas"]
-    ms_plan = plan_engine([ms_weights, ms_weights], ms)
-    assert ms_plan.label() == "lockstep+torch-two-pass" and "numba" not in ms_plan.record()["backend"]
+    ms_plan = plan_engine(ms_weights, ms)
+    assert ms_plan.label() == "torch+torch-two-pass" and "numba" not in ms_plan.record()["backend"]
 
 
 def test_plan_records_backend_and_blas():
     problem = make_problem(ProblemSpec("mc", 20, 20, 2, 0, 0.2))
-    record = plan_engine([original_dln(20, 20, 3, 0.1, [0]).weights], problem).record()
+    record = plan_engine(original_dln(20, 20, 3, 0.1, [0]).weights, problem).record()
     assert record["path"] == "native-sampled" and record["label"] == "native-sampled"
+    assert record["sampled_kernel"] == "registers-20"  # k = 20: the row fits any CPU's registers
     assert record["backend"] == f"numba {kernels.numba.__version__}"
     info = devices.blas_info()
     assert info["name"] in record["blas"] and info["version"] in record["blas"]
-    assert record["override"] == "auto" and record["lockstep"] is False
+    assert record["override"] == "auto"
 
 
 KERNEL_RUNS = """
@@ -199,7 +204,7 @@ from cdln.data.synthetic import make_problem
 from cdln.spec import ProblemSpec
 
 out = {}
-for name, (d, r_hat) in {"register": (24, 5), "wide": (kernels.REGISTER_MAX + 3, None)}.items():
+for name, (d, r_hat) in {"register": (24, 5), "wide": (kernels._vector_registers()[1] + 3, None)}.items():
     problem = make_problem(ProblemSpec("mc", d, d, 2, 0, 0.3))
     if r_hat is None:
         net = original_dln(d, d, 3, 0.3, [0])
@@ -210,7 +215,7 @@ for name, (d, r_hat) in {"register": (24, 5), "wide": (kernels.REGISTER_MAX + 3,
         weights = [w.clone() for w in net.weights]
         kernels.CompiledSteps(weights, problem.observations, problem.loss_weights, 0.0, csr).run(weights, steps, 200)
         out.update({f"{name}-{path}-{i}": w.numpy() for i, w in enumerate(weights)})
-    print(plan_engine([net.weights], problem).path)
+    print(plan_engine(net.weights, problem).path)
 problem = make_problem(ProblemSpec("ms", 7, 9, 2, 0, m=203))
 flat = torch.randn(3, 63, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 out["ms"] = kernels.OperatorPass(problem.operator, problem.measurements)(flat, torch.empty_like(flat)).numpy()
@@ -275,33 +280,45 @@ def test_observed_entries_are_the_mask_in_csr_form():
     assert torch.equal(values, problem.target[problem.mask]) and torch.all(weights == 1.0 / problem.n_observed)
 
 
+@pytest.mark.parametrize("storage", ["float32", "float64"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("m", [200, 203])  # a multiple of the kernel's 4-row groups, and not
-def test_one_pass_sensing_gradient_equals_two_passes(dtype, tol, m):
-    """The native MS gradient A^T (A w - y) in one pass over A equals the two-pass product, and a network's
-    gradient is bitwise the same in a batch of 3 (networks go in pairs) as alone."""
-    problem = make_problem(ProblemSpec("ms", 9, 7, 2, data_seed=0, m=m)).to("cpu", dtype)
+@pytest.mark.parametrize("m", [200, 203])  # a multiple of the kernel's 8-row blocks, and not
+def test_one_pass_sensing_equals_two_passes(storage, dtype, tol, m):
+    """The native MS gradient A^T (A w - y) and loss in one pass over A (stored in float32 or float64, the
+    arithmetic in the run's dtype) equal torch's two passes over the same instance, and a network's results are
+    bitwise the same in a batch of 3 as alone."""
+    spec = ProblemSpec("ms", 9, 7, 2, data_seed=0, m=m, operator_dtype=storage)
+    problem = make_problem(spec).to("cpu", dtype)
+    narrowest = min(storage, str(dtype).removeprefix("torch."), key=lambda name: int(name[-2:]))
+    assert str(problem.operator.dtype) == f"torch.{narrowest}" and problem.measurements.dtype == dtype
     w = torch.randn(3, 9, 7, generator=torch.Generator().manual_seed(1), dtype=dtype)
     flat = w.reshape(3, -1)
-    reference = (flat @ problem.operator.T - problem.measurements) @ problem.operator
+    wide = problem.operator.to(dtype)
+    reference = (flat @ wide.T - problem.measurements) @ wide
+    torch_loss, torch_grad = problem.loss_and_grad(w)
+    assert float((torch_grad.reshape(3, -1) - reference).norm() / reference.norm()) < tol
     one_pass = kernels.OperatorPass(problem.operator, problem.measurements)
-    got = one_pass(flat, torch.empty_like(flat))
+    losses = torch.empty(3, dtype=dtype)
+    got = one_pass(flat, torch.empty_like(flat), losses)
     assert float((got - reference).norm() / reference.norm()) < tol
+    torch.testing.assert_close(losses, torch_loss, rtol=tol, atol=0)
     for b in range(3):
-        alone = one_pass(flat[b : b + 1], torch.empty_like(flat[:1]))
-        assert torch.equal(alone[0], got[b])
-    engine_grad = plan._loss_grad(problem, plan_engine([[w]], problem).operator_pass)  # what the engine calls
-    assert torch.equal(engine_grad(w).reshape(3, -1), got)
+        alone = torch.empty(1, dtype=dtype)
+        assert torch.equal(one_pass(flat[b : b + 1], torch.empty_like(flat[:1]), alone)[0], got[b])
+        assert torch.equal(alone[0], losses[b])
+    step_grad, checkpoint = plan._loss_functions(problem, plan_engine(list(w[None]), problem).operator_pass)
+    assert torch.equal(step_grad(w).reshape(3, -1), got)  # what the engine calls
+    assert torch.equal(checkpoint(w)[0], losses) and torch.equal(checkpoint(w)[1].reshape(3, -1), got)
 
 
-def test_one_pass_sensing_gradient_refuses_mixed_tensors():
+def test_one_pass_sensing_refuses_mixed_tensors():
     problem = make_problem(ProblemSpec("ms", 4, 4, 1, data_seed=0, m=20))
     one_pass = kernels.OperatorPass(problem.operator, problem.measurements)
     flat = torch.zeros(1, 16, dtype=torch.float32)
     with pytest.raises(ValueError, match="of shape"):
         one_pass(flat, flat.clone())
-    wrong = torch.zeros(1, 15, dtype=problem.operator.dtype)  # a transposed or mis-sized network
+    wrong = torch.zeros(1, 15, dtype=problem.measurements.dtype)  # a transposed or mis-sized network
     with pytest.raises(ValueError, match="of shape"):
         one_pass(wrong, wrong.clone())
-    with pytest.raises(ValueError, match="one dtype"):
-        kernels.OperatorPass(problem.operator, problem.measurements.float())
+    with pytest.raises(ValueError, match="at least A's precision"):
+        kernels.OperatorPass(problem.operator.double(), problem.measurements.float())

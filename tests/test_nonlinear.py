@@ -223,3 +223,24 @@ def test_a_diverging_classifier_exits_3_like_a_diverging_gd_run(tmp_path, capsys
     line = capsys.readouterr().err.strip()
     assert line.startswith("cdln: error: training diverged: non-finite loss at iteration") and "--lr" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_job_reads_the_data_set_once(tmp_path, monkeypatch):
+    """The runs of one job share one read of FashionMNIST (read, checksummed, converted once per process);
+    every run's record still names the files and their checksums."""
+    from conftest import write_manifest
+
+    import cdln.data.fashion_mnist as fashion_mnist
+
+    synthetic_fashion_mnist(tmp_path / "data", n_train=200, n_test=50)
+    reads = []
+    counting = lambda files: reads.append(files) or load_fashion_mnist(files)  # noqa: E731
+    monkeypatch.setattr(fashion_mnist, "load_fashion_mnist", counting)
+    options = dict(data_dir=str(tmp_path / "data"), hidden=[16], width=16, r_hat=4, steps=5, eval_every=5,
+                   batch_size=16, surrogate_batch=64, device="cpu")  # fmt: skip
+    runs = [{"name": model, "command": "nonlinear", "options": dict(options, model=model)} for model in ("mlp", "cdln")]
+    manifest = write_manifest(tmp_path / "job.json", runs)
+    assert main(["run-job", "--manifest", str(manifest), "--out", str(tmp_path / "job"), "--quiet"]) == 0
+    assert len(reads) == 1
+    files = [json.loads((tmp_path / "job" / m / "record.json").read_text())["data"]["files"] for m in ("mlp", "cdln")]
+    assert files[0] == files[1] and len(files[0]["train-images-idx3-ubyte"]["sha256"]) == 64

@@ -89,7 +89,7 @@ def test_completion_from_a_users_matrix_without_heldout_reports_the_training_err
     moved = problem.to("cpu", torch.float32)  # stays a problem without truth
     assert torch.equal(moved.recovery_error(w.float()), moved.train_loss(w.float()))
     network = compressed_dln(problem.surrogate(), 4, 3, 1e-2)
-    assert plan_engine([network.weights], problem).path.startswith("native")  # it keeps MC's loss: compiled steps
+    assert plan_engine(network.weights, problem).path.startswith("native")  # it keeps MC's loss: compiled steps
 
     with pytest.raises(ValueError, match="non-finite"):
         Completion.from_matrix(torch.full((4, 4), float("nan")), torch.ones(4, 4, dtype=torch.bool), rank=1)

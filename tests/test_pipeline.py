@@ -5,8 +5,10 @@ end-to-end run of the reduced grid is in test_pipeline_ci.py (slow); through SLU
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -156,31 +158,38 @@ def test_ci_grid_uses_its_own_root_and_replaces_the_paper_grid() -> None:
 
 
 def test_single_figure_target_builds_only_that_figure() -> None:
+    """fig_mc's jobs and the jobs that train its runs (on the reduced grid the baselines' longer runs: the mc
+    figure reads them cut at its own budget)."""
     result = snakemake("fig_mc", "-n", "-F", "--configfile", "config/ci.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     counts = job_counts(result.stdout + result.stderr)
     assert counts == {
         "make_problem": 2,
-        "run_job": 2,
+        "run_job": 4,
         "aggregate_synthetic": 1,
         "plot_error_curves": 1,
         "claims_figure": 1,
         "fig_mc": 1,
-        "total": 8,
+        "total": 10,
     }
 
 
 def test_training_shell_is_explicit_and_single_threaded() -> None:
-    """Job commands: explicit flags per run, one thread per job (no oversubscription), python3 via PATH."""
-    result = snakemake("results/ci/runs/mc/r3_seed1", "-n", "-F", "-p", "--configfile", "config/ci.yaml")
+    """Job commands: the job's manifest (each run's options as JSON), one thread per job (no oversubscription),
+    python3 via PATH."""
+    result = snakemake("results/ci/runs/baselines/r3_seed1", "-n", "-F", "-p", "--configfile", "config/ci.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = result.stdout + result.stderr
     command = next(line for line in text.splitlines() if "-m cdln run-job" in line)
-    assert command.count("--run ") == 2 and "--run original 'train " in command and "--run cdln 'train " in command
-    for flag in ("--task mc", "--model cdln", "--lr 15", "--r-hat 6", "--init-seed 1", "--threads 1"):
-        assert flag in command, f"{flag!r} missing from {command}"
-    assert "OMP_NUM_THREADS=1" in command
-    assert command.count("--problem results/ci/data/mc/d32_r3_p0.5_seed1.pt") == 2
+    manifest = json.loads(shlex.split(command.split("|")[0])[-1])
+    runs = {run["name"]: run["options"] for run in manifest["runs"]}
+    assert list(runs) == ["original", "cdln", "narrow", "yaras"]
+    assert all(run["command"] == "train" and "same_as" not in run for run in manifest["runs"])
+    assert {key: runs["cdln"][key] for key in ("task", "model", "lr", "r_hat", "init_seed")} == dict(
+        task="mc", model="cdln", lr=15, r_hat=6, init_seed=1
+    )
+    assert {options["problem"] for options in runs.values()} == {"results/ci/data/mc/d32_r3_p0.5_seed1.pt"}
+    assert "--manifest - --threads 1" in command and "OMP_NUM_THREADS=1" in command
     assert "config[" not in command
 
 
@@ -295,7 +304,7 @@ def test_slurm_profile_plans_cpu_jobs() -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     job_commands = [line for line in output.splitlines() if "-m cdln run-job" in line]
-    assert job_commands and all("--device cpu" in line and "--device cuda" not in line for line in job_commands)
+    assert job_commands and all('"device": "cpu"' in line and '"device": "cuda"' not in line for line in job_commands)
     resources = [line for line in output.splitlines() if line.strip().startswith("resources:")]
     assert not [line for line in resources if "gpu=1" in line]
     short = [line for line in resources if "mem_mb=2000," in line and "runtime=10," in line + ","]
@@ -308,7 +317,7 @@ def test_slurm_profile_with_device_cuda_asks_for_a_gpu_per_training_job() -> Non
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     job_commands = [line for line in output.splitlines() if "-m cdln run-job" in line]
-    assert len(job_commands) == 3 and all(line.count("--device cuda") == 2 for line in job_commands)
+    assert len(job_commands) == 3 and all(line.count('"device": "cuda"') == 2 for line in job_commands)
     resources = [line for line in output.splitlines() if line.strip().startswith("resources:")]
     training = [line for line in resources if all(f in line for f in ("mem_mb=8000", "runtime=120", "gpu=1"))]
     assert len(training) == 3, resources
@@ -440,4 +449,6 @@ def test_config_overrides_on_the_command_line_take_lists(tmp_path: Path) -> None
     both = job_counts(snakemake("-n", "-F", "--quiet", "rules", "--configfile", "config/ci.yaml").stdout)
     one = snakemake("-n", "-F", "--quiet", "rules", "--configfile", "config/ci.yaml", "--config", "seeds=[0]")
     assert one.returncode == 0, (one.stdout + one.stderr)[-2000:]
-    assert job_counts(one.stdout)["run_job"] * 2 == both["run_job"]
+    ci = yaml.safe_load((REPO / "config" / "ci.yaml").read_text())
+    assert both["run_job"] == len(Grid(ci).jobs())
+    assert job_counts(one.stdout)["run_job"] == len(Grid({**ci, "seeds": [0]}).jobs()) < both["run_job"]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import write_manifest
 
 from cdln.cli import main
 from cdln.pipeline.aggregate import collect
-from cdln.pipeline.grid import cli_flags
 
 ALPHAS = [0.75, 2.0]
 TINY_MC = dict(task="mc", d=12, r=2, p=0.7, r_hat=4, lr=5.0, n_inner=20, max_outer=100, tol=1e-10, device="cpu")
@@ -18,8 +18,10 @@ TINY_MC = dict(task="mc", d=12, r=2, p=0.7, r_hat=4, lr=5.0, n_inner=20, max_out
 
 def run_job(job_dir: Path, runs: dict[str, dict]) -> Path:
     """``cdln run-job`` in process: one ``train`` run per entry (name -> options)."""
-    arguments = [arg for name, options in runs.items() for arg in ("--run", name, f"train {cli_flags(options)}")]
-    assert main(["run-job", "--out", str(job_dir), "--quiet", *arguments]) == 0
+    entries = [{"name": name, "command": "train", "options": options} for name, options in runs.items()]
+    job_dir.parent.mkdir(parents=True, exist_ok=True)
+    manifest = write_manifest(job_dir.parent / f"{job_dir.name}.manifest.json", entries)
+    assert main(["run-job", "--manifest", str(manifest), "--out", str(job_dir), "--quiet"]) == 0
     return job_dir
 
 
@@ -50,3 +52,26 @@ def test_only_alphabatch_runs_may_hold_several_members(job_dirs: dict[str, Path]
     )
     with pytest.raises(ValueError, match="only cdln_alphabatch runs are batched"):
         collect([wrong], reach_error=None)
+
+
+def test_a_run_read_from_a_longer_one_is_the_run_it_stands_for(tmp_path: Path) -> None:
+    """A job's run read from another job's longer run (``same_as``: the same settings to a lower tol and a larger
+    budget) aggregates as the run trained on its own would: the same checkpoints, stop, outcome and errors."""
+    long = dict(TINY_MC, model="cdln", tol=1e-12, max_outer=100)
+    short = dict(long, tol=1e-8, max_outer=80)
+    trained = run_job(tmp_path / "runs" / "mc" / "r2_seed0", {"cdln": long})
+    own = run_job(tmp_path / "runs" / "robustness" / "r2_seed0", {"cdln": short})
+    entry = {"name": "cdln", "command": "train", "options": short, "same_as": str(trained / "cdln")}
+    manifest = write_manifest(tmp_path / "read.json", [entry])
+    read = tmp_path / "runs" / "robustness" / "r2_seed1"
+    assert main(["run-job", "--manifest", str(manifest), "--out", str(read), "--quiet"]) == 0
+    own_curves, own_row = collect([own], reach_error=1e-3)
+    read_curves, read_row = collect([read], reach_error=1e-3)
+    _, long_row = collect([trained], reach_error=1e-3)
+    assert long_row.loc[0, "stop_iteration"] > read_row.loc[0, "stop_iteration"]  # it was cut at its tol
+    assert read_row.loc[0, "converged"] and read_row.loc[0, "tol"] == 1e-8 and read_row.loc[0, "budget"] == 1600
+    timed = ["stop_seconds", "seconds_per_iteration", "seconds_noise", "reach_seconds", "seed"]
+    pd.testing.assert_frame_equal(own_row.drop(columns=timed), read_row.drop(columns=timed))
+    pd.testing.assert_frame_equal(
+        own_curves.drop(columns=["seconds", "seed"]), read_curves.drop(columns=["seconds", "seed"])
+    )

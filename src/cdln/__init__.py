@@ -19,7 +19,7 @@ _HOMES = {
         "LinearNetwork", "original_dln", "compressed_dln", "narrow_dln", "burer_monteiro", "yaras_dln", "product",
     ],
     "cdln.engine": [
-        "TrainSettings", "TrainResult", "DivergenceError", "train", "train_many", "layer_gradients", "plan_engine",
+        "TrainSettings", "TrainResult", "DivergenceError", "train", "layer_gradients", "plan_engine",
     ],
     "cdln.config": ["RunConfig", "ConfigError"],
     "cdln.runner": ["RunOutput", "train_run", "run"],

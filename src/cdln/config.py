@@ -17,7 +17,7 @@ import torch
 
 from cdln.devices import resolve_device, resolve_dtype
 from cdln.networks import MODELS, dln_param_count
-from cdln.spec import CLASS_PATH, NOISY_TASKS, SPECTRA, TASKS, ProblemSpec
+from cdln.spec import CLASS_PATH, NOISY_TASKS, OPERATOR_DTYPES, SPECTRA, TASKS, ProblemSpec
 
 DEFAULT_LR = 10.0  # the GD step when none is given (a user's --matrix: derived from its scale instead)
 MEMORY_FRACTION = 0.8  # refuse problems needing more than this share of the machine's memory
@@ -41,6 +41,7 @@ class RunConfig:
     spectrum: str = "spread"
     condition: float | None = None  # spectrum "geometric": largest / smallest singular value
     noise: float = 0.0  # MC/MS: observation noise std relative to the clean observations' RMS
+    operator_dtype: str | None = None  # MS: the operator's storage, float32 (None) or float64; arithmetic in dtype
     data_seed: int = 0
     problem: str | None = None  # a problem file from `cdln make-problem`; overrides the fields above
     matrix: str | None = None  # MC on your own data: a .npy/.csv matrix (with mask; overrides d, p, data_seed)
@@ -93,13 +94,15 @@ class RunConfig:
         return dataclasses.replace(
             self, d=d, d_out=spec.d_out, d_in=spec.d_in, r=spec.rank, p=spec.p, m=spec.m,
             spectrum=spec.spectrum, condition=spec.condition, noise=spec.noise, data_seed=spec.data_seed,
+            operator_dtype=spec.operator_dtype,
         )  # fmt: skip
 
     def problem_spec(self) -> ProblemSpec:
         d_out, d_in = self.shape
         return ProblemSpec(
-            self.task, d_out, d_in, self.r, self.data_seed, self.p, self.m, self.spectrum, self.condition, self.noise
-        )
+            self.task, d_out, d_in, self.r, self.data_seed, self.p, self.m, self.spectrum, self.condition, self.noise,
+            self.operator_dtype if self.task == "ms" else None,
+        )  # fmt: skip
 
     def validate(self, check_memory: bool = True) -> None:
         """Raise :class:`ConfigError` for the first invalid option, before any work is done."""
@@ -159,6 +162,10 @@ class RunConfig:
             raise ConfigError(f"--snapshots must be true or false; got {self.snapshots!r}")
         if self.task == "ms" and self.problem is None and self.m is None:
             raise ConfigError("--m (number of measurements, >= 1) is required for task 'ms'")
+        if self.operator_dtype is not None:
+            _choice("operator_dtype", self.operator_dtype, OPERATOR_DTYPES)
+            if self.task != "ms":
+                raise ConfigError(f"--operator-dtype applies to --task ms (its operator); got --task {self.task}")
         if not self.init_seed:
             raise ConfigError("--init-seed needs at least one seed")
         if len(set(self.init_seed)) != len(self.init_seed):
@@ -204,10 +211,10 @@ class RunConfig:
     def memory_bytes(self) -> tuple[int, int]:
         """Rough peak bytes ``(host, device)`` of the run: problem data and network, with temporaries.
 
-        The problem is drawn in float64 on the host (the MS operator, plus about five d_out x d_in
-        matrices for the SVD of the Gaussian draw, the mask's permutation and the loss weights), then
-        copied in ``dtype`` to the device; the network holds weights, prefix products and gradients
-        (about 3x its parameters per batch member).
+        The problem is drawn in float64 on the host (the MS operator and its stored copy, plus about five
+        d_out x d_in matrices for the SVD of the Gaussian draw, the mask's permutation and the loss weights),
+        then copied in ``dtype`` to the device (an MS operator stored narrower stays so); the network holds
+        weights, prefix products and gradients (about 3x its parameters per batch member).
         """
         spec = self.problem_spec()
         itemsize = resolve_dtype(self.dtype).itemsize
@@ -216,8 +223,10 @@ class RunConfig:
             stored = Path(self.problem).stat().st_size
             data64, data = stored + 4 * 8 * entries, stored * itemsize // 8 + 4 * itemsize * entries
         else:
-            data64 = spec.operator_bytes(torch.float64) + 5 * 8 * entries
-            data = spec.operator_bytes(resolve_dtype(self.dtype)) + 4 * itemsize * entries
+            storage = spec.operator_storage if spec.task == "ms" else torch.float64
+            data64 = spec.operator_bytes(torch.float64) + spec.operator_bytes(storage) + 5 * 8 * entries
+            narrowest = min(storage, resolve_dtype(self.dtype), key=lambda t: torch.empty((), dtype=t).itemsize)
+            data = spec.operator_bytes(narrowest) + 4 * itemsize * entries
         d_out, d_in = self.shape
         width = {"original": self.width or max(d_out, d_in), "bm": self.bm_rank or self.r}.get(
             self.model, self.compressed_width

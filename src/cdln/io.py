@@ -5,6 +5,7 @@ Everything written goes through :mod:`cdln.outputs` (atomic, and never over a fi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,8 +124,10 @@ def _read_problem_file(
                          f"{remake}") from None  # fmt: skip
     try:
         spec = ProblemSpec(**payload["spec"])
-        spec.validate()
         tensors = dict(payload["tensors"])
+        if spec.task == "ms" and spec.operator_dtype is None:  # written before the storage was recorded
+            spec = dataclasses.replace(spec, operator_dtype=str(tensors["operator"].dtype).removeprefix("torch."))
+        spec.validate()
     except Exception as error:
         reason = " ".join(str(error).split())[:160] or type(error).__name__
         raise ValueError(f"problem file {path} is not a readable cdln problem ({reason}); {remake}") from None

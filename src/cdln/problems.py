@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -45,6 +46,11 @@ class Problem(ABC):
             leaf = end_to_end.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.train_loss(leaf).sum(), leaf)
         return grad if out is None else out.copy_(grad)
+
+    def loss_and_grad(self, end_to_end: Tensor) -> tuple[Tensor, Tensor]:
+        """(training loss (B,), its gradient (B, d_out, d_in)) at ``end_to_end``; a problem whose two share
+        work (MS: the residual) computes them together."""
+        return self.train_loss(end_to_end), self.loss_grad(end_to_end)
 
     @abstractmethod
     def train_loss(self, end_to_end: Tensor) -> Tensor:
@@ -215,22 +221,56 @@ class CompletionWithoutTruth(Completion):
 
 
 class Sensing(Problem):
-    """MS: ``y_i = <A_i, M*>`` for m Gaussian ``A_i``; the operator is stored as (m, d_out*d_in)."""
+    """MS: ``y_i = <A_i, M*>`` for m Gaussian ``A_i``; the operator is stored as (m, d_out*d_in).
+
+    The operator may be stored in float32 while the arithmetic runs in float64 (the default instance,
+    :func:`cdln.data.synthetic.make_problem`: drawn in float64, rounded to float32 once, y computed in float64
+    from the rounded operator, so the stored tensors define the problem exactly). :meth:`to` keeps such an
+    operator in float32; every product widens its entries as it reads them, so every path solves the same
+    instance."""
 
     data = ("target", "operator", "measurements")
+    CHUNK_ENTRIES = 1 << 22  # a widened chunk of the operator holds at most this many entries
 
     def __init__(self, spec: ProblemSpec, target: Tensor, operator: Tensor, measurements: Tensor) -> None:
         self.spec, self.target, self.operator, self.measurements = spec, target, operator, measurements
         self._target_norm = torch.linalg.matrix_norm(target)
 
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Sensing:
+        """Copy on ``device``: target and y in ``dtype``, the operator in ``dtype`` or its own narrower one."""
+        narrower = self.operator.element_size() < torch.empty((), dtype=dtype).element_size()
+        operator = self.operator.to(device=device, dtype=self.operator.dtype if narrower else dtype)
+        return type(self)(self.spec, self.target.to(device, dtype), operator, self.measurements.to(device, dtype))
+
+    def _row_chunks(self, dtype: torch.dtype) -> Iterator[tuple[slice, Tensor]]:
+        """(rows, A[rows] in ``dtype``): the whole operator at once when stored in ``dtype``, else widened a
+        chunk at a time (no widened copy of the whole operator)."""
+        m, n = self.operator.shape
+        if self.operator.dtype == dtype:
+            yield slice(0, m), self.operator
+            return
+        rows = max(1, self.CHUNK_ENTRIES // n)
+        for start in range(0, m, rows):
+            yield slice(start, start + rows), self.operator[start : start + rows].to(dtype)
+
     def _residual(self, end_to_end: Tensor) -> Tensor:
+        """``A w - y``, (B, m): one pass over the operator (differentiable)."""
         flat = end_to_end.reshape(end_to_end.shape[0], -1)  # (B, d_out*d_in)
-        return flat @ self.operator.T - self.measurements  # (B, m): one pass over the operator
+        return torch.cat([flat @ chunk.T for _, chunk in self._row_chunks(flat.dtype)], dim=1) - self.measurements
+
+    def _adjoint(self, residual: Tensor) -> Tensor:
+        """``A^T r`` for r (B, m): (B, d_out*d_in), one pass over the operator."""
+        return sum(residual[:, rows] @ chunk for rows, chunk in self._row_chunks(residual.dtype))
+
+    def loss_and_grad(self, end_to_end: Tensor) -> tuple[Tensor, Tensor]:
+        """Both from one residual: two passes over the operator (the engine's plan reads it once on the CPU)."""
+        residual = self._residual(end_to_end)
+        return 0.5 * residual.square().sum(dim=-1), self._adjoint(residual).reshape(end_to_end.shape)
 
     def loss_grad(self, end_to_end: Tensor, out: Tensor | None = None) -> Tensor:
         """``A^T (A w - y)``: two passes over the operator (the engine's plan reads it once on the CPU)."""
-        grad = self._residual(end_to_end) @ self.operator
-        return grad.reshape(end_to_end.shape) if out is None else out.copy_(grad.reshape(end_to_end.shape))
+        grad = self._adjoint(self._residual(end_to_end)).reshape(end_to_end.shape)
+        return grad if out is None else out.copy_(grad)
 
     def train_loss(self, end_to_end: Tensor) -> Tensor:
         return 0.5 * self._residual(end_to_end).square().sum(dim=-1)
@@ -240,7 +280,7 @@ class Sensing(Problem):
 
     def surrogate(self) -> Tensor:
         m = self.operator.shape[0]
-        return (self.measurements @ self.operator).reshape(self.target.shape) / m
+        return self._adjoint(self.measurements[None])[0].reshape(self.target.shape) / m
 
 
 PROBLEM_CLASSES: dict[str, type[Problem]] = {"mf": Factorization, "mc": Completion, "ms": Sensing}

@@ -197,6 +197,35 @@ def read_run_record(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     return record, pd.read_csv(run_dir / CURVES_FILE)
 
 
+def stopped_at(record: dict[str, Any], curves: pd.DataFrame, tol: float, max_outer: int) -> tuple[dict, pd.DataFrame]:
+    """A GD run's record and curves as if it had stopped at ``tol`` and ``max_outer`` checkpoints (at most its
+    own): each member's curve cut at its first checkpoint with training loss below ``tol`` or at the budget, its
+    outcome and the run's timing read there. The checkpoints before are the same (the same run), so this is the
+    record a run with those settings writes, but for the clock's noise."""
+    config = record["config"]
+    if tol < config["tol"] or max_outer > config["max_outer"]:
+        raise ValueError(f"a run to tol {config['tol']:g} in {config['max_outer']} checkpoints cannot be read as one "
+                         f"to tol {tol:g} in {max_outer}")  # fmt: skip
+    budget = config["n_inner"] * max_outer
+    kept, members = [], []
+    for member in record["members"]:
+        rows = curves[curves["member"] == member["member"]].sort_values("iteration")
+        rows = rows[rows["iteration"] <= budget]
+        below = rows.index[rows["train_loss"] < tol]
+        stop = rows.loc[below[0]] if len(below) else rows.iloc[-1]
+        rows = rows[rows["iteration"] <= stop["iteration"]]
+        kept.append(rows)
+        members.append({**member, "converged": bool(stop["train_loss"] < tol), "stop_iteration": int(stop["iteration"]),
+                        "stop_seconds": float(stop["seconds"]), "final_train_loss": float(stop["train_loss"]),
+                        "final_recovery_error": float(stop["recovery_error"])})  # fmt: skip
+    iterations = max(member["stop_iteration"] for member in members)
+    seconds = max(member["stop_seconds"] for member in members)
+    timing = {**record["timing"], "iterations": iterations, "seconds": seconds,
+              "seconds_per_iteration": seconds / max(1, iterations)}  # fmt: skip
+    stopped = {**record, "config": {**config, "tol": tol, "max_outer": max_outer}, "members": members, "timing": timing}
+    return stopped, pd.concat(kept).sort_values(["iteration", "member"], kind="stable").reset_index(drop=True)
+
+
 def read_snapshots(run_dir: str | Path) -> dict[str, np.ndarray]:
     """Read the analysis snapshots of a run (arrays with a leading checkpoint axis)."""
     path = Path(run_dir) / SNAPSHOTS_FILE

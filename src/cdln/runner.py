@@ -1,8 +1,7 @@
 """One training run: build the problem and the network a :class:`RunConfig` describes, train, record.
 
 :func:`train_run` returns a :class:`RunOutput` (record, curves, snapshots); :func:`run` also writes it
-as a run record (:mod:`cdln.records`). Neither changes the config it is given. :func:`train_in_lockstep`
-trains several runs on one sensing problem together, sharing each pass over its operator.
+as a run record (:mod:`cdln.records`). Neither changes the config it is given.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from cdln.analysis import SpectralSnapshots, stack_snapshots
 from cdln.config import DEFAULT_LR, ConfigError, RunConfig
 from cdln.data.synthetic import make_problem
 from cdln.devices import device_name, resolve_device
-from cdln.engine import ProgressFn, TrainResult, TrainSettings, train, train_many
+from cdln.engine import ProgressFn, TrainResult, TrainSettings, train
 from cdln.io import load_problem, read_matrix
 from cdln.networks import (
     LinearNetwork,
@@ -31,7 +30,7 @@ from cdln.networks import (
     original_dln,
     yaras_dln,
 )
-from cdln.problems import Completion, Problem, Sensing
+from cdln.problems import Completion, Problem
 from cdln.records import data_section, make_record, stage_run_record, write_run_record
 from cdln.spec import ProblemSpec
 
@@ -210,43 +209,6 @@ def settings_of(config: RunConfig) -> TrainSettings:
     return TrainSettings(config.lr, config.n_inner, config.max_outer, config.tol)
 
 
-def can_share_passes(configs: list[RunConfig]) -> bool:
-    """Whether these runs can train in lockstep on one sensing problem (:func:`train_in_lockstep`): the
-    same MS problem file, step size, checkpoints, budget, tol, device and dtype, and no snapshots."""
-    if len(configs) < 2 or any(c.task != "ms" or c.problem is None or c.snapshots for c in configs):
-        return False
-    keys = {(c.problem, c.lr, c.n_inner, c.max_outer, c.tol, c.device, c.dtype) for c in configs}
-    return len(keys) == 1
-
-
-def train_in_lockstep(configs: list[RunConfig], progress: ProgressFn | None = None) -> list[RunOutput]:
-    """Train runs on one MS problem together (:func:`cdln.engine.train_many`): every GD step makes one
-    pass over the sensing operator for all of them instead of one each. Each record's seconds are that
-    run's own work plus its share of the shared passes (in proportion to its live members), so the runs'
-    seconds add up to the lockstep's wall time; ``timing.lockstep_runs`` says how many shared them."""
-    if not can_share_passes(configs):
-        raise ConfigError("runs share operator passes only on one MS problem file with the same GD settings")
-    first, cpu_problem = load_run_problem(configs[0])
-    resolved = [first, *(config.with_problem(cpu_problem.spec) for config in configs[1:])]
-    for config in resolved[1:]:
-        config.validate()
-    device, dtype = resolve_device(first.device), first.torch_dtype
-    networks = [build_network(config, cpu_problem).to(device, dtype) for config in resolved]
-    problem = cpu_problem.to(device, dtype)
-    del cpu_problem
-    assert isinstance(problem, Sensing)
-    results = train_many(networks, problem, settings_of(first), progress=progress)
-    outputs = []
-    for config, network, result in zip(resolved, networks, results, strict=True):
-        output = run_output(config, problem.spec, network, result, device)
-        output.record["data"] = data_section(
-            problem=config.problem, matrix=config.matrix, mask=config.mask, heldout=config.heldout
-        )
-        output.record["timing"]["lockstep_runs"] = len(configs)
-        outputs.append(output)
-    return outputs
-
-
 def run(config: RunConfig, out_dir: str | Path | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Train one run (see :func:`train_run`) and, if ``out_dir``, write its record; returns the record."""
     output = train_run(config, progress)
@@ -316,7 +278,7 @@ def training_record(
             "seconds_per_iteration": result.seconds / max(1, iterations),
             "batch": network.batch,
             "engine_path": result.engine_path,
-            "engine_plan": result.engine_plan,  # path, backend, BLAS, operator pass, lockstep, override
+            "engine_plan": result.engine_plan,  # path, backend, BLAS, sampled kernel, operator pass, override
         },
         device={"type": device.type, "name": device_name(device), "dtype": config.dtype},
     )

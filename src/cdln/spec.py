@@ -21,6 +21,7 @@ Task = Literal["mf", "mc", "ms"]
 TASKS: tuple[str, ...] = ("mf", "mc", "ms")
 SPECTRA: tuple[str, ...] = ("spread", "top", "flat", "geometric")
 NOISY_TASKS: tuple[str, ...] = ("mc", "ms")
+OPERATOR_DTYPES: tuple[str, ...] = ("float32", "float64")  # MS: the operator's storage (arithmetic: the run's)
 CLASS_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # a user's problem class, module:Class
 
 
@@ -39,6 +40,7 @@ class ProblemSpec:
     spectrum: str = "spread"
     condition: float | None = None  # spectrum "geometric": largest / smallest singular value, >= 1
     noise: float = 0.0  # MC/MS: noise std relative to the RMS of the clean observations, >= 0
+    operator_dtype: str | None = None  # MS: the operator's storage, float32 (None: float32) or float64
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field and its valid range."""
@@ -62,9 +64,18 @@ class ProblemSpec:
             raise ValueError(f"p must be in (0, 1] for task 'mc'; got {self.p}")
         if self.task == "ms" and (self.m is None or self.m < 1):
             raise ValueError(f"m must be >= 1 for task 'ms'; got {self.m}")
+        if self.operator_dtype is not None and self.operator_dtype not in OPERATOR_DTYPES:
+            raise ValueError(f"operator_dtype must be one of {list(OPERATOR_DTYPES)}; got {self.operator_dtype!r}")
+        if self.operator_dtype is not None and self.task != "ms":
+            raise ValueError(f"operator_dtype applies to task 'ms' (the sensing operator); got task {self.task!r}")
+
+    @property
+    def operator_storage(self) -> torch.dtype:
+        """The MS operator's stored dtype (float32 unless ``operator_dtype`` says float64)."""
+        return torch.float64 if self.operator_dtype == "float64" else torch.float32
 
     def operator_bytes(self, dtype: torch.dtype = torch.float64) -> int:
-        """Bytes of the largest tensor the problem holds (the MS operator, else the target)."""
+        """Bytes of the largest tensor the problem holds (the MS operator, else the target) in ``dtype``."""
         itemsize = torch.empty((), dtype=dtype).element_size()
         entries = self.d_out * self.d_in
         return itemsize * entries * (self.m if self.task == "ms" else 1)

@@ -97,6 +97,18 @@ def real_data_figure(name: str, path: str, **report_args):
     return report(path, **report_args) if TARGETS.real_data_present(name) or Path(path).exists() else path
 
 
+def streams_operator(wildcards) -> int:
+    """1 for a local job that trains an MS network (a resource function; 0 on a cluster, one node per job)."""
+    if workflow.non_local_exec:
+        return 0
+    return int(any(run.options.get("task") == "ms" for run in GRID.job(wildcards.experiment, wildcards.job).trained()))
+
+
+def job_manifest(experiment_name: str, job_id: str) -> str:
+    """Job ``job_id``'s manifest (cdln run-job --manifest) as one shell-quoted JSON document."""
+    return shlex.quote(json.dumps(GRID.job(experiment_name, job_id).manifest(), sort_keys=True))
+
+
 def job_priority(wildcards) -> int:
     return cluster.job_priority(GRID, wildcards.experiment, wildcards.job)
 
@@ -107,6 +119,10 @@ def data_priority(family: str):
         return cluster.data_priority(GRID, f"{ROOT}/data/{family or wildcards.family}/{wildcards.name}.pt")
 
     return priority
+
+
+def short_training(wildcards) -> bool:
+    return cluster.short_job(GRID, wildcards.experiment, wildcards.job)
 
 
 def training_group(wildcards) -> str | None:

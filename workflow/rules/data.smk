@@ -30,7 +30,7 @@ rule make_problem:
 
 
 rule make_sensing_problem:
-    """MS problem: target, operator A (d*d*m floats: 1.3 GB at d=200, m=4000) and measurements.
+    """MS problem: target, operator A (d*d*m float32: 0.64 GB at d=200, m=4000) and measurements.
 
     temp(): deleted once every job on it has finished, so operators never pile up on disk. Drawn with the
     priority of the jobs that read it: MS jobs are the longest of the grid, and starting them early shortens the
@@ -46,7 +46,7 @@ rule make_sensing_problem:
     threads: 1
     priority: data_priority("ms")
     resources:
-        mem_mb=lambda wc: 2000 if sensing_group(wc) else 8000,  # for a cluster; the largest is 1.3 GB
+        mem_mb=lambda wc: 2000 if sensing_group(wc) else 8000,  # for a cluster; the largest is 0.64 GB
     group:
         sensing_group
     conda:

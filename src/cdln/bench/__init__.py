@@ -8,12 +8,12 @@ Sections (``--sections``), each in its own module:
    lower bound, the step's FLOPs at the peak GEMM rate measured in the same run.
 2. ``tol`` (:mod:`cdln.bench.runs`): seconds to tol, original DLN / C-DLN, on the config's ``mc`` setting.
 3. ``batch`` (:mod:`cdln.bench.runs`): runs per second, one batched job vs the same runs one at a time.
-4. ``jax``, ``sampled``, ``shared`` (:mod:`cdln.bench.paths`): the engine against the same step compiled
+4. ``jax``, ``sampled``, ``operator`` (:mod:`cdln.bench.paths`): the engine against the same step compiled
    by JAX on the ``mc`` setting (and its FLOP bound), per step and for whole ``train()`` runs
    (checkpoints included), the 100^3 GEMM rate of each
    library present (numpy's OpenBLAS, numba/scipy's, torch's MKL, XLA), the sampled MC step against the dense one
-   (d = 2000, p = 0.05; a MovieLens-shaped problem), and the MS step of two runs sharing one operator
-   pass against both alone.
+   (d = 2000, p = 0.05; a MovieLens-shaped problem), and the MS operator pass and step against the floor of
+   the operator's bytes at the streaming bandwidth measured in the same run.
 5. ``agreement`` (:mod:`cdln.bench.scaling`): the scaling figure's seconds per iteration against whole runs'.
 
 ``--scaling`` instead measures seconds per iteration and to tol against d (:mod:`cdln.bench.scaling`)
@@ -37,8 +37,8 @@ from cdln.bench.paths import (
     WHOLE_RUN_OUTER,
     bench_crossover,
     bench_jax,
+    bench_operator,
     bench_sampled,
-    bench_shared,
     bench_small_gemm,
     bench_whole_runs,
 )
@@ -48,7 +48,7 @@ from cdln.bench.timing import gemm_rate
 from cdln.devices import blas_info, device_name, numba_label, resolve_device
 from cdln.outputs import write_json
 
-SECTIONS = ("kernels", "tol", "batch", "jax", "sampled", "shared", "agreement")
+SECTIONS = ("kernels", "tol", "batch", "jax", "sampled", "operator", "agreement")
 DEFAULT_CONFIG = Path("config/config.yaml")
 
 
@@ -159,9 +159,9 @@ def run_benchmark(
     if "agreement" in sections:
         echo("\n[agreement] the scaling figure's seconds per iteration against whole runs' (MC, d = 60)")
         results["agreement"] = whole_run_agreement(echo=echo)
-    if "shared" in sections:
-        echo("\n[shared] an MS step (the ms section's first panel) of two runs sharing one pass over the operator")
-        results["shared"] = bench_shared(experiment_runs(config, "ms", str(device)), echo=echo)
+    if "operator" in sections:
+        echo("\n[operator] the MS operator pass (the ms section's first panel) against the floor of its bytes")
+        results["operator"] = bench_operator(experiment_runs(config, "ms", str(device)), echo=echo)
     if out is not None:
         write_json(out, results)
     return results

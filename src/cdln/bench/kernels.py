@@ -76,7 +76,7 @@ def bench_case(
     """One engine GD iteration (its stepper, weights reset before every repeat) against its lower bound, the
     step's FLOPs at the ``peak`` GEMM rate (FLOP/s); for MS also a streaming read of the operator."""
     network, problem = build_case(case, problems, device)
-    plan = plan_engine([network.weights], problem)
+    plan = plan_engine(network.weights, problem)
     variants = {"engine": engine_runner(network, problem, case.lr, 1)}
     if isinstance(problem, Sensing):  # is the operator-bound MS step at the memory bandwidth?
 
@@ -169,12 +169,12 @@ def engine_runner(
     initial = [w.clone() for w in network.weights]
     weights = [w.clone() for w in initial]
     neg_steps = [(-lr * s).view(-1, 1, 1) for s in network.lr_scales]
-    stepper = plan_engine([weights], problem, path).stepper(problem, [weights])
+    stepper = plan_engine(weights, problem, path).stepper(problem, weights)
 
     def run(n: int) -> None:
         for w, w0 in zip(weights, initial, strict=True):
             w.copy_(w0)  # O(d^2): negligible next to n_inner steps; every repeat takes the same path
         for _ in range(n):
-            stepper.run([0], [weights], [neg_steps], n_inner)
+            stepper.run(weights, neg_steps, n_inner)
 
     return run

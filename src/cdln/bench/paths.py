@@ -7,8 +7,9 @@
   r_hat = 20), and a MovieLens-shaped C-DLN step (943 x 1682, 80% of 100k ratings observed) before (the
   torch path) and after (the engine's pick); and the sampled/dense ratio against the observed fraction at
   d = 400, where it reaches 1, beside the density below which the engine samples.
-- ``shared``: one MS step of the pipeline's r = 5 panel (d = 200, m = 4000) for the original DLN and the
-  C-DLN alone, and for both in lockstep sharing one pass over the operator.
+- ``operator``: the MS operator pass of the ms section's first panel (d = 200, m = 4000) against the floor of
+  its bytes at the bandwidth of a streaming read measured in the same run, the operator in float32 and
+  float64; and each network's whole GD step against the same floor.
 
 Medians of interleaved repeats, wall clock and process CPU time (the steadier on a shared machine).
 """
@@ -31,12 +32,12 @@ from cdln.bench.timing import gemm_rate, interleaved, small_gemm_rates
 from cdln.config import RunConfig
 from cdln.data.synthetic import make_problem
 from cdln.engine import TrainSettings, plan_engine, train
+from cdln.engine.kernels import OperatorPass
 from cdln.engine.plan import sampled_max_density
-from cdln.io import save_problem
 from cdln.networks import LinearNetwork, compressed_dln, original_dln
-from cdln.problems import Completion, Problem
+from cdln.problems import Completion, Problem, Sensing
 from cdln.reference import INSTALL_HINT, jax_available, jax_loop
-from cdln.runner import build_network, load_run_problem, train_in_lockstep, train_run
+from cdln.runner import build_network, load_run_problem
 from cdln.spec import ProblemSpec
 
 SAMPLED_SETTING = dict(d=2000, p=0.05, r=10, r_hat=20)  # a large, sparse MC: where the sampled step pays most
@@ -66,7 +67,7 @@ def bench_jax(mc_runs: Mapping[str, Mapping[str, Any]], repeats: int = 11, echo:
     for name, network in networks.items():
         comparison = compare_engine_and_jax(network, problem, lr, 100, repeats, 0.05, ("autodiff",))
         wall, cpu = comparison.seconds_per_iteration, comparison.cpu_seconds_per_iteration
-        path = plan_engine([network.weights], problem).path
+        path = plan_engine(network.weights, problem).path
         flops = step_flops(network.weights, problem, sampled=path == "native-sampled")  # its lower bound at the rate
         row = {
             "path": path,
@@ -184,7 +185,7 @@ def bench_whole_runs(
     have_jax = jax_available()
     out: dict[str, Any] = {"outer": outer, "n_inner": n_inner}
     for name, network in networks.items():
-        plan = plan_engine([network.weights], problem).record()
+        plan = plan_engine(network.weights, problem).record()
 
         def engine_run(n: int, network: LinearNetwork = network) -> None:
             for _ in range(n):
@@ -265,7 +266,7 @@ def bench_sampled(
         f"  MovieLens-shaped C-DLN step ({shape['n_users']} x {shape['n_items']}, {movielens.n_observed} observed; "
         "a synthetic stand-in): "
         f"{1e3 * wall['before']:.2f} ms/iter before (torch path), {1e3 * wall['after']:.2f} after "
-        f"({plan_engine([network.weights], movielens).path}): {wall['before'] / wall['after']:.1f}x faster"
+        f"({plan_engine(network.weights, movielens).path}): {wall['before'] / wall['after']:.1f}x faster"
     )
     return out
 
@@ -322,64 +323,51 @@ def bench_crossover(
     return rows
 
 
-def bench_shared(
-    ms_runs: Mapping[str, Mapping[str, Any]],
-    repeats: int = 5,
-    echo: Callable[[str], None] = print,
-    check_outer: int = 4,
+def bench_operator(
+    ms_runs: Mapping[str, Mapping[str, Any]], repeats: int = 7, echo: Callable[[str], None] = print
 ) -> dict:
-    """One MS step for the original DLN and the C-DLN alone, and for both sharing one operator pass."""
-    problem, networks, lr = _networks(ms_runs)
-    alone = {name: engine_runner(net, problem, lr, 1) for name, net in networks.items()}
-    lockstep = [net.clone() for net in networks.values()]
-    works = [net.weights for net in lockstep]
-    steps = [[(-lr * s).view(-1, 1, 1) for s in net.lr_scales] for net in lockstep]
-    stepper = plan_engine(works, problem).stepper(problem, works)  # train_many's: one loss gradient for both
+    """The MS operator pass (loss and gradient, one network) against the floor of the bytes it reads: the
+    operator's size over the bandwidth of a plain streaming read of it, measured in the same interleaved
+    repeats; for the operator stored in float32 (the default) and float64. Then one engine GD step of each of
+    the job's networks (float32 operator) against the same floor."""
+    configs = {name: RunConfig.from_dict({**ms_runs[name], "operator_dtype": "float64"}) for name in ms_runs}
+    _, wide = load_run_problem(configs["original"])
+    assert isinstance(wide, Sensing)
+    narrow = Sensing(wide.spec, wide.target, wide.operator.to(torch.float32), wide.measurements)
+    spec, out = wide.spec, {}
+    flat = torch.randn(1, spec.d_out * spec.d_in, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    variants: dict[str, Callable[[int], None]] = {}
+    for storage, problem in (("float32", narrow), ("float64", wide)):
+        one_pass, grad = OperatorPass(problem.operator, problem.measurements), torch.empty_like(flat)
 
-    def together(n: int) -> None:
-        stepper.run(list(range(len(works))), works, steps, n)
+        def run_pass(n: int, one_pass=one_pass, grad=grad) -> None:
+            for _ in range(n):
+                one_pass(flat, grad)
 
-    def apart(n: int) -> None:
-        for name in networks:
-            alone[name](n)
+        def stream(n: int, operator=problem.operator) -> None:
+            for _ in range(n):
+                operator.sum()
 
-    wall, _, cpu = interleaved({"shared": together, "alone": apart}, {"shared": 1, "alone": 1}, repeats, 1.0)
-    spec = problem.spec
-    out = {"shared_ms": 1e3 * wall["shared"], "alone_ms": 1e3 * wall["alone"], "ratio": wall["shared"] / wall["alone"]}
-    echo(
-        f"  MS d={spec.d_out} m={spec.m}: original + C-DLN one step each {out['alone_ms']:.0f} ms alone, "
-        f"{out['shared_ms']:.0f} ms sharing one operator pass: shared/alone = {out['ratio']:.3f} "
-        f"(CPU {cpu['shared'] / cpu['alone']:.3f})"
-    )
-    out["attribution"] = check_attribution(ms_runs, problem, check_outer, echo)
-    return out
-
-
-def check_attribution(
-    ms_runs: Mapping[str, Mapping[str, Any]], problem: Problem, max_outer: int, echo: Callable[[str], None]
-) -> dict:
-    """The seconds a run's record gets when it shares the operator passes (attributed) against the same
-    run timed alone, both as the pipeline makes them (``train_in_lockstep``, ``train_run``), for
-    ``max_outer`` checkpoints."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "ms.pt")
-        save_problem(problem, path)
-        configs = {
-            name: RunConfig.from_dict({**ms_runs[name], "problem": path, "max_outer": max_outer, "tol": 0.0})
-            for name in ("original", "cdln")
-        }
-        shared = dict(zip(configs, train_in_lockstep(list(configs.values())), strict=True))
-        alone = {name: train_run(config) for name, config in configs.items()}
-    rows = {}
-    for name in configs:
-        attributed = shared[name].record["timing"]["seconds_per_iteration"]
-        own = alone[name].record["timing"]["seconds_per_iteration"]
-        rows[name] = {"attributed_ms": 1e3 * attributed, "alone_ms": 1e3 * own}
+        variants[f"pass_{storage}"], variants[f"stream_{storage}"] = run_pass, stream
+    networks = {name: build_network(config.with_problem(spec), narrow) for name, config in configs.items()}
+    for name, network in networks.items():
+        variants[f"step_{name}"] = engine_runner(network, narrow, configs[name].lr, 1)
+    wall, _, _ = interleaved(variants, dict.fromkeys(variants, 1), repeats, 0.5)
+    echo(f"  d={spec.d_out} m={spec.m}, one thread; floor = the operator's bytes at the streaming read's bandwidth")
+    for storage, problem in (("float32", narrow), ("float64", wide)):
+        size = problem.operator.numel() * problem.operator.element_size()
+        bandwidth = size / wall[f"stream_{storage}"]
+        floor, one_pass = wall[f"stream_{storage}"], wall[f"pass_{storage}"]
+        row = {"operator_bytes": size, "stream_gbps": bandwidth / 1e9, "floor_ms": 1e3 * floor,
+               "pass_ms": 1e3 * one_pass, "pass_over_floor": one_pass / floor}  # fmt: skip
+        out[storage] = row
         echo(
-            f"  {name:8} record seconds per iteration: {1e3 * attributed:.1f} ms in the shared job,"
-            f" {1e3 * own:.1f} alone"
+            f"  operator {storage}: {size / 1e9:.2f} GB, streaming read {row['stream_gbps']:.1f} GB/s (floor "
+            f"{row['floor_ms']:.1f} ms); one pass {row['pass_ms']:.1f} ms = {row['pass_over_floor']:.2f} x the floor"
         )
-    attributed_total = sum(row["attributed_ms"] for row in rows.values())
-    total = attributed_total / sum(row["alone_ms"] for row in rows.values())
-    echo(f"  the shared job's runs together: {total:.3f} x the time of the two runs alone ({max_outer} checkpoints)")
-    return {**rows, "shared_over_alone": total}
+    floor = wall["stream_float32"]
+    for name in networks:
+        step = wall[f"step_{name}"]
+        out[f"step_{name}"] = {"step_ms": 1e3 * step, "step_over_floor": step / floor}
+        echo(f"  {name:8} GD step (float32 operator) {1e3 * step:.1f} ms = {step / floor:.2f} x the floor")
+    return out

@@ -31,12 +31,12 @@ def experiment_runs(config: Mapping[str, Any], experiment: str, device: str) -> 
     its problem in process (no problem file): run name -> options."""
     grid = Grid(config)
     job = grid.jobs(experiment)[0]
-    drawn = {key: value for path in job.inputs for key, value in grid.data_file(path).options.items()}
-    drawn = {key: value for key, value in drawn.items() if key in PROBLEM_OPTIONS and value is not None}
     runs = {}
     for run in job.runs:
-        options = {key: value for key, value in run.options.items() if key != "problem" and value is not None}
-        runs[run.name] = {**options, **drawn, "device": device}
+        data = grid.run_data(run)
+        drawn = {key: value for key, value in (data.options if data else {}).items() if key in PROBLEM_OPTIONS}
+        options = {key: value for key, value in {**run.options, **drawn}.items() if value is not None}
+        runs[run.name] = {**{key: value for key, value in options.items() if key != "problem"}, "device": device}
     return runs
 
 

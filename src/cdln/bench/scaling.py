@@ -116,7 +116,7 @@ def scaling(
             else:
                 network = compressed_dln(problem.surrogate().cpu().double(), r_hat, 3, 1e-2)
             network = network.to(device, torch_dtype)
-            path = plan_engine([network.weights], problem).path
+            path = plan_engine(network.weights, problem).path
             seconds, steps, noise = iteration_seconds(network, problem, lr, n_inner)
             bound = step_flops(network.weights, problem, sampled=path == "native-sampled") / peak
             common = dict(d=d, model=model, path=path, steps=steps)

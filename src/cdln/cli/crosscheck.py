@@ -25,8 +25,8 @@ from cdln.reference.authors import (
 HELP = (
     "train the authors' code (a checkout of soominkwon/comp-deep-nets on GitHub) and our engine from the same "
     "initial weights on our problem instances, and write DIR/crosscheck.csv and DIR/crosscheck.md. "
-    f"Default tasks: {' '.join(DEFAULT_TASKS)} (~5 minutes on one core); 'ms' (d=200, m=4000, 1.3 GB operator) "
-    "is opt-in: over 2 s per GD step on one core with their code (measured), i.e. hours per model."
+    f"Default tasks: {' '.join(DEFAULT_TASKS)} (~5 minutes on one core); 'ms' (d=200, m=4000, a 1.3 GB operator in "
+    "their code) is opt-in: over 2 s per GD step on one core with their code (measured), i.e. hours per model."
 )
 
 

@@ -107,7 +107,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     problem = commands.add_parser("make-problem", help="draw a problem instance and save it")
     problem.add_argument("--out", type=Path, required=True, help="problem file (.pt) to write")
     add_run_config_options(
-        problem, {"task", "d", "d_out", "d_in", "r", "p", "m", "spectrum", "condition", "noise", "data_seed"}
+        problem,
+        {"task", "d", "d_out", "d_in", "r", "p", "m", "spectrum", "condition", "noise", "operator_dtype", "data_seed"},
     )
     writes_files(problem, "out")
     problem.set_defaults(handler=make_problem_command)

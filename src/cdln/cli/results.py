@@ -163,6 +163,19 @@ def gallery_command(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def job_times_command(args: argparse.Namespace) -> int:
+    from cdln.pipeline import jobtimes
+
+    missing = [str(log) for log in args.logs if not log.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no Snakemake log {missing} (runs write them to .snakemake/log/)")
+    names = args.names or [log.name for log in args.logs]
+    if len(names) != len(args.logs):
+        raise ValueError(f"--names gives {len(names)} names for {len(args.logs)} logs")
+    print(jobtimes.markdown({name: jobtimes.summary(log) for name, log in zip(names, args.logs, strict=True)}), end="")
+    return ExitCode.OK
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the result subcommands to the ``cdln`` parser."""
     agg = commands.add_parser("aggregate", help="job directories of one experiment -> tidy tables")
@@ -234,6 +247,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     gallery.add_argument("--out", type=Path, required=True, help="the gallery folder (docs/gallery)")
     gallery.add_argument("--log-dir", type=Path, default=Path(".snakemake/log"), help="Snakemake's run logs")
     gallery.set_defaults(handler=gallery_command)
+
+    times = commands.add_parser("job-times", help="a Snakemake run's job-seconds per workload, from its log")
+    times.add_argument("logs", type=Path, nargs="+", help="Snakemake logs (.snakemake/log/*.snakemake.log)")
+    times.add_argument("--names", nargs="+", default=None, help="a column name per log (default: the file names)")
+    times.set_defaults(handler=job_times_command)
     register_claims(commands)
 
 

@@ -5,18 +5,15 @@
 - ``cdln nonlinear``: one FashionMNIST classifier (:mod:`cdln.nonlinear`);
 - ``cdln run-job``: several of the above in one process, one after another (each timed alone),
   written together under one job directory (``<out>/<run name>/``), atomically as a whole. The
-  pipeline runs every job of :mod:`cdln.pipeline.grid` this way. With ``--share-passes``, ``train``
-  runs on one MS problem file with the same GD settings train in lockstep instead, sharing each pass
-  over the sensing operator (:func:`cdln.runner.train_in_lockstep`): fewer CPU seconds, but each run's
-  seconds are then an attribution of shared work, not the run's own time.
+  pipeline runs every job of :mod:`cdln.pipeline.grid` this way.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +34,8 @@ from cdln.nonlinear import OPTIMIZERS, NonlinearConfig, train_classifier
 from cdln.outputs import atomic_directory, write_json
 from cdln.pipeline.grid import JOB_MANIFEST
 from cdln.problems import Completion
-from cdln.records import RUN_FILES, data_files, data_section
-from cdln.runner import RunOutput, can_share_passes, matrix_problem, train_in_lockstep, train_run
+from cdln.records import RECORD_FILE, RUN_FILES, data_files, data_section
+from cdln.runner import RunOutput, matrix_problem, train_run
 from cdln.spec import SPECTRA, TASKS
 
 HELP: dict[str, str] = {
@@ -53,6 +50,8 @@ HELP: dict[str, str] = {
     "spectrum": f"target singular values: {', '.join(SPECTRA)} (spread = the authors' generator)",
     "condition": "spectrum geometric: largest / smallest singular value of the target, >= 1",
     "noise": "MC/MS: std of Gaussian noise on the observed entries or measurements, relative to their RMS, >= 0",
+    "operator_dtype": "MS: how the operator is stored, float32 (half the bytes each step reads) or float64 (the "
+    "authors'); the arithmetic is in --dtype either way (default: float32)",
     "data_seed": "seed of the problem draw (target, mask, operator, noise)",
     "problem": "problem file from `cdln make-problem` (overrides the problem options)",
     "matrix": "MC on your own data: the partly observed matrix, .npy or comma-separated .csv (needs --mask)",
@@ -128,7 +127,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     add_run_config_options(parser)
 
 
-def execute_train(args: argparse.Namespace, progress: ProgressFn | None) -> RunOutput:
+# What the runs of one process share (FashionMNIST read once per job): a dict the caller owns, per process.
+Loaded = dict[Any, Any]
+
+
+def execute_train(args: argparse.Namespace, progress: ProgressFn | None, loaded: Loaded) -> RunOutput:
     return train_run(resolve_config(args), progress)
 
 
@@ -175,7 +178,7 @@ def check_altmin(args: argparse.Namespace) -> None:
     AltMinSettings(args.r, args.iterations, args.n_inner, args.ridge).validate(spec.d_out, spec.d_in)
 
 
-def execute_altmin(args: argparse.Namespace, progress: ProgressFn | None) -> RunOutput:
+def execute_altmin(args: argparse.Namespace, progress: ProgressFn | None, loaded: Loaded) -> RunOutput:
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     problem = load_problem(args.problem)
     if not isinstance(problem, Completion):
@@ -236,17 +239,21 @@ def check_nonlinear(args: argparse.Namespace) -> None:
     resolve_device(args.device)
 
 
-def execute_nonlinear(args: argparse.Namespace, progress: ProgressFn | None) -> RunOutput:
+def execute_nonlinear(args: argparse.Namespace, progress: ProgressFn | None, loaded: Loaded) -> RunOutput:
+    """One classifier; the data set is read, checked and converted once per process (``loaded``)."""
     from cdln.data.fashion_mnist import load_fashion_mnist, locate_fashion_mnist, to_tensors
 
     config = nonlinear_config(args)
     config.validate()
     device = resolve_device(args.device)
     files = locate_fashion_mnist(args.data_dir, args.resources, allow_download=not args.no_download)
-    train, test = load_fashion_mnist(files)
-    data = to_tensors(train, test, torch.device("cpu"), torch.float64)
+    key = ("fashion-mnist", tuple(sorted((role, str(path)) for role, path in files.items())))
+    if key not in loaded:
+        train, test = load_fashion_mnist(files)
+        loaded[key] = (to_tensors(train, test, torch.device("cpu"), torch.float64), data_files(**files))
+    data, checked = loaded[key]
     record, curves = train_classifier(config, data, device, progress=progress)
-    record["data"]["files"] = data_files(**files)
+    record["data"]["files"] = checked
     return RunOutput(record, curves)
 
 
@@ -262,7 +269,7 @@ def summarise_nonlinear(output: RunOutput) -> str:
 class Trainer:
     help: str
     add_options: Callable[[argparse.ArgumentParser], None]
-    execute: Callable[[argparse.Namespace, ProgressFn | None], RunOutput]
+    execute: Callable[[argparse.Namespace, ProgressFn | None, Loaded], RunOutput]
     summarise: Callable[[RunOutput], str]
     check: Callable[[argparse.Namespace], None]  # every check that needs no training (run-job: all runs first)
 
@@ -290,7 +297,7 @@ def train_command(command: str, args: argparse.Namespace) -> int:
     # second writer into the same folder fails at once.
     with atomic_directory(args.out, args.force, writes=RUN_FILES) as staging:
         trainer.check(args)
-        output = trainer.execute(args, progress_printer(progress_prefix(command, args), args))
+        output = trainer.execute(args, progress_printer(progress_prefix(command, args), args), {})
         output.stage(staging)
     print(f"wrote {args.out}: {trainer.summarise(output)}", file=sys.stderr)
     return ExitCode.OK
@@ -299,75 +306,117 @@ def train_command(command: str, args: argparse.Namespace) -> int:
 # ---- run-job ----
 
 
-class RunArgumentError(ConfigError):
-    """A ``--run`` argument of ``cdln run-job`` that its subcommand does not accept."""
+class RunOptionError(ConfigError):
+    """A run of a ``cdln run-job`` manifest with an option its command does not take or a value it refuses."""
 
 
-class _RunParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise RunArgumentError(message)
-
-
-def run_parser() -> argparse.ArgumentParser:
-    """Parser of one ``--run`` argument: ``train|altmin|nonlinear`` and that subcommand's options."""
-    parser = _RunParser(prog="cdln run-job --run NAME", add_help=False)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_RunParser)
+def _command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Each trainer's own options, as its command line defines them (types, choices, defaults, help)."""
+    parsers = {}
     for name, trainer in TRAINERS.items():
-        trainer.add_options(commands.add_parser(name, add_help=False))
-    return parser
+        parsers[name] = argparse.ArgumentParser(prog=f"cdln {name}", add_help=False)
+        trainer.add_options(parsers[name])
+    return parsers
 
 
-def parse_job(runs: list[list[str]], validate: bool = True) -> list[tuple[str, argparse.Namespace]]:
-    """``[[name, "train --flags ..."], ...]`` -> parsed (and with ``validate``, checked) runs, before any work."""
-    parser, parsed, names = run_parser(), [], set()
-    for name, argument in runs:
-        if not RUN_NAME.match(name) or name in names:
-            raise ConfigError(f"--run name {name!r} must be unique and match {RUN_NAME.pattern}")
+def run_namespace(parser: argparse.ArgumentParser, options: dict[str, Any]) -> argparse.Namespace:
+    """The options of one manifest run (``{"lr": 10, "init_seed": [0], ...}``, the command line's names) as its
+    command's parsed arguments: the defaults, then each option through its type and choices, as typed."""
+    actions = {action.dest: action for action in parser._actions}
+    unknown = sorted(set(options) - set(actions))
+    if unknown:
+        raise RunOptionError(f"unknown option(s) {unknown}; {parser.prog} takes {sorted(actions)}")
+    missing = sorted(action.dest for action in parser._actions if action.required and action.dest not in options)
+    if missing:
+        raise RunOptionError(f"{parser.prog} needs option(s) {missing}")
+    namespace = argparse.Namespace(**{action.dest: action.default for action in parser._actions})
+    for key, value in options.items():
+        action = actions[key]
+        values = value if isinstance(value, list) else [value]
+        if action.type is not None:
+            try:
+                values = [action.type(v) if isinstance(v, str) else v for v in values]
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+                raise RunOptionError(f"option {key}: {error}") from None
+        if action.choices is not None and any(v not in action.choices for v in values):
+            raise RunOptionError(f"option {key} must be one of {list(action.choices)}; got {value!r}")
+        setattr(namespace, key, values if action.nargs in ("+", "*") else values[0])
+    return namespace
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestRun:
+    """One run of a job manifest: trained here (``args``), or read from the run directory ``same_as``."""
+
+    name: str
+    command: str
+    args: argparse.Namespace | None
+    same_as: str | None
+
+
+def read_manifest(source: str) -> dict[str, Any]:
+    """A job manifest (JSON, ``{"runs": [{"name", "command", "options", "same_as"?}, ...]}``) from a file, or
+    from standard input for ``-``."""
+    where = "standard input" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        manifest = json.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"--manifest file {source} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--manifest {where} is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list) or not manifest["runs"]:
+        raise ConfigError(f'--manifest {where} must hold {{"runs": [{{"name", "command", "options"}}, ...]}}')
+    return manifest
+
+
+def parse_job(manifest: dict[str, Any], validate: bool = True) -> list[ManifestRun]:
+    """A job manifest -> its runs, parsed (and with ``validate``, checked), before any work."""
+    parsers, parsed, names = _command_parsers(), [], set()
+    for entry in manifest["runs"]:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not RUN_NAME.match(name) or name in names:
+            raise ConfigError(f"run name {name!r} must be unique and match {RUN_NAME.pattern}")
         names.add(name)
+        command, options = entry.get("command"), entry.get("options", {})
+        if command not in TRAINERS:
+            raise ConfigError(f"run {name}: command must be one of {list(TRAINERS)}; got {command!r}")
+        if not isinstance(options, dict):
+            raise ConfigError(f"run {name}: options must be a mapping of option: value")
+        same_as = entry.get("same_as")
+        if same_as is not None:
+            if not (Path(same_as) / RECORD_FILE).is_file():
+                raise ConfigError(f"run {name}: same_as {same_as} is not a finished run (train it first)")
+            parsed.append(ManifestRun(name, command, None, same_as))
+            continue
         try:
-            args = parser.parse_args(shlex.split(argument))
+            args = run_namespace(parsers[command], options)
             if validate:
-                TRAINERS[args.command].check(args)
+                TRAINERS[command].check(args)
         except (ConfigError, ValueError, FileNotFoundError) as error:
-            raise ConfigError(f"--run {name}: {error}") from None
-        parsed.append((name, args))
+            raise ConfigError(f"run {name}: {error}") from None
+        parsed.append(ManifestRun(name, command, args, None))
     return parsed
-
-
-def lockstep_group(runs: list[tuple[str, argparse.Namespace]]) -> list[str]:
-    """Names of the job's ``train`` runs that share one MS problem's operator passes (all or none)."""
-    trains = [(name, args) for name, args in runs if args.command == "train"]
-    configs = [resolve_config(args) for _, args in trains]
-    return [name for name, _ in trains] if can_share_passes(configs) else []
 
 
 def run_job_command(args: argparse.Namespace) -> int:
     apply_threads(args)
-    runs = parse_job(args.run)
-    together = lockstep_group(runs) if args.share_passes else []
-    writes = [JOB_MANIFEST, *(name for name, _ in runs)]
-    with atomic_directory(args.out, args.force, writes=writes) as staging:
-        if together:  # one pass over the sensing operator per step for all of them
-            parsed = dict(runs)
-            prefix = f"{'+'.join(together)} (shared operator passes)"
-            outputs = train_in_lockstep(
-                [resolve_config(parsed[name]) for name in together], progress_printer(prefix, args)
-            )
-            for name, output in zip(together, outputs, strict=True):
-                output.stage(staging / name)
-                print(f"{args.out}/{name}: {summarise_train(output)}", file=sys.stderr, flush=True)
-        for index, (name, run_args) in enumerate(runs, start=1):
-            if name in together:
-                continue
-            trainer = TRAINERS[run_args.command]
-            prefix = f"{name} {index}/{len(runs)}: {progress_prefix(run_args.command, run_args)}"
-            output = trainer.execute(run_args, progress_printer(prefix, args))
-            output.stage(staging / name)
-            print(f"{args.out}/{name}: {trainer.summarise(output)}", file=sys.stderr, flush=True)
-        write_json(
-            staging / JOB_MANIFEST, {"runs": [{"name": name, "argument": argument} for name, argument in args.run]}
-        )
-    print(f"wrote {args.out} ({len(runs)} runs)", file=sys.stderr)
+    manifest = read_manifest(args.manifest)
+    runs = parse_job(manifest)
+    trained = [run for run in runs if run.args is not None]
+    loaded: Loaded = {}
+    with atomic_directory(args.out, args.force, writes=[JOB_MANIFEST, *(run.name for run in trained)]) as staging:
+        for index, run in enumerate(trained, start=1):
+            trainer = TRAINERS[run.command]
+            prefix = f"{run.name} {index}/{len(trained)}: {progress_prefix(run.command, run.args)}"
+            output = trainer.execute(run.args, progress_printer(prefix, args), loaded)
+            output.stage(staging / run.name)
+            print(f"{args.out}/{run.name}: {trainer.summarise(output)}", file=sys.stderr, flush=True)
+        for run in runs:
+            if run.same_as is not None:
+                print(f"{args.out}/{run.name}: the same run as {run.same_as} (read from there)", file=sys.stderr)
+        write_json(staging / JOB_MANIFEST, manifest)
+    print(f"wrote {args.out} ({len(trained)} runs trained, {len(runs) - len(trained)} read)", file=sys.stderr)
     return ExitCode.OK
 
 
@@ -393,18 +442,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="write into --out beside files cdln did not write (kept; cdln never removes them)",
     )
     job.add_argument(
-        "--run",
-        nargs=2,
-        action="append",
+        "--manifest",
         required=True,
-        metavar=("NAME", "ARGUMENT"),
-        help="a run: its directory name and 'train|altmin|nonlinear OPTIONS' as one argument (repeatable)",
-    )
-    job.add_argument(
-        "--share-passes",
-        action="store_true",
-        help="MS: train the runs on one problem in lockstep, one operator pass per step for all (their seconds "
-        "become attributed shares of the lockstep's time, not each run's own)",
+        help='the job: a JSON file (\'-\': standard input) {"runs": [{"name": ..., "command": '
+        '"train|altmin|nonlinear", "options": {option: value, ...}}, ...]}, option names as the command\'s '
+        '(cdln train --help) with _ for -; a run with "same_as": DIR is read from that finished run instead',
     )
     add_threads_option(job)
     add_progress_options(job)

@@ -3,6 +3,7 @@ generator), and an MF, MC or MS instance around it, drawn from one seeded stream
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -43,8 +44,14 @@ def low_rank_target(
 
 
 def make_problem(spec: ProblemSpec) -> Problem:
-    """Draw a problem (target (d_out, d_in)) from ``spec`` on the CPU in float64, seeded by ``spec.data_seed``."""
+    """Draw a problem (target (d_out, d_in)) from ``spec`` on the CPU in float64, seeded by ``spec.data_seed``.
+
+    MS: the Gaussian operator (m, d_out d_in) is drawn in float64 and scaled by 1/m, then stored in
+    ``spec.operator_dtype`` (float32 unless float64: rounded once), and y = A vec(M*) is computed in float64
+    from the stored operator, so the stored tensors define the instance exactly."""
     spec.validate()
+    if spec.task == "ms":
+        spec = dataclasses.replace(spec, operator_dtype=spec.operator_dtype or "float32")
     generator = seeding.generator(spec.data_seed, "data")
     target, *_ = low_rank_target(spec.d_out, spec.d_in, spec.rank, generator, spec.spectrum, spec.condition)
     n_entries = spec.d_out * spec.d_in
@@ -65,10 +72,14 @@ def make_problem(spec: ProblemSpec) -> Problem:
         return Completion(spec, target, mask, observations=observations)
     operator = torch.randn(spec.m, n_entries, generator=generator, dtype=torch.float64)
     operator /= spec.m  # in place: the operator is the largest tensor of any problem
+    stored = operator.to(spec.operator_storage)
+    if stored.dtype != operator.dtype:
+        operator.copy_(stored)  # the rounded entries, widened again (exactly) for y in float64
     measurements = operator @ target.reshape(-1)
+    del operator
     if spec.noise:
         measurements += _noise(measurements, spec.noise, generator)
-    return Sensing(spec, target, operator, measurements)
+    return Sensing(spec, target, stored, measurements)
 
 
 def _noise(clean: Tensor, level: float, generator: torch.Generator) -> Tensor:

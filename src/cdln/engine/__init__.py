@@ -5,13 +5,13 @@ decision: which step runs), :mod:`~cdln.engine.torch_step` (the reference step, 
 :mod:`~cdln.engine.kernels` (the compiled CPU steps for MF and MC, and MS's operator pass).
 """
 
-from cdln.engine.loop import DivergenceError, ProgressFn, SnapshotFn, TrainResult, TrainSettings, train, train_many
+from cdln.engine.loop import DivergenceError, ProgressFn, SnapshotFn, TrainResult, TrainSettings, train
 from cdln.engine.plan import EnginePlan, plan_engine
 from cdln.engine.torch_step import Workspace, layer_gradients
 
 __all__ = [
     "DivergenceError", "EnginePlan", "ProgressFn", "SnapshotFn", "TrainResult", "TrainSettings", "Workspace",
-    "gd_steps", "layer_gradients", "plan_engine", "train", "train_many",
+    "gd_steps", "layer_gradients", "plan_engine", "train",
 ]  # fmt: skip
 
 
@@ -19,5 +19,4 @@ def gd_steps(weights, neg_steps, problem, n_steps: int, path: str | None = None)
     """Take ``n_steps`` GD steps of one network's stacked ``weights`` in place on the path the plan picks,
     or on ``path`` (an engine override: ``torch``, ``native-dense``, ...); ``neg_steps[l]`` = -(lr x step
     multiplier), shape (B, 1, 1)."""
-    plan = plan_engine([weights], problem, path)
-    plan.stepper(problem, [weights]).run([0], [weights], [neg_steps], n_steps)
+    plan_engine(weights, problem, path).stepper(problem, weights).run(weights, neg_steps, n_steps)

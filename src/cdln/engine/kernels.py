@@ -13,9 +13,11 @@ s_l = -lr * scale_l of the member. Updating W_l in place is safe: later products
 - sampled (MC, depth >= 2): G is zero off the observed set, so only the observed entries of E are formed
   and G's products are sparse-dense, all in one pass over the observed entries (CSR): O(nnz k) with
   k = the last layer's input width, instead of O(d_out d_in k). The pass is generated Python compiled like
-  the rest: rows of width k <= :data:`REGISTER_MAX` held in scalars that LLVM's SLP vectoriser packs into
-  vector registers, wider rows in register blocks of :data:`WIDE_BLOCK` columns.
-- MS (:class:`OperatorPass`): ``A^T (A w - y)`` in one pass over the operator, networks in pairs.
+  the rest: rows of width k held in scalars that LLVM's SLP vectoriser packs into vector registers, rows too
+  wide for this CPU's registers in register blocks (:func:`sampled_kernel_name`; the plan chooses, the run
+  record says which).
+- MS (:class:`OperatorPass`): ``A^T (A w - y)`` and the loss in one pass over the operator (float32 or float64),
+  in blocks of rows each network reads in turn.
 
 Rounding: products and sums run in other orders than torch's (and the kernels may fuse multiply-adds and
 reassociate sums, :data:`FAST`), so they agree with the torch step to rounding, not bitwise
@@ -29,8 +31,8 @@ without bounds checks, so they are only ever called through those two classes.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 
 import numba
 import numpy as np
@@ -38,7 +40,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from cdln.networks import check_chain
+from cdln.networks import check_chain, product
 
 DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
 # Fused multiply-adds and reassociated sums (vectorised reductions): only the rounding changes. Only the kernels
@@ -121,7 +123,7 @@ def _dense_steps(weights, prefixes, steps, target, obs, scale, has_obs, n_steps,
 
 
 def _register_pass(width: int) -> tuple[list[str], list[str]]:
-    """The pass over the observed entries for rows of width ``width`` (<= REGISTER_MAX), as (setup, step) lines
+    """The pass over the observed entries for rows of width ``width`` held in registers, as (setup, step) lines
     of the sampled kernel (:func:`_sampled_source`): row i of W_{L-1} (``top``, (d_out, k)) at a time,
     e = W[i] . P^T[j], g = (e - target) * obs, acc += g P^T[j], U^T[j] += g W[i] (old row), then
     W[i] += s acc; ``pt`` and ``ut`` (d_in, k) are P^T and U^T. Written out: the row and its accumulator
@@ -145,7 +147,7 @@ def _register_pass(width: int) -> tuple[list[str], list[str]]:
 
 
 def _blocked_pass(block: int) -> tuple[list[str], list[str]]:
-    """The pass for rows wider than :data:`REGISTER_MAX` (the original DLN's, k = d, without AVX-512), as
+    """The pass for rows wider than the registers hold (the original DLN's, k = d, without AVX-512), as
     (setup, step) lines: ``pt`` copied into panels of ``block`` columns ((n_blocks, d_in, block), padding
     zero), blocks outermost, each sweeping all rows with that block of the row in registers, so one slice
     of the panels is hot at a time; first the dot products (into ``errs``), then, with g known, the
@@ -261,32 +263,40 @@ def {name}(weights, prefixes, steps, row_ptr, cols, target, obs, n_steps, up0, u
 """
 
 
-def _wide_block() -> int:
-    """Columns per register block of the wide-row pass: 64 where the CPU has 32 vector registers of 512 bits
-    (AVX-512: 64 float64 lanes of the row and 64 of its accumulator fit), else 32 (AVX2, NEON)."""
+@functools.cache
+def _vector_registers() -> tuple[int, int]:
+    """(register block width, widest row held whole in registers) for this CPU: with 32 vector registers of
+    512 bits (AVX-512) a block of 64 float64 lanes of the row and 64 of its accumulator fit, and a whole row
+    of up to 104 with its accumulator (26 registers) beats the blocked pass up to about there; with 16
+    registers (AVX2, NEON) 32 and 32. `cdln bench --sections sampled` times the sampled step against the
+    dense one."""
     import llvmlite.binding as llvm
 
-    return 64 if "+avx512f" in llvm.get_host_cpu_features().flatten().split(",") else 32
+    avx512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+    return (64, 104) if avx512 else (32, 32)
 
 
-WIDE_BLOCK = _wide_block()
-# Widest row held whole in registers: with 32 vector registers of 512 bits (AVX-512) a row of up to 104 float64
-# and its accumulator take 26 of them, and the one-sweep register pass beats the blocked one up to about there;
-# with 16 registers, 32. `cdln bench --sections sampled` times the sampled step against the dense one.
-REGISTER_MAX = 104 if WIDE_BLOCK == 64 else 32
+def sampled_kernel_name(k: int) -> str:
+    """The sampled kernel for rows of width ``k`` on this CPU: ``registers-<k>`` (the row in registers) or
+    ``blocks-<columns>`` (register blocks of that many columns, the last padded)."""
+    block, register_max = _vector_registers()
+    return f"registers-{k}" if k <= register_max else f"blocks-{block}"
 
 
-def _sampled_kernel(k: int):
-    """The sampled steps for rows of width k: in registers up to :data:`REGISTER_MAX`, else in register blocks
-    of :data:`WIDE_BLOCK` columns (the last padded). Defined on first use, in this module's namespace and
-    attributed to this file (so numba caches it), and compiled on first call (or loaded from the cache)."""
-    wide = k > REGISTER_MAX
-    name = f"_sampled_steps_wide_{WIDE_BLOCK}" if wide else f"_sampled_steps_{k}"
-    if name not in globals():
-        source = _sampled_source(name, _blocked_pass(WIDE_BLOCK) if wide else _register_pass(k))
+def _sampled_kernel(name: str):
+    """The sampled steps of kernel ``name`` (:func:`sampled_kernel_name`). Defined on first use, in this
+    module's namespace and attributed to this file (so numba caches it), and compiled on first call (or loaded
+    from the cache)."""
+    kind, _, width = name.partition("-")
+    if kind not in ("registers", "blocks") or not width.isdigit() or int(width) < 1:
+        raise ValueError(f"sampled kernel must be registers-<k> or blocks-<columns>; got {name!r}")
+    function = f"_sampled_steps_{width}" if kind == "registers" else f"_sampled_steps_wide_{width}"
+    if function not in globals():
+        observed_pass = _register_pass(int(width)) if kind == "registers" else _blocked_pass(int(width))
+        source = _sampled_source(function, observed_pass)
         exec(compile(source, __file__, "exec"), globals())  # noqa: S102 - our own generated kernels
-        globals()[name] = njit(cache=True, fastmath=FAST)(globals()[name])
-    return globals()[name]
+        globals()[function] = njit(cache=True, fastmath=FAST)(globals()[function])
+    return globals()[function]
 
 
 @contextlib.contextmanager
@@ -304,63 +314,59 @@ def _vectorising() -> Iterator[None]:
 
 
 @njit(cache=True, fastmath=FAST)
-def _sensing_grad(a, y, w, g):
-    """g[b] = A^T (A w[b] - y), four rows of A at a time (read from memory once for the dot products, then
-    from cache for the updates), networks two at a time; an odd last network goes with itself (its twin's
-    gradient into scratch), so every network runs through the same loops and its gradient is bitwise the
-    same whatever the batch and its place in it. The dot products are reassociated sums that LLVM's loop
-    vectoriser spreads over vector lanes, so the pass runs at the speed of streaming A."""
+def _sensing_pass(a, y, w, g, losses):
+    """g[b] = A^T (A w[b] - y) and losses[b] = |A w[b] - y|^2 / 2, in one pass over A (m, n).
+
+    A may be float32 while w, y, g are float64: each entry is widened as it is read, so the arithmetic is
+    in w's dtype and the bytes read are A's. Rows go in blocks of 8: a block's dot
+    products with w[b] read it from memory, the update of g[b] from cache, then the next network reads it
+    from cache. Every network runs through the same loops, one at a time, so its gradient and loss are
+    bitwise the same whatever the batch and its place in it. The dot products are reassociated sums that
+    LLVM spreads over vector lanes."""
     m, n = a.shape
     batch = w.shape[0]
     g[:] = 0.0
-    scratch = np.zeros(n, dtype=g.dtype)
-    n_main = n - n % 32
+    losses[:] = 0.0
+    zero = g[0, 0] * 0
     i = 0
     while i < m:
-        rows = min(4, m - i)
-        for b in range(0, batch, 2):
-            w0, w1 = w[b], w[b + 1] if b + 1 < batch else w[b]
-            g0, g1 = g[b], g[b + 1] if b + 1 < batch else scratch
-            if rows == 4:
-                x0, x1, x2, x3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-                s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = g[0, 0] * 0
-                for j in range(n_main):
-                    v0, v1 = w0[j], w1[j]
-                    s00 += x0[j] * v0
-                    s01 += x0[j] * v1
-                    s10 += x1[j] * v0
-                    s11 += x1[j] * v1
-                    s20 += x2[j] * v0
-                    s21 += x2[j] * v1
-                    s30 += x3[j] * v0
-                    s31 += x3[j] * v1
-                for j in range(n_main, n):  # the same sums, written again: a loop of its own for the remainder
-                    v0, v1 = w0[j], w1[j]  # keeps both slots of a pair bitwise alike (one fused loop did not)
-                    s00 += x0[j] * v0
-                    s01 += x0[j] * v1
-                    s10 += x1[j] * v0
-                    s11 += x1[j] * v1
-                    s20 += x2[j] * v0
-                    s21 += x2[j] * v1
-                    s30 += x3[j] * v0
-                    s31 += x3[j] * v1
-                r00, r10, r20, r30 = s00 - y[i], s10 - y[i + 1], s20 - y[i + 2], s30 - y[i + 3]
-                r01, r11, r21, r31 = s01 - y[i], s11 - y[i + 1], s21 - y[i + 2], s31 - y[i + 3]
+        if m - i >= 8:
+            x0, x1, x2, x3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+            x4, x5, x6, x7 = a[i + 4], a[i + 5], a[i + 6], a[i + 7]
+            for b in range(batch):
+                v, gb = w[b], g[b]
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
                 for j in range(n):
-                    g0[j] += r00 * x0[j] + r10 * x1[j] + r20 * x2[j] + r30 * x3[j]
-                    g1[j] += r01 * x0[j] + r11 * x1[j] + r21 * x2[j] + r31 * x3[j]
-            else:  # the last rows, one at a time
-                for q in range(i, i + rows):
-                    x = a[q]
-                    s0 = s1 = g[0, 0] * 0
-                    for j in range(n):
-                        s0 += x[j] * w0[j]
-                        s1 += x[j] * w1[j]
-                    r0, r1 = s0 - y[q], s1 - y[q]
-                    for j in range(n):
-                        g0[j] += r0 * x[j]
-                        g1[j] += r1 * x[j]
-        i += rows
+                    vj = v[j]
+                    s0 += x0[j] * vj
+                    s1 += x1[j] * vj
+                    s2 += x2[j] * vj
+                    s3 += x3[j] * vj
+                    s4 += x4[j] * vj
+                    s5 += x5[j] * vj
+                    s6 += x6[j] * vj
+                    s7 += x7[j] * vj
+                r0, r1, r2, r3 = s0 - y[i], s1 - y[i + 1], s2 - y[i + 2], s3 - y[i + 3]
+                r4, r5, r6, r7 = s4 - y[i + 4], s5 - y[i + 5], s6 - y[i + 6], s7 - y[i + 7]
+                losses[b] += r0 * r0 + r1 * r1 + r2 * r2 + r3 * r3 + r4 * r4 + r5 * r5 + r6 * r6 + r7 * r7
+                for j in range(n):
+                    gb[j] += (r0 * x0[j] + r1 * x1[j] + r2 * x2[j] + r3 * x3[j]
+                              + r4 * x4[j] + r5 * x5[j] + r6 * x6[j] + r7 * x7[j])  # fmt: skip
+            i += 8
+        else:  # the last rows, one at a time
+            x = a[i]
+            for b in range(batch):
+                v, gb = w[b], g[b]
+                s = zero
+                for j in range(n):
+                    s += x[j] * v[j]
+                r = s - y[i]
+                losses[b] += r * r
+                for j in range(n):
+                    gb[j] += r * x[j]
+            i += 1
+    for b in range(batch):
+        losses[b] *= 0.5
 
 
 # ------------------------------------------------------------------------------------------------ API
@@ -371,26 +377,39 @@ def _array(t: Tensor) -> np.ndarray:
 
 
 class OperatorPass:
-    """The MS loss gradient ``out[b] = A^T (A w[b] - y)`` in one pass over the operator ``A`` (m, n), y (m,).
+    """The MS loss gradient ``out[b] = A^T (A w[b] - y)`` and loss ``|A w[b] - y|^2 / 2`` in one pass over the
+    operator ``A`` (m, n), y (m,).
 
-    Checked once here: CPU, contiguous, one float dtype. A network's result does not depend on the batch
-    (each one's sums run in one order)."""
+    ``A`` is stored in float32 or float64; y, w and the results in the arithmetic's dtype, at least A's (a
+    float32 operator in a float64 run: half the bytes read, the same float64 sums). Checked once here: CPU,
+    contiguous. A network's results do not depend on the batch (each one's sums run in one order)."""
+
+    @staticmethod
+    def suits(operator: Tensor, measurements: Tensor) -> bool:
+        """Whether the pass runs on these: contiguous CPU float32/64, y at least A's precision."""
+        return suits([operator]) and suits([measurements]) and measurements.element_size() >= operator.element_size()
 
     def __init__(self, operator: Tensor, measurements: Tensor) -> None:
-        if not suits([operator, measurements]):
-            raise ValueError("the operator pass needs contiguous CPU float32/64 tensors of one dtype")
+        if not self.suits(operator, measurements):
+            raise ValueError("the operator pass needs contiguous CPU float32/64 tensors, y at least A's precision; "
+                             f"got A in {operator.dtype}, y in {measurements.dtype}")  # fmt: skip
         if operator.dim() != 2 or tuple(measurements.shape) != (operator.shape[0],):
             shapes = f"A {tuple(operator.shape)}, y {tuple(measurements.shape)}"
             raise ValueError(f"the operator pass needs A (m, n) and y (m,); got {shapes}")
         self.operator, self.measurements = _array(operator), _array(measurements)
-        self.dtype, self.n = operator.dtype, operator.shape[1]
+        self.dtype, self.n = measurements.dtype, operator.shape[1]
 
-    def __call__(self, flat: Tensor, out: Tensor) -> Tensor:
-        """``flat`` and ``out``: (B, n) contiguous CPU tensors of the operator's dtype."""
+    def __call__(self, flat: Tensor, out: Tensor, losses: Tensor | None = None) -> Tensor:
+        """``flat`` and ``out``: (B, n) contiguous CPU tensors of the arithmetic's dtype; ``losses`` (B,), if
+        given, receives each member's loss at ``flat``."""
         if not suits([flat, out]) or flat.dtype != self.dtype or flat.shape != out.shape or flat.shape[-1] != self.n:
             raise ValueError(f"the operator pass needs w and out of shape (B, {self.n}) in {self.dtype}")
+        if losses is None:
+            losses = torch.empty(flat.shape[0], dtype=self.dtype)
+        elif not suits([losses]) or losses.dtype != self.dtype or tuple(losses.shape) != (flat.shape[0],):
+            raise ValueError(f"the operator pass needs losses of shape ({flat.shape[0]},) in {self.dtype}")
         with _vectorising():
-            _sensing_grad(self.operator, self.measurements, _array(flat), _array(out))
+            _sensing_pass(self.operator, self.measurements, _array(flat), _array(out), _array(losses))
         return out
 
 
@@ -399,7 +418,8 @@ class CompiledSteps:
 
     ``observations`` (d_out, d_in) are the values the loss fits; the loss gradient is ``(E - Y) * weights``
     (``weights`` (d_out, d_in): MC's mask / n_observed) or ``(E - Y) * scale`` (``weights`` None: MF).
-    ``csr`` (MC, depth >= 2: :meth:`~cdln.problems.Completion.observed_entries`) selects the sampled step.
+    ``csr`` (MC, depth >= 2: :meth:`~cdln.problems.Completion.observed_entries`) selects the sampled step, with
+    kernel ``sampled_kernel`` (default: :func:`sampled_kernel_name` for the rows' width).
     Built for the per-member shapes of ``weights`` (checked here, once); :meth:`run` takes any batch size.
     """
 
@@ -410,6 +430,7 @@ class CompiledSteps:
         loss_weights: Tensor | None,
         scale: float = 0.0,
         csr: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+        sampled_kernel: str | None = None,
     ) -> None:
         self.dtype = dtype = weights[0].dtype
         if not suits(weights) or not suits([observations]) or observations.dtype != dtype:
@@ -445,8 +466,13 @@ class CompiledSteps:
                 raise ValueError("observed entries (CSR) index outside the target")
             self.csr = (row_ptr.astype(np.int64), cols.astype(np.int64), target_obs, obs_values)
             k = dims[depth - 1]
-            self.kernel = _sampled_kernel(k)
+            self.kernel_name = sampled_kernel or sampled_kernel_name(k)
+            self.kernel = _sampled_kernel(self.kernel_name)
             self.panels = (np.zeros((d_in, k), np_dtype), np.zeros((d_in, k), np_dtype))
+
+    def checkpoint(self, weights: list[Tensor]) -> tuple[Tensor, None]:
+        """The end-to-end matrices (B, d_out, d_in); the training loss is the problem's to compute."""
+        return product(weights), None
 
     def run(self, weights: list[Tensor], neg_steps: list[Tensor], n_steps: int) -> None:
         """``n_steps`` steps in place; ``weights`` of the built shapes, ``neg_steps[l]`` (B, 1, 1)."""
@@ -463,15 +489,3 @@ class CompiledSteps:
                     arrays, self.prefixes, _array(steps), self.target, self.obs, self.scale, has_obs, int(n_steps),
                     *self.up, self.tmp,
                 )  # fmt: skip
-
-
-class CompiledGroup:
-    """Each network of a group stepped by its own :class:`CompiledSteps`."""
-
-    def __init__(self, steps: list[CompiledSteps]) -> None:
-        self.steps = steps
-
-    def run(self, ids: list[int], works: list[list[Tensor]], neg_steps: list[list[Tensor]], n_steps: int, clock=None):
-        for k, work, steps in zip(ids, works, neg_steps, strict=True):
-            with clock.timed(k) if clock else nullcontext():
-                self.steps[k].run(work, steps, n_steps)

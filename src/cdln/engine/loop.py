@@ -1,11 +1,10 @@
-"""The training loop: full-batch GD of a group of networks on one problem, checkpoint by checkpoint.
+"""The training loop: full-batch GD of one network (a batch of members) on one problem, checkpoint by checkpoint.
 
-:func:`train_many` is the one loop and :func:`train` is its group of one. The plan
-(:func:`cdln.engine.plan.plan_engine`, the one decision) gives a stepper; the loop calls it for
-``n_inner`` steps between checkpoints. At each checkpoint it records every live member's training loss
-and recovery error, stops the members below ``tol`` (writes them back into their network and drops them
+The plan (:func:`cdln.engine.plan.plan_engine`, the one decision) gives a stepper; :func:`train` calls it
+for ``n_inner`` steps between checkpoints. At each checkpoint it records every live member's training loss
+and recovery error, stops the members below ``tol`` (writes them back into the network and drops them
 from the stacked weights, so the rest no longer pay for them) and reports progress. A member's arithmetic
-does not depend on its batch or group: it trains bitwise the same alone (tests/test_engine_autograd.py).
+does not depend on its batch: it trains bitwise the same alone (tests/test_engine_autograd.py).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +22,7 @@ from torch import Tensor
 
 from cdln.devices import synchronize
 from cdln.engine.plan import plan_engine
-from cdln.networks import LinearNetwork, product
+from cdln.networks import LinearNetwork
 from cdln.problems import Problem
 from cdln.progress import time_left
 
@@ -74,10 +72,9 @@ class TrainResult:
 
 
 @dataclass(eq=False)
-class _Run:
-    """One network's state in the loop: ``work[l][i]`` is live member ``live[i]``'s layer l."""
+class _Members:
+    """The network's live members in the loop: ``work[l][i]`` is live member ``live[i]``'s layer l."""
 
-    index: int
     network: LinearNetwork
     live: list[int]
     work: list[Tensor]
@@ -121,47 +118,26 @@ class _Run:
 
 
 class _Clock:
-    """Device-synchronised seconds per network. One network: the wall time between the loop's
-    :meth:`start` and :meth:`stop`. Several (lockstep): each piece of work timed on its own, a network's
-    own work to it, shared work (the loss-gradient call) split in proportion to the live members each put
-    in, so the networks' seconds add up to the group's wall time."""
+    """Device-synchronised wall seconds between :meth:`start` and :meth:`stop`, summed."""
 
-    def __init__(self, device: torch.device, runs: list[_Run]) -> None:
-        self.device, self.runs, self.exact = device, runs, len(runs) > 1
-        self.seconds = [0.0] * len(runs)
-        self.active: list[_Run] = runs
-        self._since: float | None = None
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seconds, self._since = device, 0.0, None
 
     def _now(self) -> float:
         synchronize(self.device)
         return time.perf_counter()
 
     def start(self) -> None:
-        if not self.exact:
-            self._since = self._now()
+        self._since = self._now()
 
     def stop(self) -> None:
-        if not self.exact and self._since is not None:
-            self.seconds[0] += self._now() - self._since
+        if self._since is not None:
+            self.seconds += self._now() - self._since
             self._since = None
 
-    def read(self, k: int) -> float:
-        """Network k's seconds so far."""
-        if self.exact or self._since is None:
-            return self.seconds[k]
-        return self.seconds[0] + self._now() - self._since
-
-    @contextmanager
-    def timed(self, k: int | None = None):
-        """A piece of work (timed only in a group): network ``k``'s own, or (None) shared by the active ones."""
-        if not self.exact:
-            yield
-            return
-        start = self._now()
-        yield
-        elapsed, members = self._now() - start, sum(len(run.live) for run in self.active)
-        for run in self.active if k is None else [self.runs[k]]:
-            self.seconds[run.index] += elapsed * (len(run.live) / members if k is None else 1.0)
+    def read(self) -> float:
+        """Seconds so far."""
+        return self.seconds if self._since is None else self.seconds + self._now() - self._since
 
 
 def train(
@@ -174,103 +150,56 @@ def train(
     """Train ``network`` (layers (B, n_out, n_in), modified in place) on ``problem`` by full-batch GD; the
     result's curves have a row per member and checkpoint.
 
-    The group of one of :func:`train_many`. ``snapshot(iteration, network, end_to_end)`` is called at every
-    checkpoint, outside the timed work."""
-    return train_many([network], problem, settings, snapshot=snapshot, progress=progress)[0]
-
-
-def train_many(
-    networks: list[LinearNetwork],
-    problem: Problem,
-    settings: TrainSettings,
-    snapshot: SnapshotFn | None = None,
-    progress: ProgressFn | None = None,
-) -> list[TrainResult]:
-    """Train networks (layers (B_k, n_out, n_in), any shapes; modified in place) on one problem; a result each.
-
-    Networks and problem share device and dtype. Seconds are device-synchronised and exclude one warm-up
-    step (on copies: compilation, first-call costs) and snapshot work; in a group, see :class:`_Clock`. On
-    the torch path a group steps in lockstep, one loss-gradient call per step for all (one pass over an MS
-    operator instead of one per network); on the compiled path each network steps on its own. Raises
-    :class:`DivergenceError` on a non-finite training loss.
+    Network and problem share device and dtype. Seconds are device-synchronised and exclude one warm-up step
+    (on copies: compilation, first-call costs) and ``snapshot(iteration, network, end_to_end)``, called at
+    every checkpoint. Raises :class:`DivergenceError` on a non-finite training loss.
     """
-    if snapshot is not None and len(networks) != 1:
-        raise ValueError("snapshots are taken of a single network's run")
-    runs = [_Run(k, net, list(range(net.batch)), net.weights, settings.lr) for k, net in enumerate(networks)]
-    clock = _Clock(networks[0].weights[0].device, runs)
+    run = _Members(network, list(range(network.batch)), network.weights, settings.lr)
+    clock = _Clock(network.weights[0].device)
 
     clock.start()  # warm-up: build the stepper and take one step on copies
-    plan = plan_engine([net.weights for net in networks], problem)
-    stepper = plan.stepper(problem, [net.weights for net in networks])
-    copies = [[w.clone() for w in run.work] for run in runs]
-    timed = clock if clock.exact else None  # one network: timed between checkpoints, not piece by piece
-    stepper.run([run.index for run in runs], copies, [run.steps for run in runs], 1, timed)
+    plan = plan_engine(network.weights, problem)
+    stepper = plan.stepper(problem, network.weights)
+    stepper.run([w.clone() for w in run.work], run.steps, 1)
     clock.stop()
-    warmup_seconds, clock.seconds = clock.seconds, [0.0] * len(runs)
-    del copies
+    warmup_seconds, clock.seconds = clock.seconds, 0.0
 
     snapshots: list[dict[str, np.ndarray]] = []
 
     def checkpoint(iteration: int) -> None:
-        active = clock.active
-        ends = []
-        for run in active:
-            with clock.timed(run.index):
-                ends.append(product(run.work))
-        with clock.timed():
-            losses = problem.train_loss(ends[0] if len(ends) == 1 else torch.cat(ends)).tolist()
-        offset = 0
-        for run, end in zip(active, ends, strict=True):
-            with clock.timed(run.index):
-                mine, offset = losses[offset : offset + len(run.live)], offset + len(run.live)
-                errors = problem.recovery_error(end).tolist()
-                run.checkpoint(iteration, mine, errors, clock.read(run.index), settings)
-            if progress is not None:
-                progress(_progress_line(run, iteration, mine, errors, clock.read(run.index), settings, len(runs)))
-        clock.active = [run for run in active if run.live]
+        end, losses = stepper.checkpoint(run.work)
+        losses = (problem.train_loss(end) if losses is None else losses).tolist()
+        errors = problem.recovery_error(end).tolist()
+        run.checkpoint(iteration, losses, errors, clock.read(), settings)
+        if progress is not None:
+            progress(_progress_line(run, iteration, losses, errors, clock.read(), settings))
         if snapshot is not None:
             clock.stop()
-            runs[0].write_back()
-            network = runs[0].network
+            run.write_back()
             snapshots.append({"iteration": np.array(iteration), **snapshot(iteration, network, network.end_to_end())})
             clock.start()
 
     clock.start()
     checkpoint(0)
     for outer in range(1, settings.max_outer + 1):
-        if not clock.active:
+        if not run.live:
             break
-        active = clock.active
-        stepper.run([run.index for run in active], [run.work for run in active], [run.steps for run in active],
-                    settings.n_inner, timed)  # fmt: skip
+        stepper.run(run.work, run.steps, settings.n_inner)
         checkpoint(outer * settings.n_inner)
     clock.stop()
 
-    results = []
-    for run in runs:
-        run.write_back()
-        curves = pd.DataFrame(run.rows, columns=CURVE_COLUMNS).sort_values(["iteration", "member"], kind="stable")
-        results.append(
-            TrainResult(
-                curves.reset_index(drop=True),
-                run.stop_iteration,
-                run.stop_seconds,
-                run.converged,
-                clock.seconds[run.index],
-                warmup_seconds[run.index],
-                snapshots if run.index == 0 else [],
-                plan.label(run.index),
-                plan.record(run.index),
-            )  # fmt: skip
-        )
-    return results
+    run.write_back()
+    curves = pd.DataFrame(run.rows, columns=CURVE_COLUMNS).sort_values(["iteration", "member"], kind="stable")
+    return TrainResult(
+        curves.reset_index(drop=True), run.stop_iteration, run.stop_seconds, run.converged, clock.seconds,
+        warmup_seconds, snapshots, plan.label(), plan.record(),
+    )  # fmt: skip
 
 
-def _progress_line(run: _Run, iteration: int, losses, errors, seconds: float, settings: TrainSettings, group: int):
-    """``[name] iter i/N  s  loss  recovery  active  ~time left`` (to the budget: a member below tol stops sooner)."""
-    name = f"[{run.network.name}] " if group > 1 else ""
+def _progress_line(run: _Members, iteration: int, losses, errors, seconds: float, settings: TrainSettings) -> str:
+    """``iter i/N  s  loss  recovery  active  ~time left`` (to the budget: a member below tol stops sooner)."""
     left = time_left(seconds, iteration, settings.max_iterations if run.live else iteration)
     return (
-        f"{name}iter {iteration:>8d}/{settings.max_iterations}  {seconds:8.2f}s  loss {min(losses):.3e}  "
+        f"iter {iteration:>8d}/{settings.max_iterations}  {seconds:8.2f}s  loss {min(losses):.3e}  "
         f"recovery {min(errors):.3e}  active {len(run.live)}/{run.network.batch}  {left}"
     )

@@ -1,17 +1,17 @@
-"""The one decision: how the engine steps a group of networks on one problem.
+"""The one decision: how the engine steps a network on a problem.
 
-:func:`plan_engine` reads ``$CDLN_ENGINE`` once and picks, for each network, the step path:
+:func:`plan_engine` reads ``$CDLN_ENGINE`` once and picks the step path:
 
-- ``torch`` (:mod:`cdln.engine.torch_step`): any device, any problem; the reference and the GPU path. A
-  group on it steps in lockstep, one loss-gradient call for all networks per step (one MS operator pass).
+- ``torch`` (:mod:`cdln.engine.torch_step`): any device, any problem; the reference and the GPU path.
 - ``native-dense`` / ``native-sampled`` (:mod:`cdln.engine.kernels`): the built-in MF and MC problems (and
   subclasses that keep their loss) on the CPU in float32/64; ``n_inner`` steps per call in compiled code.
   MC samples (forms only the observed entries of the end-to-end product) below the observed fraction
-  :func:`sampled_max_density`.
+  :func:`sampled_max_density`, with the kernel for its rows' width and this CPU's vector registers
+  (:func:`cdln.engine.kernels.sampled_kernel_name`, recorded).
 
-and, for MS, how the loss gradient reads the operator: ``native-one-pass`` (CPU, compiled) or
-``torch-two-pass``. ``$CDLN_ENGINE``: ``auto`` (default: the rules above), ``torch`` (torch everywhere,
-MS's pass included), ``numba`` (compiled wherever it applies; an error where nothing does),
+and, for MS, how the loss gradient reads the operator: ``native-one-pass`` (CPU, compiled; the loss
+from the same pass) or ``torch-two-pass``. ``$CDLN_ENGINE``: ``auto`` (default: the rules above),
+``torch`` (torch everywhere, MS's pass included), ``numba`` (compiled wherever it applies; an error where nothing does),
 ``native-dense`` / ``native-sampled`` (that MF/MC step; an error where it cannot run). The choice depends
 on the problem's type, shapes, density, dtype and device only, never on the batch size.
 """
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from cdln.devices import blas_label, numba_label, torch_blas
 from cdln.engine import kernels
-from cdln.engine.torch_step import LossGrad, TorchSteps
+from cdln.engine.torch_step import LossAndGrad, LossGrad, TorchSteps
 from cdln.networks import check_chain
 from cdln.problems import Completion, Factorization, Problem, Sensing
 
@@ -62,29 +62,24 @@ def engine_override() -> str:
 
 @dataclass(frozen=True)
 class EnginePlan:
-    """How the engine steps a group of networks: each network's step ``paths[k]`` (one of :data:`PATHS`),
-    whether they step in ``lockstep`` (torch, several networks), MS's ``operator_pass``, and the
-    ``override`` it was chosen under. :meth:`stepper` builds what runs it."""
+    """How the engine steps one network: its step ``path`` (one of :data:`PATHS`), the ``sampled_kernel``
+    of a sampled MC step (rows of width k in registers, ``registers-<k>``, or in register blocks,
+    ``blocks-<columns>``), MS's ``operator_pass``, and the ``override`` it was chosen under. :meth:`stepper`
+    builds what runs it."""
 
-    paths: tuple[str, ...]
+    path: str
     operator_pass: str | None = None
-    lockstep: bool = False
+    sampled_kernel: str | None = None
     override: str = "auto"
 
-    @property
-    def path(self) -> str:
-        return self.paths[0]
+    def label(self) -> str:
+        """A record's ``engine_path``: the path, for MS ``+`` the operator pass."""
+        return f"{self.path}+{self.operator_pass}" if self.operator_pass else self.path
 
-    def label(self, k: int = 0) -> str:
-        """A record's ``engine_path``: the path (``lockstep`` for a group), for MS ``+`` the operator pass."""
-        path = "lockstep" if self.lockstep else self.paths[k]
-        return f"{path}+{self.operator_pass}" if self.operator_pass else path
-
-    def record(self, k: int = 0) -> dict[str, Any]:
-        """What a run record stores of the plan of network ``k``: path, label, backend, BLAS, operator pass,
-        lockstep, override."""
-        path = self.paths[k]
-        if path != "torch":
+    def record(self) -> dict[str, Any]:
+        """What a run record stores of the plan: path, label, backend, BLAS, sampled kernel, operator pass,
+        override."""
+        if self.path != "torch":
             backend, blas = numba_label(), blas_label()
         elif self.operator_pass == "native-one-pass":
             backend = f"torch {torch.__version__} + {numba_label()} (operator pass)"
@@ -92,38 +87,42 @@ class EnginePlan:
         else:
             backend, blas = f"torch {torch.__version__}", torch_blas()
         return {
-            "path": path, "label": self.label(k), "backend": backend, "blas": blas,
-            "operator_pass": self.operator_pass, "lockstep": self.lockstep, "override": self.override,
+            "path": self.path, "label": self.label(), "backend": backend, "blas": blas,
+            "sampled_kernel": self.sampled_kernel, "operator_pass": self.operator_pass, "override": self.override,
         }  # fmt: skip
 
-    def stepper(self, problem: Problem, weights: list[list[Tensor]]) -> GroupSteps:
-        """What runs the plan: ``run(ids, works, neg_steps, n_steps, clock=None)`` steps networks ``ids``
-        (their live weights ``works``, of any batch size, per-member shapes those of ``weights[k]``) ``n_steps``
-        times in place; ``clock`` (optional) times each network's own work and the work they share."""
+    def stepper(self, problem: Problem, weights: list[Tensor]) -> Steps:
+        """What runs the plan for a network of ``weights``' per-member shapes: ``run(work, neg_steps,
+        n_steps)`` steps the live weights ``work`` (any batch size) in place; ``checkpoint(work)`` gives the
+        end-to-end matrices (B, d_out, d_in) and, where a pass computes it anyway, the training loss (B,)."""
         if self.path == "torch":
-            return TorchSteps(_loss_grad(problem, self.operator_pass))
-        return kernels.CompiledGroup([_compiled(problem, w, path) for w, path in zip(weights, self.paths, strict=True)])
+            return TorchSteps(*_loss_functions(problem, self.operator_pass))
+        if isinstance(problem, Completion):
+            csr = problem.observed_entries() if self.path == "native-sampled" else None
+            return kernels.CompiledSteps(
+                weights, problem.observations, problem.loss_weights, 0.0, csr, self.sampled_kernel
+            )
+        assert isinstance(problem, Factorization)
+        return kernels.CompiledSteps(weights, problem.observations, None, problem.loss_scale)
 
 
-def plan_engine(weights: list[list[Tensor]], problem: Problem, override: str | None = None) -> EnginePlan:
-    """How to step the networks whose layers are ``weights[k]`` ((B, n_out, n_in) each) on ``problem``.
+def plan_engine(weights: list[Tensor], problem: Problem, override: str | None = None) -> EnginePlan:
+    """How to step the network whose layers are ``weights`` ((B, n_out, n_in) each) on ``problem``.
 
     See the module; ``override`` (one of :data:`ENGINES`) in place of ``$CDLN_ENGINE``, for benchmarks and tests."""
     override = engine_override() if override is None else override
     if override not in ENGINES:
         raise ValueError(f"engine override must be one of {list(ENGINES)}; got {override!r}")
-    paths = tuple(_path(w, problem, override) for w in weights)
-    if "torch" in paths:
-        paths = ("torch",) * len(paths)
+    path = _path(weights, problem, override)
+    sampled = kernels.sampled_kernel_name(weights[-1].shape[-1]) if path == "native-sampled" else None
     operator_pass = None
     if _keeps_loss(problem, (Sensing,)):
-        one_pass = override != "torch" and kernels.suits([problem.operator, problem.measurements])
-        operator_pass = (
-            "native-one-pass" if one_pass and problem.operator.dtype == weights[0][0].dtype else "torch-two-pass"
-        )
+        one_pass = override != "torch" and kernels.OperatorPass.suits(problem.operator, problem.measurements)
+        native = one_pass and problem.measurements.dtype == weights[0].dtype
+        operator_pass = "native-one-pass" if native else "torch-two-pass"
         if override == "numba" and operator_pass != "native-one-pass":
             raise ValueError("CDLN_ENGINE=numba is not available here: the MS operator pass needs CPU float32/64 data")
-    return EnginePlan(paths, operator_pass, len(paths) > 1 and paths[0] == "torch", override)
+    return EnginePlan(path, operator_pass, sampled, override)
 
 
 def _path(weights: list[Tensor], problem: Problem, override: str) -> str:
@@ -154,26 +153,21 @@ def _keeps_loss(problem: Problem, kinds: tuple[type[Problem], ...]) -> bool:
     return any(isinstance(problem, kind) and type(problem).loss_grad is kind.loss_grad for kind in kinds)
 
 
-def _loss_grad(problem: Problem, operator_pass: str | None) -> LossGrad:
-    """The problem's own loss gradient, or for MS on the CPU the compiled one-pass one."""
+def _loss_functions(problem: Problem, operator_pass: str | None) -> tuple[LossGrad, LossAndGrad]:
+    """The loss gradient a step takes and the (loss, gradient) a checkpoint takes: the problem's own, or for
+    MS on the CPU both from the compiled one pass."""
     if operator_pass != "native-one-pass":
-        return problem.loss_grad
+        return problem.loss_grad, problem.loss_and_grad
     assert isinstance(problem, Sensing)
     one_pass = kernels.OperatorPass(problem.operator, problem.measurements)
 
-    def loss_grad(end_to_end: Tensor) -> Tensor:
+    def loss_and_grad(end_to_end: Tensor) -> tuple[Tensor, Tensor]:
         flat = end_to_end.reshape(end_to_end.shape[0], -1).contiguous()
-        return one_pass(flat, torch.empty_like(flat)).reshape(end_to_end.shape)
+        losses = torch.empty(flat.shape[0], dtype=flat.dtype)
+        grad = one_pass(flat, torch.empty_like(flat), losses)
+        return losses, grad.reshape(end_to_end.shape)
 
-    return loss_grad
-
-
-def _compiled(problem: Problem, weights: list[Tensor], path: str) -> kernels.CompiledSteps:
-    if isinstance(problem, Completion):
-        csr = problem.observed_entries() if path == "native-sampled" else None
-        return kernels.CompiledSteps(weights, problem.observations, problem.loss_weights, 0.0, csr)
-    assert isinstance(problem, Factorization)
-    return kernels.CompiledSteps(weights, problem.observations, None, problem.loss_scale)
+    return (lambda end_to_end: loss_and_grad(end_to_end)[1]), loss_and_grad
 
 
-GroupSteps = TorchSteps | kernels.CompiledGroup
+Steps = TorchSteps | kernels.CompiledSteps

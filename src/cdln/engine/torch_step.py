@@ -9,7 +9,6 @@ against this one, and it is the GPU path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     from cdln.problems import Problem
 
 LossGrad = Callable[[Tensor], Tensor]  # (B, d_out, d_in) end-to-end matrices -> the loss gradient, same shape
+LossAndGrad = Callable[[Tensor], tuple[Tensor, Tensor]]  # -> (the loss (B,), its gradient)
 
 
 class Workspace:
@@ -71,30 +71,34 @@ def layer_gradients(weights: list[Tensor], problem: Problem, workspace: Workspac
 
 
 class TorchSteps:
-    """GD steps of a group of networks on one problem, sharing one loss-gradient call per step: the
-    networks' end-to-end matrices are stacked into one (sum of batches, d_out, d_in) call (one pass over an
-    MS operator for all of them). ``ids`` name the networks stepped (a workspace each); ``clock`` (optional)
-    times each network's own work and the shared call."""
+    """GD steps of one network on one problem in torch. A checkpoint computes the loss gradient at its
+    weights along with the loss (one MS operator pass for both) and keeps it for the next step."""
 
-    def __init__(self, loss_grad: LossGrad) -> None:
-        self.loss_grad = loss_grad
-        self.workspaces: dict[int, Workspace] = {}
+    def __init__(self, loss_grad: LossGrad, loss_and_grad: LossAndGrad) -> None:
+        self.loss_grad, self.loss_and_grad = loss_grad, loss_and_grad
+        self.workspace: Workspace | None = None
+        self._kept: tuple[list[Tensor], Tensor] | None = None  # (the weights list it is for, the gradient)
 
-    def run(self, ids: list[int], works: list[list[Tensor]], neg_steps: list[list[Tensor]], n_steps: int, clock=None):
-        for k, work in zip(ids, works, strict=True):
-            if k not in self.workspaces or not self.workspaces[k].fits(work):
-                self.workspaces[k] = Workspace(work)  # new, or members dropped
-        spaces = [self.workspaces[k] for k in ids]
-        for _ in range(n_steps):
-            ends = []
-            for k, work, workspace in zip(ids, works, spaces, strict=True):
-                with clock.timed(k) if clock else nullcontext():
-                    ends.append(forward_products(work, workspace))
-            with clock.timed() if clock else nullcontext():
-                grad = self.loss_grad(ends[0] if len(ends) == 1 else torch.cat(ends))
-            offset = 0
-            for k, work, workspace, steps in zip(ids, works, spaces, neg_steps, strict=True):
-                with clock.timed(k) if clock else nullcontext():
-                    part = grad[offset : offset + work[0].shape[0]]
-                    torch._foreach_addcmul_(work, backward_products(work, part, workspace), steps)
-                offset += work[0].shape[0]
+    def _workspace(self, work: list[Tensor]) -> Workspace:
+        if self.workspace is None or not self.workspace.fits(work):
+            self.workspace = Workspace(work)  # new, or members dropped
+        return self.workspace
+
+    def checkpoint(self, work: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(end-to-end matrices (B, d_out, d_in), training loss (B,)) at ``work``; the end-to-end matrices live
+        in the workspace until the next step."""
+        end = forward_products(work, self._workspace(work))
+        losses, grad = self.loss_and_grad(end)
+        self._kept = (work, grad)
+        return end, losses
+
+    def run(self, work: list[Tensor], neg_steps: list[Tensor], n_steps: int) -> None:
+        """``n_steps`` steps of ``work`` (B, n_out, n_in) in place; ``neg_steps[l]`` (B, 1, 1)."""
+        workspace = self._workspace(work)
+        kept, self._kept = self._kept, None
+        for step in range(n_steps):
+            if step == 0 and kept is not None and kept[0] is work:  # the checkpoint's pass, at these weights
+                grad = kept[1]
+            else:
+                grad = self.loss_grad(forward_products(work, workspace))
+            torch._foreach_addcmul_(work, backward_products(work, grad, workspace), neg_steps)

@@ -6,7 +6,8 @@ Runs: one row per run: its settings, parameter counts, where it stopped (tol or 
 errors, its own timing noise (:func:`timing_noise`) and, for a ``reach_error`` E, the first checkpoint whose
 recovery error is <= E.
 
-Runs are read from their job directories (named as :mod:`cdln.pipeline.grid` names them). A batched
+Runs are read from their job directories (named as :mod:`cdln.pipeline.grid` names them); a run another job
+trained (its manifest's ``same_as``) from there, stopped at its own settings. A batched
 alpha sweep (run ``cdln_alphabatch``, several members) becomes one row per member (panel id
 ``<panel>_alpha<a>``) with ``batched`` = True: its seconds are the batch's shared wall time.
 """
@@ -16,22 +17,34 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from cdln.pipeline.grid import JOB_MANIFEST, synthetic_run_keys
-from cdln.records import read_run_record
+from cdln.records import read_run_record, stopped_at
 
 
-def run_dirs_of(job_dirs: list[Path]) -> list[Path]:
-    """The run directories inside job directories, in the order each job ran them (its manifest)."""
+def job_runs(job_dirs: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """(the run's directory as its job names it, its manifest entry) of every run of ``job_dirs``, in the order
+    each job lists them (its manifest)."""
     runs = []
     for job_dir in map(Path, job_dirs):
         manifest = job_dir / JOB_MANIFEST
         if not manifest.is_file():
             raise FileNotFoundError(f"{job_dir} is not a complete job directory (missing {JOB_MANIFEST})")
-        runs += [job_dir / run["name"] for run in json.loads(manifest.read_text())["runs"]]
+        runs += [(job_dir / run["name"], run) for run in json.loads(manifest.read_text())["runs"]]
     return runs
+
+
+def read_job_run(run_dir: Path, entry: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A job's run: its own record, or for a run another job trained (``same_as``) that run's, stopped where this
+    run's settings stop it (:func:`cdln.records.stopped_at`)."""
+    if entry.get("same_as") is None:
+        return read_run_record(run_dir)
+    record, curves = read_run_record(entry["same_as"])
+    options = entry["options"]
+    return stopped_at(record, curves, options["tol"], options["max_outer"])
 
 
 def first_reach(curves: pd.DataFrame, threshold: float | None) -> tuple[float, float]:
@@ -61,9 +74,9 @@ def timing_noise(curves: pd.DataFrame) -> float:
 def collect(job_dirs: list[Path], reach_error: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves, runs) tables of every run in ``job_dirs``."""
     curve_frames, rows = [], []
-    for run_dir in run_dirs_of(job_dirs):
+    for run_dir, entry in job_runs(job_dirs):
         keys = synthetic_run_keys(run_dir)
-        record, all_curves = read_run_record(run_dir)
+        record, all_curves = read_job_run(run_dir, entry)
         batched = len(record["members"]) > 1
         if batched and not keys["panel_id"].endswith("_alphabatch"):
             count = len(record["members"])

@@ -13,10 +13,9 @@ grid keep a batch job (and a node) each.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
-from cdln.pipeline.grid import Grid, GridError, Job
+from cdln.pipeline.grid import Grid, Job
 
 SHORT_GROUP = "short"
 # What a cluster runs (training, data files, timing); every other rule is local (seconds each).
@@ -25,8 +24,8 @@ CLUSTER_RULES = frozenset(
      "scaling_measure"}
 )  # fmt: skip
 # Upper bound of a job's estimated work (floating-point operations, see estimated_work) for it to count as
-# short: seconds on one core. Every job of config/ci.yaml is below it, every training job of config/config.yaml
-# above (tests/test_cluster.py).
+# short: seconds on one core. Every job of config/ci.yaml is below it, and of config/config.yaml only jobs of
+# narrow networks (tests/test_targets.py).
 SHORT_JOB_WORK = 2e10
 SHORT_SENSING_FLOATS = 1e8  # d^2 m of an MS problem drawn in seconds
 IMAGE_PIXELS, TRAIN_IMAGES = 28 * 28, 60_000  # FashionMNIST
@@ -38,13 +37,10 @@ def estimated_work(grid: Grid, job: Job) -> float | None:
     costs less): a GD step of a network of width w on a d_out x d_in target costs about 2 L d_out d_in w (the
     C-DLN's w = r_hat, the original DLN's its width, B-M's its rank), an MS step adds 2 m d^2 (the operator pass);
     a classifier step 6 x examples x (pixels x hidden + depth x width^2); an AltMin sweep (d_out + d_in) d_in k^2.
-    None when a run's sizes are not in the config."""
-    sizes = {}
-    for path in job.inputs:
-        with contextlib.suppress(GridError):  # an input the grid does not make (e.g. a configured archive)
-            sizes.update({k: v for k, v in grid.data_file(path).options.items() if v is not None})
+    None when a run's sizes are not in the config; 0 for a job that trains nothing itself."""
+    sizes = {k: v for data in grid.job_data(job) for k, v in data.options.items() if v is not None}
     total = 0.0
-    for run in job.runs:
+    for run in job.trained():  # a run another job trains costs this one nothing
         options = {**sizes, **{k: v for k, v in run.options.items() if v is not None}}
         depth = options.get("depth", 3)
         if run.command == "nonlinear":
@@ -84,10 +80,18 @@ def data_priority(grid: Grid, path: str) -> int:
     return max((job_priority(grid, job.experiment, job.job_id) for job in readers), default=1)
 
 
-def training_group(grid: Grid, experiment: str, job_id: str) -> str | None:
-    """Job group of a training job: :data:`SHORT_GROUP` when its estimated work is below :data:`SHORT_JOB_WORK`."""
+def short_job(grid: Grid, experiment: str, job_id: str) -> bool:
+    """Whether a training job's estimated work is below :data:`SHORT_JOB_WORK` (minutes, not hours)."""
     work = estimated_work(grid, grid.job(experiment, job_id))
-    return SHORT_GROUP if work is not None and work < SHORT_JOB_WORK else None
+    return work is not None and work < SHORT_JOB_WORK
+
+
+def training_group(grid: Grid, experiment: str, job_id: str) -> str | None:
+    """Job group of a training job: :data:`SHORT_GROUP` when it is short (:func:`short_job`), unless it reads runs
+    another job trains (that job may depend on the group's problem files, and a group may not be entered twice)."""
+    if any(run.same_as for run in grid.job(experiment, job_id).runs):
+        return None
+    return SHORT_GROUP if short_job(grid, experiment, job_id) else None
 
 
 def sensing_group(grid: Grid, path: str) -> str | None:

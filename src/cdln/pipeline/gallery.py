@@ -28,7 +28,10 @@ LOG_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{6})\.\d+\.snakemake\.log$")
 
 def run_elapsed(log_dir: str | Path) -> dict[str, Any] | None:
     """Start, end and seconds of the latest Snakemake run (``.snakemake/log``) that built the default target
-    (its log names ``rule all`` / ``localrule all``): the start from the log's name, the end from its last write."""
+    (its log names ``rule all`` / ``localrule all``): the start from the log's name, the end from its last write;
+    and its job-seconds per workload (:func:`cdln.pipeline.jobtimes.summary`)."""
+    from cdln.pipeline import jobtimes
+
     logs = sorted(Path(log_dir).glob("*.snakemake.log"), reverse=True)
     for log in logs:
         match = LOG_NAME.match(log.name)
@@ -40,6 +43,8 @@ def run_elapsed(log_dir: str | Path) -> dict[str, Any] | None:
             "start": start.isoformat(),
             "end": end.isoformat(timespec="seconds"),
             "seconds": int((end - start).total_seconds()),
+            "log": log.name,
+            "job_seconds": {key: round(value) for key, value in jobtimes.summary(log).items()},
         }
     return None
 
@@ -117,6 +122,12 @@ def make_gallery(root: str | Path, out: str | Path, log_dir: str | Path = ".snak
     return stamp
 
 
+def job_seconds_line(run: dict[str, Any]) -> str:
+    """The stamp's line of job-seconds per workload, with the command that recomputes them from the run's log."""
+    sums = ", ".join(f"{key} {value:,}" for key, value in run["job_seconds"].items() if key != "wall")
+    return f"- job-seconds: {sums} (`cdln job-times .snakemake/log/{run['log']}`)"
+
+
 def stamp_markdown(stamp: dict[str, Any]) -> str:
     run = stamp["run"] or {}
     minutes = f"{run['seconds'] // 60} min {run['seconds'] % 60} s" if run else "unknown"
@@ -131,6 +142,7 @@ def stamp_markdown(stamp: dict[str, Any]) -> str:
         "",
         f"- commit: `{stamp['commit']}`" + (" (with uncommitted changes)" if stamp["dirty"] else ""),
         f"- date: {stamp['date']}; the Snakemake run took {minutes}",
+        *([job_seconds_line(run)] if run.get("job_seconds") else []),
         f"- machine: {machine['cores']} cores ({machine['cpu']}), GPU: {gpu}",
         "- versions: " + ", ".join(f"{key} {value}" for key, value in stamp["versions"].items() if key != "platform"),
         "",

@@ -17,13 +17,15 @@ settings: each value becomes a panel ``<factor>_<value>`` (``.`` written ``p``: 
 points where every factor is at its shared value are one panel, ``base``.
 
 Names: synthetic jobs are ``<panel>_seed<seed>`` holding runs ``<model>`` (``cdln_alpha<a>`` in an
-alpha sweep, ``cdln_alphabatch`` when its alphas train as one batch); analysis jobs
+alpha sweep, ``cdln_alphabatch`` when its alphas train as one batch), or with ``job_per_panel`` one job
+``<panel>`` holding ``<model>_seed<seed>`` (one process start-up per panel instead of per seed); analysis jobs
 ``<task>_seed<seed>`` holding ``original``; real-data jobs ``seed<seed>`` holding one run per model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -37,10 +39,11 @@ REAL_DATA = ("movielens", "nonlinear")
 # Keys of a synthetic section that are run settings (shared by its panels, overridden per panel).
 RUN_KEYS = (
     "task", "d", "r", "p", "m", "depth", "r_hat", "bm_rank", "bm_scale", "eps", "lr", "alpha", "gamma", "n_inner",
-    "max_outer", "tol", "noise", "spectrum", "condition",
+    "max_outer", "tol", "noise", "spectrum", "condition", "operator_dtype",
 )  # fmt: skip
 # Problem settings beyond the paper's, with the values that leave a problem (and its file name) as the paper's.
-PROBLEM_EXTRAS = {"noise": 0, "spectrum": "spread", "condition": None}
+PROBLEM_EXTRAS = {"noise": 0, "spectrum": "spread", "condition": None, "operator_dtype": "float32"}
+EXTRA_NAMES = {"operator_dtype": "op"}  # a name's shorter spelling of a key: ``_opfloat64``
 # Factors a sweep section may vary, one at a time (the robustness figure).
 SWEEP_FACTORS = ("r_hat_ratio", "p", "noise", "condition", "d")
 # Widths that belong to some models only.
@@ -51,7 +54,8 @@ NONLINEAR_KEYS = (
     "batch_size", "steps", "eval_every", "surrogate_batch", "train_subset", "test_subset", "dtype",
 )  # fmt: skip
 RESOURCES = "resources"  # where users put data sets (resources/README.md)
-JOB_MANIFEST = "job.json"  # in every job directory: its runs, in the order they ran, and their arguments
+JOB_MANIFEST = "job.json"  # in every job directory: its runs, in the order they ran, and their options
+STOP_KEYS = ("tol", "max_outer")  # where a run stops: a run that stops earlier is a prefix of one that goes on
 
 
 def fmt_number(value: float) -> str:
@@ -86,20 +90,23 @@ def cli_flags(options: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: ``cdln <command> <options>``, known to the tables by ``keys``."""
+    """One training run: ``cdln <command>`` with ``options`` (its settings, by the command's option names),
+    known to the tables by ``keys``. ``same_as``: the run directory of the run that trains it (equal settings,
+    trained once by an earlier job), which this one reads, stopped at its own ``tol`` and budget."""
 
     name: str
     command: str
     options: Mapping[str, Any]
     keys: Mapping[str, Any] = field(default_factory=dict)
     where: str = ""  # the config location that defines it, for error messages
+    same_as: str | None = None
 
-    def flags(self) -> str:
-        return cli_flags(self.options)
-
-    def argument(self) -> str:
-        """The run as ``cdln run-job --run NAME ARGUMENT`` takes it: the subcommand and its flags."""
-        return f"{self.command} {self.flags()}"
+    def manifest(self) -> dict[str, Any]:
+        """The run as a job manifest lists it (``cdln run-job --manifest``): name, command, its options that are
+        set, and ``same_as`` when another job trains it."""
+        options = {key: value for key, value in self.options.items() if value is not None}
+        entry = {"name": self.name, "command": self.command, "options": options}
+        return {**entry, "same_as": self.same_as} if self.same_as else entry
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,6 @@ class Job:
     runs: tuple[Run, ...]
     root: str
     inputs: tuple[str, ...] = ()
-    share_passes: bool = False  # MS: its runs may share each pass over the sensing operator (lockstep)
 
     @property
     def directory(self) -> str:
@@ -123,10 +129,13 @@ class Job:
     def run_dirs(self) -> list[str]:
         return [self.run_dir(run) for run in self.runs]
 
-    def arguments(self) -> str:
-        """``--run NAME 'COMMAND FLAGS'`` for every run: the job as ``cdln run-job`` takes it."""
-        runs = " ".join(f"--run {run.name} {shlex.quote(run.argument())}" for run in self.runs)
-        return f"{runs} --share-passes" if self.share_passes else runs
+    def manifest(self) -> dict[str, Any]:
+        """The job as ``cdln run-job --manifest`` reads it (and writes it back, as ``job.json``)."""
+        return {"runs": [run.manifest() for run in self.runs]}
+
+    def trained(self) -> list[Run]:
+        """The runs this job trains (the others are read from the jobs that train them)."""
+        return [run for run in self.runs if run.same_as is None]
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,7 @@ class Grid:
         for name, expand in expanders.items():
             if self.enabled(name):
                 self._jobs[name] = {job.job_id: job for job in expand(name)}
+        self._train_each_run_once()
 
     # ---- queries ----
 
@@ -207,6 +217,15 @@ class Grid:
     def data_files(self) -> list[DataFile]:
         return list(self._data.values())
 
+    def job_data(self, job: Job) -> list[DataFile]:
+        """The data files ``job`` reads (its other inputs are the jobs that train runs it reads)."""
+        return [self._data[path] for path in job.inputs if path in self._data]
+
+    def run_data(self, run: Run) -> DataFile | None:
+        """The problem file ``run`` trains on (whichever job trains it), or None (drawn in the job, real data)."""
+        path = run.options.get("problem")
+        return self._data.get(path) if isinstance(path, str) else None
+
     def data_file(self, path: str) -> DataFile:
         if path not in self._data:
             raise GridError(f"the config makes no data file {path!r}; it makes: {sorted(self._data)}")
@@ -214,11 +233,22 @@ class Grid:
 
     def analysis_run_dirs(self, name: str) -> dict[str, list[str]]:
         """Task -> run directories of an analysis experiment, one per seed in seed order (the notebook's
-        ``run_dirs``)."""
+        ``run_dirs``): where each run was trained."""
         out: dict[str, list[str]] = {}
         for job, run in self.runs(name):
-            out.setdefault(run.keys["task"], []).append(job.run_dir(run))
+            out.setdefault(run.keys["task"], []).append(run.same_as or job.run_dir(run))
         return out
+
+    def run_identity(self, run: Run) -> str:
+        """What determines a run's training, as one string: its command and options, the problem file replaced by
+        the settings that draw it (a file and a draw in the job are the same problem), without where it stops
+        (``tol``, ``max_outer``) and what it records (``snapshots``)."""
+        options = {key: value for key, value in run.options.items() if key not in (*STOP_KEYS, "snapshots")}
+        if isinstance(options.get("problem"), str) and options["problem"] in self._data:
+            data = self._data[options.pop("problem")]
+            options.update({key: value for key, value in data.options.items() if key != "task"})
+        options = {key: value for key, value in options.items() if value is not None}
+        return json.dumps({"command": run.command, **options}, sort_keys=True, default=str)
 
     def notebook_parameters(self, name: str, png: str, pdf: str, findings: str) -> dict[str, Any]:
         """The parameters of analysis ``name``'s notebook (papermill): its runs, its outputs, its title."""
@@ -258,6 +288,67 @@ class Grid:
     def _seeds(self, section: Mapping[str, Any]) -> list[int]:
         return list(section.get("seeds") or self.config["seeds"])
 
+    def _train_each_run_once(self) -> None:
+        """Runs of equal settings (:meth:`run_identity`) train once. The first of the longest (lowest ``tol``,
+        then largest budget) trains, with snapshots if any of them records them; the others read it as
+        ``same_as`` and depend on its job: an aggregated (synthetic) run stopped at its own ``tol`` and budget
+        (a prefix of the trained run's checkpoints), an analysis run only when it stops where the trained run
+        does (its notebook reads the whole run)."""
+        groups: dict[str, list[tuple[str, str, int]]] = {}
+        for experiment, jobs in self._jobs.items():
+            for job_id, job in jobs.items():
+                for index, run in enumerate(job.runs):
+                    if run.command == "train":
+                        groups.setdefault(self.run_identity(run), []).append((experiment, job_id, index))
+        for places in groups.values():
+            runs = [self._jobs[e][j].runs[i] for e, j, i in places]
+            left = sorted(range(len(runs)), key=lambda k: (runs[k].options["tol"], -runs[k].options["max_outer"], k))
+            while len(left) > 1:  # the longest left trains; those it cannot stand for go on to the next round
+                owner, candidates = left[0], left[1:]
+                borrowers = [k for k in candidates if self._can_read(places[k][0], runs[k], runs[owner])]
+                left = [k for k in candidates if k not in borrowers]
+                if borrowers:
+                    self._share(places[owner], runs[owner], [(places[k], runs[k]) for k in borrowers])
+        for jobs in self._jobs.values():  # a job that trains nothing needs no problem file
+            for job_id, job in jobs.items():
+                if not job.trained():
+                    own_data = tuple(path for path in job.inputs if path in self._data)
+                    jobs[job_id] = dataclasses.replace(job, inputs=tuple(p for p in job.inputs if p not in own_data))
+        self._data = {
+            path: data for path, data in self._data.items()
+            if any(path in job.inputs for jobs in self._jobs.values() for job in jobs.values())
+            or any(path in d.inputs for d in self._data.values())
+        }  # fmt: skip
+
+    @staticmethod
+    def _can_read(experiment: str, run: Run, trained: Run) -> bool:
+        """Whether ``run`` can be read from ``trained`` (equal settings but for where they stop): it stops no
+        later, and its experiment's reader either stops it (aggregated) or it stops where ``trained`` does."""
+        mine, theirs = run.options, trained.options
+        if mine["tol"] < theirs["tol"] or mine["max_outer"] > theirs["max_outer"]:
+            return False
+        return experiment not in ANALYSIS or all(mine[key] == theirs[key] for key in STOP_KEYS)
+
+    def _share(self, owner: tuple[str, str, int], trained: Run, borrowers: list[tuple[tuple[str, str, int], Run]]):
+        """Train ``trained`` (at ``owner``) once, with snapshots if a borrower records them; each borrower reads it
+        (``same_as``) and its job depends on the trained run's job."""
+        experiment, job_id, index = owner
+        owner_job = self._jobs[experiment][job_id]
+        if any(run.options.get("snapshots") for _, run in borrowers):
+            trained = dataclasses.replace(trained, options={**trained.options, "snapshots": True})
+            self._replace_run(experiment, job_id, index, trained)
+        for (e, j, i), run in borrowers:
+            self._replace_run(e, j, i, dataclasses.replace(run, same_as=owner_job.run_dir(trained)))
+            job = self._jobs[e][j]
+            if owner_job.directory not in job.inputs:
+                self._jobs[e][j] = dataclasses.replace(job, inputs=(*job.inputs, owner_job.directory))
+
+    def _replace_run(self, experiment: str, job_id: str, index: int, run: Run) -> None:
+        job = self._jobs[experiment][job_id]
+        runs = list(job.runs)
+        runs[index] = run
+        self._jobs[experiment][job_id] = dataclasses.replace(job, runs=tuple(runs))
+
     # ---- synthetic experiments: panels x models x seeds ----
 
     def sweep_points(self, experiment: str) -> list[SweepPoint]:
@@ -278,9 +369,12 @@ class Grid:
         # the run of the panel that trained it first instead of training it again.
         trained: dict[tuple[str, str], str] = {}
         measured_in = self._measured_in.setdefault(name, {})
+        per_panel = bool(section.get("job_per_panel", False))
         for panel, overrides in panels.items():
             panel_models = overrides.get("model_settings", {})
             settings = {key: value for key, value in {**shared, **overrides}.items() if key != "model_settings"}
+            panel_runs: list[Run] = []
+            panel_inputs: list[str] = []
             for seed in self.config["seeds"]:
                 data = self._synthetic_problem(settings, seed)
                 # draw_in_job: each run draws its (cheap) problem itself, from the same data seed, instead
@@ -304,10 +398,14 @@ class Grid:
                         keys = {"experiment": name, "panel": panel, "model": model, "seed": seed}
                         where = f"experiments.{name}.panels.{panel} ({model})"
                         runs.append(Run(model + suffix, "train", options, keys, where))
-                share = bool(section.get("share_passes", False))
-                if runs:
-                    inputs = () if in_job else (problem,)
-                    yield Job(name, f"{panel}_seed{seed}", tuple(runs), self.root, inputs, share_passes=share)
+                inputs = () if in_job else (problem,)
+                if per_panel:  # one process for the panel's seeds: <panel>/<model>_seed<s>
+                    panel_runs += [dataclasses.replace(run, name=f"{run.name}_seed{seed}") for run in runs]
+                    panel_inputs += [path for path in inputs if path not in panel_inputs]
+                elif runs:
+                    yield Job(name, f"{panel}_seed{seed}", tuple(runs), self.root, inputs)
+            if panel_runs:
+                yield Job(name, panel, tuple(panel_runs), self.root, tuple(panel_inputs))
 
     @staticmethod
     def _alpha_variants(
@@ -332,9 +430,9 @@ class Grid:
             options["m"] = None
         # Beyond the paper's problems: only a non-default value enters the options and the file name.
         for key, default in PROBLEM_EXTRAS.items():
-            if settings.get(key, default) != default:
-                options[key] = settings[key]
-                draw += f"_{key}{fmt_number(settings[key]) if key != 'spectrum' else settings[key]}"
+            if settings.get(key, default) != default and (key != "operator_dtype" or task == "ms"):
+                value = options[key] = settings[key]
+                draw += f"_{EXTRA_NAMES.get(key, key)}{value if isinstance(value, str) else fmt_number(value)}"
         path = f"{self.root}/data/{task}/d{d}_r{r}_{draw}_seed{seed}.pt"
         return DataFile(path, "make-problem", options, temporary=task == "ms")
 
@@ -382,6 +480,7 @@ class Grid:
             "r": settings.get("r", section["r"]),
             "p": settings.get("p"),
             "m": settings.get("m"),
+            "operator_dtype": settings.get("operator_dtype") if task == "ms" else None,
             "depth": section["depth"],
             "eps": section["eps"],
             "lr": settings["lr"],
@@ -556,23 +655,27 @@ def sweep_panels(section: Mapping[str, Any], where: str) -> dict[str, dict[str, 
 
 
 _SYNTHETIC_JOB = re.compile(r"^(?P<panel>.+)_seed(?P<seed>\d+)$")
-_SYNTHETIC_RUN = re.compile(r"^(?P<model>[a-z]+)(?:_alpha(?P<alpha>[0-9.e+-]+|batch))?$")
+_SYNTHETIC_RUN = re.compile(r"^(?P<model>[a-z]+)(?:_alpha(?P<alpha>[0-9.e+-]+|batch))?(?:_seed(?P<seed>\d+))?$")
 
 
 def synthetic_run_keys(run_dir: str | Path) -> dict[str, Any]:
-    """``.../runs/<experiment>/<panel>_seed<seed>/<model>[_alpha<a>|_alphabatch]`` -> experiment,
-    panel, panel_id (``<panel>_alpha<a>`` for a swept alpha, ``<panel>_alphabatch`` for a batch), model, seed."""
+    """``.../runs/<experiment>/<panel>_seed<seed>/<model>[_alpha<a>|_alphabatch]`` (or, for a job per panel,
+    ``.../<panel>/<model>[...]_seed<seed>``) -> experiment, panel, panel_id (``<panel>_alpha<a>`` for a swept
+    alpha, ``<panel>_alphabatch`` for a batch), model, seed."""
     run_dir = Path(run_dir)
     job, run = _SYNTHETIC_JOB.match(run_dir.parent.name), _SYNTHETIC_RUN.match(run_dir.name)
-    if job is None or run is None:
+    if run is not None and run["seed"] is not None:
+        panel, seed = run_dir.parent.name, run["seed"]
+    elif job is not None and run is not None:
+        panel, seed = job["panel"], job["seed"]
+    else:
         raise ValueError(f"{run_dir}: not a synthetic run directory (<panel>_seed<seed>/<model>[_alpha<a>])")
-    panel = job["panel"]
     return {
         "experiment": run_dir.parent.parent.name,
         "panel": panel,
         "panel_id": panel if run["alpha"] is None else f"{panel}_alpha{run['alpha']}",
         "model": run["model"],
-        "seed": int(job["seed"]),
+        "seed": int(seed),
     }
 
 

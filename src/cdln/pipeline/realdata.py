@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cdln.pipeline.aggregate import run_dirs_of, timing_noise
+from cdln.pipeline.aggregate import job_runs, timing_noise
 from cdln.pipeline.grid import real_data_seed
 from cdln.records import read_run_record
 
@@ -122,7 +122,7 @@ def tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
     """(tidy curves, per-run rows, table of final numbers, the table as Markdown) of ``movielens`` or
     ``nonlinear``."""
-    runs = run_dirs_of(job_dirs)
+    runs = [run_dir for run_dir, _ in job_runs(job_dirs)]  # real-data runs are never another job's
     if experiment == "movielens":
         curves, rows = movielens_rows(runs)
         table = summarise(rows, "original", "seconds_vs_original")

@@ -103,10 +103,10 @@ def pipeline_run_errors(config: dict[str, Any], check_memory: bool = True) -> li
                 messages[f"experiments.{name}.{key}: {value} does not exist (give an existing path, or null)"] = None
     grid = Grid(config)
     fields = {f.name for f in dataclasses.fields(RunConfig)}
-    for job, run in grid.runs():
+    for _, run in grid.runs():
         if run.command != "train":
             continue
-        problems = [grid.data_file(path) for path in job.inputs]
+        problems = [data] if (data := grid.run_data(run)) is not None else []
         if any(problem.command != "make-problem" for problem in problems):
             continue  # real data: its shape is known only once the data is read
         options = {key: value for problem in problems for key, value in problem.options.items()}

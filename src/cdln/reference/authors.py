@@ -496,7 +496,7 @@ def default_panels(config: dict[str, Any], seed: int = 0, tasks: Sequence[str] =
 
 def _problem_options(grid: Grid, job: Any) -> dict[str, Any]:
     """The problem a job's runs train on: the options of its problem file, or of the run itself (drawn in job)."""
-    drawn = {key: value for path in job.inputs for key, value in grid.data_file(path).options.items()}
+    drawn = {key: value for run in job.runs for key, value in getattr(grid.run_data(run), "options", {}).items()}
     return {key: value for key, value in drawn.items() if key in ("d", "r", "p", "m") and value is not None}
 
 
