@@ -498,3 +498,14 @@ def test_a_note_is_filled_from_the_tables_and_shown_only_where_it_fails(tables):
     assert table.loc["ci", "deviation"] == "" and list(violations(table.reset_index())["id"]) == ["ci"]
     on_ci = evaluate([for_ci], "fig_mf", tables, grid="ci").iloc[0]
     assert on_ci["deviation"].startswith("the worst seed is 400") and violations(on_ci.to_frame().T).empty
+
+
+def test_the_coverage_line_counts_the_flips_record_and_links_it(tmp_path):
+    record = tmp_path / "tests" / "flips.csv"
+    record.parent.mkdir()
+    record.write_text("id,figure,verdict,flipped_by\na,fig_mf,holds,swap cdln and original\nb,fig_mf,fails,\n")
+    markdown = tmp_path / "results" / "paper" / "tables" / "claims.md"
+    line = claims.coverage_line(record, ["a", "b", "c"], markdown)
+    assert "flips **1 of 2** rows; the other 1 were not shown able to fail" in line
+    assert "(../../../tests/flips.csv)" in line and "1 rows are not in the record" in line
+    assert "not measured" in claims.coverage_line(tmp_path / "none.csv", ["a"], markdown)

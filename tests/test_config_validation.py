@@ -205,7 +205,10 @@ BAD_PIPELINE_CONFIGS = [
     (["dtype"], "float16", r"^dtype: 'float16' is not one of \['float64', 'float32'\]"),
     (["device"], "gpu", r"^device: 'gpu' does not match"),
     (["learning_rate"], 1.0, r"^<top level>: unknown key\(s\) \['learning_rate'\]; valid keys: \[.*'seeds'"),
-    (["experiments", "fig_magic"], {}, r"^experiments: unknown key\(s\) \['fig_magic'\]; valid keys: \[.*'mc'"),
+    (["experiments", "fig_magic"], {}, r"^experiments.fig_magic: not an experiment of the paper's \(mf, mc, .*"
+     r"needs task: module:Class and problem: FILE"),
+    (["experiments", "Mine"], {"task": "a:B", "problem": "x.pt", "depth": 3, "eps": 0.01, "lr": 1, "n_inner": 1,
+                               "max_outer": 1, "tol": 0, "models": ["cdln"]}, r"^experiments: 'Mine' does not match"),
     (["experiments", "mc", "lr"], -1, r"^experiments\.mc\.lr: -1 is less than or equal to the minimum of 0"),
     (["experiments", "mc", "lr"], 0, r"^experiments\.mc\.lr: 0 is less than or equal to the minimum of 0"),
     (["experiments", "mc", "lr"], "fast", r"^experiments\.mc\.lr: 'fast' is not of type 'number'"),

@@ -3,8 +3,9 @@
 The code blocks of README.md, docs/*.md, config/README.md and resources/README.md run in order, per page, in a
 fresh folder: ``python`` blocks in one interpreter each (a page's earlier blocks run first, so a page reads as
 one session), ``bash`` blocks line by line: ``cdln`` commands for real, ``snakemake`` commands as dry runs in a
-copy of the workflow (they would take minutes to hours). A block preceded by ``<!-- not run: why -->`` is left
-out, and must say why (the full replication, a cluster, the network).
+copy of the workflow (they would take minutes to hours), all of them in that copy. A block preceded by
+``<!-- file: path -->`` is a file the page has the reader save: it is written there, not run. A block preceded by
+``<!-- not run: why -->`` is left out, and must say why (the full replication, a cluster, the network).
 """
 
 from __future__ import annotations
@@ -24,17 +25,24 @@ PAGES = sorted(
 GALLERY_PAGES = sorted((REPO / "docs" / "gallery").glob("*.md"))
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(.*?)\s*-->\s*$")
+SAVED_AS = re.compile(r"<!--\s*file:\s*(\S+)\s*-->\s*$")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def code_blocks(page: Path) -> list[tuple[str, str, str | None]]:
     """(language, code, why it is not run or None) of every fenced block of ``page``, in order."""
+    return [(language, code, skip) for language, code, skip, _ in annotated_blocks(page)]
+
+
+def annotated_blocks(page: Path) -> list[tuple[str, str, str | None, str | None]]:
+    """(language, code, why it is not run or None, the file it is saved as or None) of every fenced block."""
     text = page.read_text()
     blocks = []
     for match in FENCE.finditer(text):
         before = text[: match.start()].rstrip("\n").splitlines()
         skip = NOT_RUN.search(before[-1]) if before else None
-        blocks.append((match[1], match[2], skip[1] if skip else None))
+        saved = SAVED_AS.search(before[-1]) if before else None
+        blocks.append((match[1], match[2], skip[1] if skip else None, saved[1] if saved else None))
     return blocks
 
 
@@ -61,20 +69,23 @@ def run_bash_line(line: str, cwd: Path, workflow: Path) -> subprocess.CompletedP
 
 def failures_of_page(page: Path, folder: Path) -> list[str]:
     """Run ``page``'s code blocks in ``folder`` (module docstring); what failed, or []."""
-    python_so_far, workflow, failed = "", None, []
-    for language, code, not_run in code_blocks(page):
+    python_so_far, failed = "", []
+    workflow = folder = pipeline_copy(folder)
+    for language, code, not_run, saved_as in annotated_blocks(page):
         if not_run is not None:
             if not not_run.strip():
                 failed.append("a block marked not run must say why")
             continue
-        if language == "python":
+        if saved_as is not None:
+            (folder / saved_as).parent.mkdir(parents=True, exist_ok=True)
+            (folder / saved_as).write_text(code)
+        elif language == "python":
             python_so_far += code + "\n"
             done = subprocess.run([sys.executable, "-c", python_so_far], cwd=folder, env=cli_env(),
                                   capture_output=True, text=True, timeout=600)  # fmt: skip
             if done.returncode != 0:
                 failed.append(f"python block failed:\n{code}\n{done.stderr[-3000:]}")
         elif language in ("bash", "sh", "shell"):
-            workflow = workflow or pipeline_copy(folder / "workflow")
             for line in commands(code):
                 done = run_bash_line(line, folder, workflow)
                 if done.returncode != 0:

@@ -271,8 +271,10 @@ def test_make_gallery_copies_and_stamps(tmp_path):
     assert stamp["commit"] == "abc123" and stamp["run"]["seconds"] == 3440
     gallery = tmp_path / "gallery"
     files = ["fig_mc.png", "fig_mf.png", "claims.md", "claims.csv", "summary.md", "stamp.json", "README.md"]
-    assert sorted(p.name for p in gallery.iterdir()) == sorted([*files, ".cdln-written.json"])
+    assert sorted(p.name for p in gallery.iterdir()) == sorted([*files, "run.snakemake.log", ".cdln-written.json"])
+    assert (gallery / "run.snakemake.log").read_text() == "localrule all:\n"  # the run's own log, for its job-seconds
     assert "![fig_mc.png](fig_mc.png)" in (gallery / "README.md").read_text()
+    assert "`cdln job-times run.snakemake.log`" in (gallery / "README.md").read_text()
     (root / "figures" / "fig_mf.png").unlink()
     make_gallery(root, gallery, logs)  # an earlier gallery is replaced whole: fig_mf.png is gone with its figure
     assert not (gallery / "fig_mf.png").exists() and (gallery / "fig_mc.png").is_file()
@@ -285,6 +287,19 @@ def test_make_gallery_copies_and_stamps(tmp_path):
     (root / "runs" / "mc" / "job" / "b" / "record.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="2 code versions"):
         make_gallery(root, tmp_path / "gallery2", logs)
+
+
+def test_the_gallery_repoints_links_out_of_the_run_and_keeps_the_others(tmp_path):
+    from cdln.pipeline.gallery import repoint_links
+
+    root, gallery = tmp_path / "results" / "paper", tmp_path / "docs" / "gallery"
+    (root / "tables").mkdir(parents=True)
+    (tmp_path / "tests" / "expected").mkdir(parents=True)
+    (tmp_path / "tests" / "expected" / "flips.csv").write_text("id\n")
+    text = "[flips](../../../tests/expected/flips.csv#x) [fig](fig_mc.png) [web](https://a.b) [gone](../../nowhere.md)"
+    assert repoint_links(text, root / "tables", gallery, root) == (
+        "[flips](../../tests/expected/flips.csv#x) [fig](fig_mc.png) [web](https://a.b) [gone](../../nowhere.md)"
+    )
 
 
 def test_the_committed_gallery_parses_and_names_a_commit_of_this_history():

@@ -166,8 +166,13 @@ def test_each_run_trains_once_on_the_paper_grid():
     """No two jobs of the paper grid train runs of equal settings: among the runs that train, none could stand
     for another (same settings, stopping no later, readable by its figure). The pairs that used to train twice
     are each one run, read by every figure that needs it; a job that reads a run depends on the job that
-    trains it."""
-    grid = Grid(PAPER)
+    trains it. The grid is the one Snakemake builds: the config with the schema's defaults filled in."""
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(PAPER)
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))  # fills defaults, as the Snakefile does
+    assert config["experiments"]["incremental"]["tasks"]["ms"]["operator_dtype"] == "float32"
+    grid = Grid(config)
     where = {job.run_dir(run): (job, run) for job in grid.jobs() for run in job.runs}
     groups: dict[str, list] = {}
     for job in grid.jobs():
@@ -202,3 +207,37 @@ def test_a_run_stopped_sooner_reads_the_longer_run_only_where_its_reader_can_cut
     grid = Grid(config)
     assert grid.job("robustness", "base").runs[0].same_as == "results/paper/runs/mc/r10_seed0/original"
     assert grid.job("invariance", "mc_seed0").runs[0].same_as is None  # trained itself
+
+
+def test_an_experiment_on_a_users_problem_is_each_model_per_seed_on_their_file(tmp_path):
+    """Any experiment name but the paper's: each model on the user's problem file, one job per seed (the init seed),
+    panel main; its figure and curves table are a target; a misspelt name of the paper's gets one line."""
+    from cdln.pipeline.targets import Targets
+    from cdln.pipeline.validate import SCHEMA, pipeline_config_errors, pipeline_run_errors
+
+    config = copy.deepcopy(CI)
+    own = {"task": "mine.huber:HuberCompletion", "problem": str(tmp_path / "huber.pt"), "models": ["original", "cdln"],
+           "depth": 3, "eps": 0.01, "lr": 20, "r_hat": 6, "n_inner": 10, "max_outer": 5, "tol": 0.0,
+           "model_settings": {"cdln": {"lr": 10}}}  # fmt: skip
+    config["experiments"]["huber"] = own
+    grid = Grid(config)
+    assert grid.own_experiments == ["huber"]
+    jobs = grid.jobs("huber")
+    assert [job.job_id for job in jobs] == [f"main_seed{seed}" for seed in config["seeds"]]
+    assert all(job.inputs == (own["problem"],) for job in jobs)
+    original, cdln = jobs[0].runs
+    assert original.options["problem"] == own["problem"] and original.options["task"] == own["task"]
+    assert (original.options["lr"], cdln.options["lr"], cdln.options["r_hat"], original.options["r_hat"]) == (
+        20,
+        10,
+        6,
+        None,
+    )
+    assert cdln.keys == {"experiment": "huber", "panel": "main", "model": "cdln", "seed": config["seeds"][0]}
+    targets = Targets(grid, exists=lambda path: True)
+    assert "fig_huber" in targets.names() and f"{grid.root}/tables/huber_curves.csv" in targets.files("fig_huber")
+    assert pipeline_config_errors(config, SCHEMA) == []
+    assert any("huber.pt does not exist" in line for line in pipeline_run_errors(config, check_memory=False))
+    config["experiments"]["mcc"] = {"task": "mc", "d": 10}
+    (line,) = pipeline_config_errors(config, SCHEMA)
+    assert line.startswith("experiments.mcc: not an experiment of the paper's (mf, mc,") and "module:Class" in line

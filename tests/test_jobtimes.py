@@ -46,3 +46,19 @@ def test_job_seconds_are_read_per_job_and_summed_per_workload(tmp_path, capsys):
     assert main(["job-times", str(log), "--names", "after"]) == 0
     out = capsys.readouterr().out
     assert "| workload | after |" in out and "| MS | 240 s |" in out and "| all jobs | 280 s |" in out
+
+
+def test_the_performance_page_shows_what_the_logs_give():
+    """docs/performance.md's job-seconds table is the output of the command above it, on the committed logs."""
+    import re
+    import shlex
+
+    from conftest import REPO
+
+    page = (REPO / "docs" / "performance.md").read_text()
+    match = re.search(r"<!-- job-times: cdln job-times (.*?) -->\n\n(\|.*?\n)\n", page, flags=re.S)
+    assert match, "docs/performance.md has no job-times table"
+    args = shlex.split(match[1])
+    names = args[args.index("--names") + 1 :]
+    logs = [REPO / arg for arg in args[: args.index("--names")]]
+    assert match[2] == jobtimes.markdown({n: jobtimes.summary(log) for n, log in zip(names, logs, strict=True)})

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, pipeline_copy
 
 from cdln.cli import main
 from cdln.data.synthetic import make_problem
@@ -24,28 +25,76 @@ from cdln.spec import ProblemSpec
 DOC = REPO / "docs" / "own-problem.md"
 
 
-def _python_blocks() -> list[str]:
-    """The new-loss example's two blocks: the data, then the problem and its training (the page's last two)."""
-    return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)[-2:]
+def _blocks() -> list[tuple[str, str, str | None]]:
+    """(language, code, the file the page saves it as or None) of the page's new-loss example and pipeline."""
+    text = DOC.read_text()
+    blocks = []
+    for match in re.finditer(r"(?:<!-- file: (\S+) -->\n)?```(\w+)\n(.*?)```", text, flags=re.S):
+        blocks.append((match[2], match[3], match[1]))
+    return blocks[[i for i, (_, code, _) in enumerate(blocks) if "clean = make_problem" in code][0] :]
 
 
 def _relative(completed: torch.Tensor, target: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(completed - target) / torch.linalg.matrix_norm(target))
 
 
+def _save_files(folder: Path) -> None:
+    for _, code, saved_as in _blocks():
+        if saved_as:
+            (folder / saved_as).parent.mkdir(parents=True, exist_ok=True)
+            (folder / saved_as).write_text(code)
+
+
+def _python(upto: str) -> str:
+    """The page's python blocks that are run (not saved as files), up to the one containing ``upto``."""
+    code = ""
+    for language, block, saved_as in _blocks():
+        if language == "python" and not saved_as:
+            code += block + "\n"
+            if upto in block:
+                return code
+    raise AssertionError(f"no python block of {DOC.name} contains {upto!r}")
+
+
 @pytest.fixture(scope="module")
-def example() -> dict:
-    """The page's code, run as written: the data block, then the problem and its training."""
-    data, new = _python_blocks()
+def example(tmp_path_factory) -> dict:
+    """The page's code, run as written: its module saved, then the data, the problem and its training."""
+    folder = tmp_path_factory.mktemp("own")
+    _save_files(folder)
     namespace: dict = {}
-    exec(compile(data + new, str(DOC), "exec"), namespace)  # noqa: S102 - our own documentation
+    sys.path.insert(0, str(folder))
+    try:
+        exec(compile(_python("completed ="), str(DOC), "exec"), namespace)  # noqa: S102 - our own documentation
+    finally:
+        sys.path.remove(str(folder))
     return namespace
 
 
 def test_the_new_part_is_at_most_20_lines():
-    _, new = _python_blocks()
-    code = [line for line in new.splitlines() if line.strip() and not line.startswith(("import", "from"))]
-    assert len(code) <= 20, f"{len(code)} lines"
+    (module,) = [code for _, code, saved_as in _blocks() if saved_as == "mine/huber.py"]
+    lines = [line for line in module.splitlines() if line.strip() and not line.startswith(("import", "from"))]
+    assert len(lines) <= 20, f"{len(lines)} lines"
+
+
+def test_the_example_imports_only_documented_names():
+    from cdln import __all__ as documented
+
+    code = "".join(block for language, block, _ in _blocks() if language == "python")
+    for module, names in re.findall(r"^from (cdln[\w.]*) import (.+)$", code, flags=re.M):
+        for name in (n.strip() for n in names.split(",")):
+            assert name in documented or module != "cdln", f"from {module} import {name}: not in cdln.__all__"
+    api = (REPO / "docs" / "api.md").read_text()
+    for module, names in re.findall(r"^from (cdln\.[\w.]+) import (.+)$", code, flags=re.M):
+        for name in (n.strip() for n in names.split(",")):
+            assert f"| `{name}` (function) | `{module}` |" in api or f"| `{name}` (class) | `{module}` |" in api
+
+
+def test_the_huber_problem_trains_in_float32_as_in_float64(example):
+    problem = example["problem"].to("cpu", torch.float32)
+    network = compressed_dln(problem.surrogate(), r_hat=6, depth=3, eps=1e-2, alpha=1.0).to("cpu", torch.float32)
+    train(network, problem, TrainSettings(lr=20, n_inner=100, max_outer=100))
+    assert network.end_to_end().dtype == torch.float32
+    assert _relative(network.end_to_end()[0].double(), example["clean"].target) < 0.25
 
 
 def test_the_huber_problem_trains_on_the_torch_step_and_recovers(example):
@@ -204,3 +253,33 @@ def test_the_default_step_for_a_users_matrix_follows_its_scale(tmp_path, capsys,
         0
     ]  # 3.5e-4 at 1e-3: eps is large there
     assert record["config"]["lr"] == pytest.approx(4.54 * (0.75 / scale) ** (4 / 3), rel=0.05)
+
+
+# ---- the page's experiment through the pipeline: both networks over seeds, the figure, the user's claims ----
+
+
+def test_the_pages_experiment_runs_through_the_pipeline(tmp_path):
+    """The section's files saved in a copy of the workflow, its problem file made by its code, then the section's
+    command for real: one job per seed, the figure, and the claims table with one row that holds and one that
+    fails."""
+    clone = pipeline_copy(tmp_path / "clone")
+    _save_files(clone)
+    made = subprocess.run([sys.executable, "-c", _python("save_problem(")], cwd=clone, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    (command,) = [code.strip() for language, code, _ in _blocks() if language == "bash"]
+    words = command.split()
+    assert words[0] == "snakemake", command
+    env = dict(cli_env(), OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", *words], cwd=clone, env=env, capture_output=True, text=True,
+                         timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    root = clone / "results" / "huber"
+    assert (root / "figures" / "fig_huber.png").stat().st_size > 10_000
+    assert sorted(p.name for p in (root / "runs" / "huber").iterdir()) == ["main_seed0", "main_seed1", "main_seed2"]
+    curves = pd.read_csv(root / "tables" / "huber_curves.csv")
+    assert sorted(curves["model"].unique()) == ["cdln", "original"] and sorted(curves["seed"].unique()) == [0, 1, 2]
+    holds = pd.read_csv(root / "tables" / "claims.csv").set_index("id")["holds"].astype(str)
+    assert holds.to_dict() == {"huber-same-error": "True", "huber-cdln-fewer-iterations": "False"}
+    record = json.loads((root / "runs" / "huber" / "main_seed0" / "cdln" / "record.json").read_text())
+    assert record["problem"]["task"] == "mine.huber:HuberCompletion"

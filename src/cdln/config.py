@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,43 +28,77 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message names the option and the valid values."""
 
 
+def setting(default: Any, help: str, factory: Callable[[], Any] | None = None) -> Any:
+    """A :class:`RunConfig` field with its help, the one text `cdln train --help`, the pipeline schema's
+    description and config/README.md give for it (tests/test_cli.py keeps the last two equal to it)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class RunConfig:
     """One training run (or a batch of runs sharing shapes: several init seeds or alphas)."""
 
-    task: str = "mc"
-    d: int = 100  # square targets; d_out/d_in override it for rectangular ones
-    d_out: int | None = None
-    d_in: int | None = None
-    r: int = 10
-    p: float | None = None
-    m: int | None = None
-    spectrum: str = "spread"
-    condition: float | None = None  # spectrum "geometric": largest / smallest singular value
-    noise: float = 0.0  # MC/MS: observation noise std relative to the clean observations' RMS
-    operator_dtype: str | None = None  # MS: the operator's storage, float32 (None) or float64; arithmetic in dtype
-    data_seed: int = 0
-    problem: str | None = None  # a problem file from `cdln make-problem`; overrides the fields above
-    matrix: str | None = None  # MC on your own data: a .npy/.csv matrix (with mask; overrides d, p, data_seed)
-    mask: str | None = None  # its observed entries: a .npy/.csv matrix of 0/1, the matrix's shape
-    heldout: str | None = None  # optional: entries (0/1) whose values in the matrix measure the recovery error
-    model: str = "original"
-    depth: int = 3
-    width: int | None = None  # original DLN width; default max(d_out, d_in)
-    r_hat: int | None = None  # cdln/narrow/yaras width; default 2r
-    bm_rank: int | None = None  # Burer-Monteiro k; default r
-    bm_scale: float | None = None  # Burer-Monteiro init scale; default eps (1 = an order-one start)
-    eps: float = 1e-2
-    lr: float | None = None  # None: DEFAULT_LR, or on a user's --matrix a step derived from its scale (runner)
-    alpha: list[float] = field(default_factory=lambda: [1.0])
-    gamma: float = 0.01
-    n_inner: int = 100
-    max_outer: int = 500
-    tol: float = 0.0
-    init_seed: list[int] = field(default_factory=lambda: [0])
-    dtype: str = "float64"
-    device: str = "auto"
-    snapshots: bool = False
+    task: str = setting(
+        "mc",
+        f"recovery problem: {', '.join(TASKS)} (factorization, completion, sensing), or a problem class of yours "
+        "as module:Class (with a problem file of it)",
+    )
+    d: int = setting(100, "target size d for a square d x d target")
+    d_out: int | None = setting(None, "rows of a rectangular target (overrides --d)")
+    d_in: int | None = setting(None, "columns of a rectangular target (overrides --d)")
+    r: int = setting(10, "rank of the target, 1 <= r <= min(d_out, d_in)")
+    p: float | None = setting(None, "MC: fraction of observed entries, in (0, 1]")
+    m: int | None = setting(None, "MS: number of Gaussian measurements, >= 1")
+    spectrum: str = setting("spread", f"target singular values: {', '.join(SPECTRA)} (spread = the authors' generator)")
+    condition: float | None = setting(None, "spectrum geometric: largest / smallest singular value of the target, >= 1")
+    noise: float = setting(
+        0.0,
+        "MC/MS: std of Gaussian noise on the observed entries or measurements, relative to their RMS, >= 0 (the "
+        "recovery error is against the clean target)",
+    )
+    operator_dtype: str | None = setting(
+        None,
+        "MS: how the operator is stored, float32 (half the bytes each step reads) or float64 (the authors'); the "
+        "arithmetic is in dtype either way (default: float32)",
+    )
+    data_seed: int = setting(0, "seed of the problem draw (target, mask, operator, noise)")
+    problem: str | None = setting(None, "problem file from `cdln make-problem` (overrides the problem options)")
+    matrix: str | None = setting(
+        None, "MC on your own data: the partly observed matrix, .npy or comma-separated .csv (needs --mask)"
+    )
+    mask: str | None = setting(None, "the matrix's observed entries: 0/1 in a .npy or .csv of the matrix's shape")
+    heldout: str | None = setting(
+        None, "optional 0/1 .npy/.csv: entries whose values in --matrix measure the recovery error"
+    )
+    model: str = setting("original", f"network: {', '.join(MODELS)} (bm = Burer-Monteiro, yaras = Yaras et al. 2024)")
+    depth: int = setting(3, "number of layers L >= 2")
+    width: int | None = setting(None, "width of the original DLN (default max(d_out, d_in))")
+    r_hat: int | None = setting(None, "width of cdln/narrow/yaras networks, >= 1 (default 2r)")
+    bm_rank: int | None = setting(None, "Burer-Monteiro width k (default r)")
+    bm_scale: float | None = setting(None, "Burer-Monteiro init scale, > 0 (default eps; 1 = an order-one start)")
+    eps: float = setting(1e-2, "initialisation scale, > 0")
+    lr: float | None = setting(
+        None,
+        "GD step size eta, > 0 (default: 10; on a matrix of one's own, half the stable step its scale allows, "
+        "d_out d_in / (L sigma_1^(2(L-1)/L)), sigma_1 the surrogate's largest singular value)",
+    )
+    alpha: list[float] = setting(
+        None,
+        "C-DLN outer-layer step multiplier(s), > 0; several values train as one batched sweep",
+        factory=lambda: [1.0],
+    )
+    gamma: float = setting(0.01, "Yaras et al. outer-layer step multiplier, > 0")
+    n_inner: int = setting(100, "GD steps between checkpoints, >= 1")
+    max_outer: int = setting(500, "maximum number of checkpoints (iteration budget = n_inner * max_outer)")
+    tol: float = setting(0.0, "stop once the training loss is below tol (checked at checkpoints), >= 0")
+    init_seed: list[int] = setting(
+        None, "initialisation seed(s); several seeds train as one batch", factory=lambda: [0]
+    )
+    dtype: str = setting("float64", "float64 or float32")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N (auto = CUDA when present)")
+    snapshots: bool = setting(False, "record spectral snapshots for the subspace analysis")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -323,11 +358,14 @@ def check_run_options(options: dict[str, Any], where: str, check_memory: bool = 
     """Validate one run's options as ``cdln train`` would, without reading files or probing devices.
 
     For parse-time checks of a whole grid (e.g. the Snakefile, before any job starts): ``problem``
-    is ignored (the file may not exist yet) and the device is taken as the CPU; ``check_memory``
-    compares the run's size with this machine's memory (turn it off when jobs run elsewhere).
+    is ignored (the file may not exist yet) unless the task is a user's problem class (theirs, there already),
+    and the device is taken as the CPU; ``check_memory`` compares the run's size with this machine's memory (turn
+    it off when jobs run elsewhere).
     Raises :class:`ConfigError` whose message starts with ``where`` (e.g. ``experiments.mc.panels.r3``).
     """
     values = {k: v for k, v in options.items() if k != "problem"}
+    if CLASS_PATH.match(str(options.get("task"))) and options.get("problem") is not None:
+        values["problem"] = options["problem"]  # a problem of the user's: their file, there before any job
     values["device"] = "cpu"
     try:
         config = RunConfig.from_dict(values, source=where)

@@ -11,7 +11,7 @@ rule aggregate_synthetic:
     log:
         f"{ROOT}/logs/aggregate/{{experiment}}.log",
     wildcard_constraints:
-        experiment="|".join(SYNTHETIC),
+        experiment="|".join(CURVE_EXPERIMENTS),
     params:
         flags=lambda wc: cli_flags({"reach_error": GRID.reach_error(wc.experiment)}),
     threads: 1

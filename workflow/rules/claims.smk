@@ -31,7 +31,8 @@ if CLAIMS:
     rule claims_table:
         """Every figure's claims in one table (CSV for the report, Markdown to read)."""
         input:
-            [f"{ROOT}/tables/claims/{figure}.csv" for figure in TARGETS.evaluated_claim_figures()],
+            tables=[f"{ROOT}/tables/claims/{figure}.csv" for figure in TARGETS.evaluated_claim_figures()],
+            flips=FLIPS_RECORD,  # the rows' falsifiability (tests/test_claims_can_fail.py), counted in the header
         output:
             csv=report(
                 f"{ROOT}/tables/claims.csv",
@@ -45,6 +46,7 @@ if CLAIMS:
         params:
             flags=cli_flags({"config_name": config["output_root"], "claims": CLAIMS_FILE,
                              "absolute": config["claims"].get("absolute", True)}),
+            flips=cli_flags({"flips": FLIPS_RECORD[0] if FLIPS_RECORD else None}),
             not_evaluated=" ".join(
                 f"--not-evaluated {figure} {shlex.quote(why)}"
                 for figure, why in TARGETS.left_out().items()
@@ -54,9 +56,8 @@ if CLAIMS:
         conda:
             CONDA_ENV
         shell:
-            "python3 -m cdln claims gather --csv {output.csv} --markdown {output.markdown} {params.flags} "
-            "{params.not_evaluated} {input} "
-            "> {log} 2>&1"
+            "python3 -m cdln claims gather --csv {output.csv} --markdown {output.markdown} {params.flips} "
+            "{params.flags} {params.not_evaluated} {input.tables} > {log} 2>&1"
 
     rule claims:
         input:

@@ -20,8 +20,12 @@ from cdln.pipeline.targets import Targets
 
 GRID = Grid(config)
 ROOT = GRID.root  # every output of one config lives under its own root
+CURVE_EXPERIMENTS = [*SYNTHETIC, *GRID.own_experiments]  # each aggregated into <experiment>_curves.csv
 CLAIMS_FILE = config["claims"]["file"] if "claims" in config else None
 CLAIMS = load_claims(CLAIMS_FILE) if CLAIMS_FILE else []
+# Each row's flip of the paper's claims file, kept by tests/test_claims_can_fail.py and counted in the claims table's
+# header (a copy of the workflow without the tests, or a claims file of one's own, has none: the header says so).
+FLIPS_RECORD = [p for p in ["tests/expected/claims_flips.csv"] if CLAIMS_FILE == "config/claims.yaml" and Path(p).exists()]
 # The process that plans the run fetches MovieLens-100K when it is on no disk (cdln.pipeline.targets); the jobs
 # then find it in resources/.
 TARGETS = Targets(GRID, [claim.figure for claim in CLAIMS], fetch=workflow.is_main_process)
@@ -65,7 +69,7 @@ def figure_files(name: str) -> list[str]:
 
 def figure_title(name: str) -> str:
     """The experiment's description and the config (output root) that made it."""
-    return f"{experiment(name)['description']}  [config: {config['output_root']}]"
+    return f"{experiment(name).get('description', name)}  [config: {config['output_root']}]"
 
 
 def uses_gpu(wildcards=None) -> int:

@@ -4,6 +4,7 @@ A figure rule depends on its table, its plotting module and the shared style, so
 only the plot rules (the tables and runs stay up to date).
 """
 
+ERROR_COLUMNS = ["recovery_error:iteration", "recovery_error:seconds"]  # an experiment on a problem of one's own
 # figure target -> (experiment, columns of the curves figure: <error>:<x axis>)
 CURVE_FIGURES = {
     "fig_mf": ("mf", ["recovery_error:iteration", "recovery_error:seconds"]),
@@ -33,12 +34,12 @@ rule plot_error_curves:
     log:
         f"{ROOT}/logs/figures/fig_{{experiment}}.log",
     wildcard_constraints:
-        experiment="mf|mc|ms|ablation_depth|baselines",
+        experiment="|".join([*(name.removeprefix("fig_") for name in CURVE_FIGURES), *GRID.own_experiments]),
     params:
         flags=lambda wc: cli_flags(
             {
                 "panels": GRID.panels(wc.experiment),
-                "columns": CURVE_FIGURES[f"fig_{wc.experiment}"][1],
+                "columns": CURVE_FIGURES.get(f"fig_{wc.experiment}", (None, ERROR_COLUMNS))[1],
                 "title": figure_title(wc.experiment),
             }
         ),
@@ -107,3 +108,12 @@ rule fig_ablation_depth:
 rule fig_baselines:
     input:
         target_files("fig_baselines"),
+
+
+for _own in GRID.own_experiments:  # an experiment on a problem of one's own: its figure and its claims
+
+    rule:
+        name:
+            f"fig_{_own}"
+        input:
+            target_files(f"fig_{_own}"),

@@ -15,6 +15,7 @@ codes of :class:`cdln.cli.common.ExitCode`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cdln import __version__
@@ -33,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A problem class named module:Class is imported from where cdln runs, the `cdln` script as `python -m cdln`
+    # (which puts the working directory first); appended, so a module of the user's never shadows a library.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     return run_handler(build_parser().parse_args(argv))
 
 

@@ -282,7 +282,8 @@ def claims_command(args: argparse.Namespace) -> int:
         table = pd.concat(frames, ignore_index=True).reindex(columns=claims.COLUMNS, fill_value="")
         table["holds"] = table["holds"].astype(str) == "True"
         write_csv(args.csv, table)
-        write_text(args.markdown, claims.to_markdown(table, args.config_name))
+        coverage = claims.coverage_line(args.flips, list(table["id"]), args.markdown) if args.flips else None
+        write_text(args.markdown, claims.to_markdown(table, args.config_name, coverage))
         print(
             f"wrote {args.csv} and {args.markdown}: {int(table['holds'].sum())} of {len(table)} hold", file=sys.stderr
         )
@@ -327,6 +328,9 @@ def register_claims(commands: argparse._SubParsersAction) -> None:
     gather.add_argument("--csv", type=Path, required=True, help="every claim in one table (.csv) to write")
     gather.add_argument("--markdown", type=Path, required=True, help="the claims table as Markdown (.md) to write")
     gather.add_argument("--config-name", default="?", help="output root of the config that made the runs")
+    gather.add_argument(
+        "--flips", type=Path, default=None, help="tests/expected/claims_flips.csv: the rows' falsifiability, counted"
+    )
     gather.add_argument("tables", type=Path, nargs="+", help="per-figure claim CSVs")
     gather.add_argument("--claims", type=Path, default=None, help="claims file (for --not-evaluated)")
     gather.add_argument(

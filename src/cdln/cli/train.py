@@ -28,7 +28,6 @@ from cdln.config import ConfigError, RunConfig
 from cdln.devices import resolve_device, resolve_dtype
 from cdln.engine import ProgressFn
 from cdln.io import load_problem, load_problem_spec
-from cdln.networks import MODELS
 from cdln.nonlinear import MODELS as CLASSIFIERS
 from cdln.nonlinear import OPTIMIZERS, NonlinearConfig, train_classifier
 from cdln.outputs import atomic_directory, write_json
@@ -36,46 +35,7 @@ from cdln.pipeline.grid import JOB_MANIFEST
 from cdln.problems import Completion
 from cdln.records import RECORD_FILE, RUN_FILES, data_files, data_section
 from cdln.runner import RunOutput, matrix_problem, train_run
-from cdln.spec import SPECTRA, TASKS
 
-HELP: dict[str, str] = {
-    "task": f"recovery problem: {', '.join(TASKS)} (factorization, completion, sensing), or a problem class of "
-    "yours as module:Class (with --problem, a file of it)",
-    "d": "target size d for a square d x d target",
-    "d_out": "rows of a rectangular target (overrides --d)",
-    "d_in": "columns of a rectangular target (overrides --d)",
-    "r": "rank of the target, 1 <= r <= min(d_out, d_in)",
-    "p": "MC: fraction of observed entries, in (0, 1]",
-    "m": "MS: number of Gaussian measurements, >= 1",
-    "spectrum": f"target singular values: {', '.join(SPECTRA)} (spread = the authors' generator)",
-    "condition": "spectrum geometric: largest / smallest singular value of the target, >= 1",
-    "noise": "MC/MS: std of Gaussian noise on the observed entries or measurements, relative to their RMS, >= 0",
-    "operator_dtype": "MS: how the operator is stored, float32 (half the bytes each step reads) or float64 (the "
-    "authors'); the arithmetic is in --dtype either way (default: float32)",
-    "data_seed": "seed of the problem draw (target, mask, operator, noise)",
-    "problem": "problem file from `cdln make-problem` (overrides the problem options)",
-    "matrix": "MC on your own data: the partly observed matrix, .npy or comma-separated .csv (needs --mask)",
-    "mask": "the matrix's observed entries: 0/1 in a .npy or .csv of the matrix's shape",
-    "heldout": "optional 0/1 .npy/.csv: entries whose values in --matrix measure the recovery error",
-    "model": f"network: {', '.join(MODELS)} (bm = Burer-Monteiro, yaras = Yaras et al. 2024)",
-    "depth": "number of layers L >= 2",
-    "width": "width of the original DLN (default max(d_out, d_in))",
-    "r_hat": "width of cdln/narrow/yaras networks, >= 1 (default 2r)",
-    "bm_rank": "Burer-Monteiro width k (default r)",
-    "bm_scale": "Burer-Monteiro init scale, > 0 (default eps; 1 = an order-one start)",
-    "eps": "initialisation scale, > 0",
-    "lr": "GD step size eta, > 0 (default: 10; with --matrix, half the stable step its scale allows, "
-    "d_out d_in / (L sigma_1^(2(L-1)/L)), sigma_1 the surrogate's largest singular value)",
-    "alpha": "C-DLN outer-layer step multiplier(s), > 0; several values train as one batched sweep",
-    "gamma": "Yaras et al. outer-layer step multiplier, > 0",
-    "n_inner": "GD steps between checkpoints, >= 1",
-    "max_outer": "maximum number of checkpoints (iteration budget = n_inner * max_outer)",
-    "tol": "stop once the training loss is below tol (checked at checkpoints), >= 0",
-    "init_seed": "initialisation seed(s); several seeds train as one batch",
-    "dtype": "float64 or float32",
-    "device": "auto, cpu, cuda or cuda:N (auto = CUDA when present)",
-    "snapshots": "record spectral snapshots for the subspace analysis",
-}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -86,7 +46,7 @@ def add_run_config_options(parser: argparse.ArgumentParser, only: set[str] | Non
             continue
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        help_text = HELP[field.name] + ("" if default is None else f" (default: {default})")
+        help_text = field.metadata["help"] + ("" if default is None else f" (default: {default})")
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         elif field.name in ("alpha", "init_seed"):

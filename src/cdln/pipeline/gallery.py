@@ -23,6 +23,7 @@ from typing import Any
 from cdln.outputs import atomic_directory, json_default
 
 STAMP = "stamp.json"
+RUN_LOG = "run.snakemake.log"  # the Snakemake log of the run the gallery shows
 LOG_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{6})\.\d+\.snakemake\.log$")
 
 
@@ -117,15 +118,38 @@ def make_gallery(root: str | Path, out: str | Path, log_dir: str | Path = ".snak
     with atomic_directory(out, what="the gallery folder") as staging:
         for source in sources:
             shutil.copyfile(source, staging / source.name)
+            if source.suffix == ".md":  # a link out of the run's folder (a tracked record) must hold from here too
+                text = source.read_text()
+                (staging / source.name).write_text(repoint_links(text, source.parent, out, root))
+        if stamp["run"]:  # the run's own log: its job-seconds can be recomputed (cdln job-times)
+            shutil.copyfile(Path(log_dir) / stamp["run"]["log"], staging / RUN_LOG)
         (staging / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True, default=json_default) + "\n")
         (staging / "README.md").write_text(stamp_markdown(stamp))
     return stamp
 
 
+def repoint_links(text: str, source_dir: Path, out: Path, root: Path) -> str:
+    """``text`` (Markdown read from ``source_dir``) with each relative link to a file outside ``root`` made relative
+    to ``out`` instead; links inside ``root`` stay (the gallery copies what they point at beside them)."""
+
+    def repoint(match: re.Match[str]) -> str:
+        target = match[2]
+        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+            return match[0]
+        path, _, anchor = target.partition("#")
+        resolved = (source_dir / path).resolve()
+        if resolved.is_relative_to(root.resolve()) or not resolved.exists():
+            return match[0]
+        moved = os.path.relpath(resolved, out.resolve()) + (f"#{anchor}" if anchor else "")
+        return f"{match[1]}({moved})"
+
+    return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", repoint, text)
+
+
 def job_seconds_line(run: dict[str, Any]) -> str:
     """The stamp's line of job-seconds per workload, with the command that recomputes them from the run's log."""
     sums = ", ".join(f"{key} {value:,}" for key, value in run["job_seconds"].items() if key != "wall")
-    return f"- job-seconds: {sums} (`cdln job-times .snakemake/log/{run['log']}`)"
+    return f"- job-seconds: {sums} ([the run's log]({RUN_LOG}): `cdln job-times {RUN_LOG}`)"
 
 
 def stamp_markdown(stamp: dict[str, Any]) -> str:

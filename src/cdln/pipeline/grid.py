@@ -36,6 +36,8 @@ from typing import Any
 SYNTHETIC = ("mf", "mc", "ms", "ablation_alpha", "ablation_depth", "baselines", "robustness")
 ANALYSIS = ("incremental", "invariance", "alignment")
 REAL_DATA = ("movielens", "nonlinear")
+BUILT_IN = (*SYNTHETIC, *ANALYSIS, *REAL_DATA, "scaling", "summary")  # any other experiment is on a user's problem
+OWN_PANEL = "main"  # the one panel of an experiment on a user's problem (its runs: main_seed<s>/<model>)
 # Keys of a synthetic section that are run settings (shared by its panels, overridden per panel).
 RUN_KEYS = (
     "task", "d", "r", "p", "m", "depth", "r_hat", "bm_rank", "bm_scale", "eps", "lr", "alpha", "gamma", "n_inner",
@@ -171,6 +173,7 @@ class Grid:
             **dict.fromkeys(ANALYSIS, self._analysis_jobs),
             "movielens": self._movielens_jobs,
             "nonlinear": self._nonlinear_jobs,
+            **dict.fromkeys(self.own_experiments, self._own_jobs),
         }
         for name, expand in expanders.items():
             if self.enabled(name):
@@ -185,6 +188,11 @@ class Grid:
     def enabled(self, name: str) -> bool:
         sections = self.config.get("experiments", {})
         return name in sections and sections[name].get("enabled", True) is not False
+
+    @property
+    def own_experiments(self) -> list[str]:
+        """Enabled experiments on a problem of the user's (any name but the built-in ones), in config order."""
+        return [name for name in self.config.get("experiments", {}) if name not in BUILT_IN and self.enabled(name)]
 
     @property
     def experiments(self) -> list[str]:
@@ -247,7 +255,9 @@ class Grid:
         if isinstance(options.get("problem"), str) and options["problem"] in self._data:
             data = self._data[options.pop("problem")]
             options.update({key: value for key, value in data.options.items() if key != "task"})
-        options = {key: value for key, value in options.items() if value is not None}
+        # a problem setting at its default is the same problem whether spelt out (the schema fills defaults) or not
+        options = {key: value for key, value in options.items()
+                   if value is not None and not (key in PROBLEM_EXTRAS and value == PROBLEM_EXTRAS[key])}  # fmt: skip
         return json.dumps({"command": run.command, **options}, sort_keys=True, default=str)
 
     def notebook_parameters(self, name: str, png: str, pdf: str, findings: str) -> dict[str, Any]:
@@ -406,6 +416,22 @@ class Grid:
                     yield Job(name, f"{panel}_seed{seed}", tuple(runs), self.root, inputs)
             if panel_runs:
                 yield Job(name, panel, tuple(panel_runs), self.root, tuple(panel_inputs))
+
+    def _own_jobs(self, name: str) -> Iterable[Job]:
+        """An experiment on the user's problem (its ``module:Class`` task and problem file): each model on that one
+        problem, one job per seed (the networks' init seed), panel :data:`OWN_PANEL`."""
+        section = self.section(name)
+        settings = {key: section[key] for key in RUN_KEYS if key in section}
+        for seed in self.config["seeds"]:
+            runs = []
+            for model in section["models"]:
+                model_settings = {**settings, **section.get("model_settings", {}).get(model, {})}
+                options = self._train_options(
+                    model_settings, model, seed, model_settings.get("alpha"), section["problem"]
+                )
+                keys = {"experiment": name, "panel": OWN_PANEL, "model": model, "seed": seed}
+                runs.append(Run(model, "train", options, keys, f"experiments.{name} ({model})"))
+            yield Job(name, f"{OWN_PANEL}_seed{seed}", tuple(runs), self.root, (section["problem"],))
 
     @staticmethod
     def _alpha_variants(

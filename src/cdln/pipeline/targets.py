@@ -80,7 +80,7 @@ class Targets:
 
     def names(self) -> list[str]:
         """Every target the config defines, figures first."""
-        experiments = [*CURVE_FIGURES, *ANALYSIS, *REAL_DATA, "scaling", "robustness"]
+        experiments = [*CURVE_FIGURES, *self.grid.own_experiments, *ANALYSIS, *REAL_DATA, "scaling", "robustness"]
         names = [f"fig_{name}" for name in experiments if self.grid.enabled(name)]
         names += ["summary_table"] if self.grid.enabled("summary") else []
         return names + (["claims_table"] if self.claim_figures else [])
@@ -97,7 +97,7 @@ class Targets:
         if target == "claims_table":
             return [f"{root}/tables/claims.csv", f"{root}/tables/claims.md"]
         files = self.figure_files(target)
-        if name in CURVE_FIGURES:
+        if name in CURVE_FIGURES or name in self.grid.own_experiments:
             files.append(f"{root}/tables/{name}_curves.csv")
         elif name in ANALYSIS:
             files += [f"{root}/tables/{name}_findings.json", f"{root}/notebooks/{name}.ipynb"]

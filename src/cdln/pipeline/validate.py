@@ -54,8 +54,11 @@ def pipeline_config_errors(config: dict[str, Any], schema_path: str | Path) -> l
 
     schema = yaml.safe_load(Path(schema_path).read_text())
     messages = []
+    unknown = {line.split(":")[0] for line in _unknown_experiments(config)}
     for error in jsonschema.Draft202012Validator(schema).iter_errors(config):
         where = ".".join(str(part) for part in error.absolute_path) or "<top level>"
+        if where in unknown or where.startswith(tuple(f"{name}." for name in unknown)):
+            continue
         if error.validator in ("unevaluatedProperties", "additionalProperties"):
             known = _schema_properties(error.schema, schema)
             unknown = sorted(str(k) for k in error.instance if k not in known)
@@ -65,7 +68,23 @@ def pipeline_config_errors(config: dict[str, Any], schema_path: str | Path) -> l
             continue
         description = error.schema.get("description") if isinstance(error.schema, dict) else None
         messages.append(f"{where}: {error.message}" + (f" ({description})" if description else ""))
-    return sorted(set(messages))
+    return sorted(set(_unknown_experiments(config) + messages))
+
+
+def _unknown_experiments(config: dict[str, Any]) -> list[str]:
+    """One line per experiment that is neither the paper's nor one on a problem of the user's (a name misspelt,
+    most likely); its schema errors are then left out (:func:`pipeline_config_errors`)."""
+    from cdln.pipeline.grid import BUILT_IN
+
+    lines = []
+    for name, section in (config.get("experiments") or {}).items():
+        own = isinstance(section, dict) and ":" in str(section.get("task", "")) and "problem" in section
+        if name not in BUILT_IN and not own:
+            lines.append(
+                f"experiments.{name}: not an experiment of the paper's ({', '.join(BUILT_IN)}); any other name is one "
+                "on a problem of your own and needs task: module:Class and problem: FILE (docs/own-problem.md)"
+            )
+    return lines
 
 
 def _schema_properties(node: dict[str, Any], root: dict[str, Any]) -> set[str]:

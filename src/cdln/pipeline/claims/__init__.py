@@ -66,20 +66,21 @@ only) apply only where the config sets ``claims.absolute``. Claims that read sec
 those seconds were measured on and, in brackets, the engine path each model's steps took (the runs
 tables' ``engine_path``); a grid whose config sets ``claims.timing: false`` (the reduced CI grid, whose
 runs take milliseconds on a shared machine) leaves them out. A row that reads seconds also states its
-measure's spread over seeds (:func:`spread`); when its bound lies inside that spread (some seeds hold, some
-fail) it reads "within noise", neither holds nor fails. A claim known not to reproduce carries its
+measure's spread over seeds (:func:`spread`); when it fails but its bound lies inside the range its runs' own
+timing noise allows (each run's seconds at either end of its checkpoint intervals' spread), it reads "within
+noise", neither holds nor fails (:func:`judge`). A claim known not to reproduce carries its
 measured reason (``deviation``): it is still evaluated and reported, and :func:`violations` does not
 count it.
 """
 
-from cdln.pipeline.claims.evaluate import evaluate, format_value, measure, not_evaluated, violations
+from cdln.pipeline.claims.evaluate import Verdict, evaluate, format_value, judge, measure, not_evaluated, violations
 from cdln.pipeline.claims.measures import BUILTINS, FUNCTIONS, ClaimError, NotApplicable, Tables
 from cdln.pipeline.claims.noise import spread
-from cdln.pipeline.claims.report import headline, to_markdown
+from cdln.pipeline.claims.report import coverage_line, headline, to_markdown
 from cdln.pipeline.claims.spec import CLAIM_KEYS, COLUMNS, SECTIONS, Claim, load_claims, tables_read
 
 __all__ = [
     "BUILTINS", "CLAIM_KEYS", "COLUMNS", "FUNCTIONS", "SECTIONS", "Claim", "ClaimError", "NotApplicable", "Tables",
-    "evaluate", "format_value", "headline", "load_claims", "measure", "not_evaluated", "spread", "tables_read",
-    "to_markdown", "violations",
+    "Verdict", "coverage_line", "evaluate", "format_value", "headline", "judge", "load_claims", "measure",
+    "not_evaluated", "spread", "tables_read", "to_markdown", "violations",
 ]  # fmt: skip

@@ -8,6 +8,7 @@ import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,38 @@ def fill_note(note: str, claim: Claim, tables: Tables, measured: str) -> str:
     return NOTE_PLACEHOLDER.sub(fill, note)
 
 
+@dataclass
+class Verdict:
+    """A row's value and verdict on some tables: it holds, or fails, or fails but within its runs' timing noise
+    (``within_noise``: timed again, the seed that fails it could pass); ``aggregation`` says how it was read."""
+
+    value: float
+    holds: bool
+    within_noise: bool
+    aggregation: str
+
+    @property
+    def decided(self) -> str:
+        """``holds``, ``fails`` or ``within noise`` (neither)."""
+        return "holds" if self.holds else "within noise" if self.within_noise else "fails"
+
+
+def judge(claim: Claim, tables: Tables) -> Verdict:
+    """The row's verdict on ``tables`` (:func:`evaluate`'s rule): a row that reads seconds and fails is within noise
+    when its bound lies inside the range its runs' own timing noise allows (:func:`timing_noise_range`). Raises
+    :class:`NotApplicable` when the row does not apply to the tables."""
+    value = measure(claim, tables)
+    aggregation, holds, noisy = "; ".join(tables.aggregations), claim.check(value), False
+    if tables.devices:
+        low, high = spread(claim, tables)
+        aggregation += f"; spread over seeds {format_value(low)}-{format_value(high)}"
+        if not holds:
+            low, high = timing_noise_range(claim, tables)
+            noisy = any(claim.check(v) for v in (low, high, *claim.bounds()) if low <= v <= high)
+            aggregation += f"; within the runs' timing noise {format_value(low)}-{format_value(high)}"
+    return Verdict(value, holds, noisy, aggregation)
+
+
 def evaluate(
     claims: list[Claim],
     figure: str,
@@ -99,31 +132,23 @@ def evaluate(
         if claim.figure != figure or (claim.absolute and not absolute):
             continue
         try:
-            value = measure(claim, tables)
+            verdict = judge(claim, tables)
         except NotApplicable:
             continue
         except ClaimError as error:
             raise ClaimError(f"claim {claim.id} ({claim.figure}): {error}") from None
         if tables.devices and not timing:
             continue
-        aggregation, holds, noisy = "; ".join(tables.aggregations), claim.check(value), False
-        if tables.devices:
-            low, high = spread(claim, tables)
-            aggregation += f"; spread over seeds {format_value(low)}-{format_value(high)}"
-            if not holds:
-                low, high = timing_noise_range(claim, tables)
-                noisy = any(claim.check(v) for v in (low, high, *claim.bounds()) if low <= v <= high)
-                aggregation += f"; within the runs' timing noise {format_value(low)}-{format_value(high)}"
-        measured = format_value(value, claim.bounds())
-        note = claim.note_for(grid) if not holds and not noisy else None
+        measured = format_value(verdict.value, claim.bounds())
+        note = claim.note_for(grid) if verdict.decided == "fails" else None
         rows.append(
             _row(
                 claim,
                 measured,
-                holds,
-                aggregation=aggregation,
+                verdict.holds,
+                aggregation=verdict.aggregation,
                 device=", ".join(sorted(tables.devices)),
-                within_noise="within noise" if noisy else "",
+                within_noise="within noise" if verdict.within_noise else "",
                 deviation=fill_note(note, claim, tables, measured) if note else "",
             )
         )

@@ -7,6 +7,9 @@ table below it cannot disagree, and a test recomputes them from ``claims.csv``.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pandas as pd
 
 from cdln.pipeline.claims.evaluate import _flag
@@ -74,6 +77,24 @@ def headline(table: pd.DataFrame) -> str:
             text += f"; **{counts['not evaluated'][1]} not evaluated** ({why})"
         parts.append(text)
     return ". ".join(parts) + "."
+
+
+def coverage_line(flips: Path, ids: list[str], markdown: Path) -> str:
+    """How many of the table's rows a plausible change of their tables flips, counted from the record
+    tests/test_claims_can_fail.py keeps (``flips``: id, figure, verdict, flipped_by), linked from ``markdown``."""
+    link = os.path.relpath(flips, markdown.parent)
+    if not flips.is_file():
+        return f"Falsifiability: not measured ({flips} is missing; tests/test_claims_can_fail.py writes it)."
+    record = pd.read_csv(flips, keep_default_na=False).set_index("id")
+    known = [row for row in ids if row in record.index]
+    flipped = sum(bool(record.loc[row, "flipped_by"]) for row in known)
+    stale = f"; {len(ids) - len(known)} rows are not in the record (rerun that test)" if len(known) < len(ids) else ""
+    return (
+        f"Falsifiability: on tables shaped like the paper grid's, a plausible change (the two networks swapped, a "
+        f"value moved by a few seeds' spreads or scaled by at most 10x, a finding flipped) flips **{flipped} of "
+        f"{len(known)}** rows; the other {len(known) - flipped} were not shown able to fail (tests/"
+        f"test_claims_can_fail.py; [each row's change, or none]({link})){stale}."
+    )
 
 
 def to_markdown(table: pd.DataFrame, config_name: str, coverage: str | None = None) -> str:
