@@ -66,10 +66,10 @@ def reference_run(tmp_path_factory) -> Path:
     return out
 
 
-def start_and_kill(out: Path, sig: signal.Signals) -> tuple[int, str]:
-    """Start ``cdln train LONG`` and send ``sig`` ~0.3 s after it reported iteration 0 (mid-training)."""
+def start_and_kill(out: Path, sig: signal.Signals, run: list[str] = LONG) -> tuple[int, str]:
+    """Start ``cdln train`` with ``run`` and send ``sig`` ~0.3 s after it reported iteration 0 (mid-training)."""
     proc = subprocess.Popen(
-        cdln_command("train", "--out", str(out), *LONG), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        cdln_command("train", "--out", str(out), *run), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
         text=True, env=cli_env(),
     )  # fmt: skip
     seen = []
@@ -98,7 +98,12 @@ def start_and_kill(out: Path, sig: signal.Signals) -> tuple[int, str]:
 
 def test_ctrl_c_says_nothing_was_written_in_one_line(tmp_path):
     out = tmp_path / "run"
-    code, stderr = start_and_kill(out, signal.SIGINT)
+    longer = [
+        *LONG[: LONG.index("--max-outer") + 1],
+        "3000",
+        *LONG[LONG.index("--max-outer") + 2 :],
+    ]  # seconds, not 0.6
+    code, stderr = start_and_kill(out, signal.SIGINT, longer)
     assert code == 130, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "cdln: error: interrupted; nothing written"
     assert list(tmp_path.iterdir()) == []  # no record, no staging folder, no lock
