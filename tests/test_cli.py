@@ -316,3 +316,16 @@ def test_each_run_settings_help_lives_once_beside_its_field():
     section = readme[readme.index("## Synthetic experiments") :].split("\n## ")[0]
     rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", section, flags=re.M))
     assert {key: rows.get(key) for key in shared} == {key: helps[key] for key in shared}
+
+
+def test_the_batch_benchmark_runs_pipeline_jobs_from_manifests():
+    """`cdln bench --sections batch`'s process comparison starts `cdln run-job` with a manifest, as the pipeline
+    does: no run is turned into flag strings."""
+    import torch
+
+    from cdln.bench.runs import bench_batch_cli
+
+    options = {"task": "mc", "d": 10, "r": 2, "p": 0.5, "model": "cdln", "r_hat": 4, "depth": 3, "lr": 2,
+               "n_inner": 10, "max_outer": 2, "tol": 0.0, "init_seed": 0, "dtype": "float64"}  # fmt: skip
+    result = bench_batch_cli(torch.device("cpu"), options, [1.0, 2.0])
+    assert result["runs"] == 2 and result["sequential_seconds"] > 0 and result["batched_seconds"] > 0

@@ -5,6 +5,7 @@ seconds to tol on the ``mc`` setting, and batched against one-at-a-time sweeps (
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 from cdln.config import RunConfig
 from cdln.devices import synchronize
 from cdln.engine import TrainSettings, train
-from cdln.pipeline.grid import Grid, cli_flags
+from cdln.pipeline.grid import Grid
 from cdln.runner import build_network, load_run_problem
 
 # What a run's problem file is drawn from: a benchmark draws the same problem in process instead.
@@ -103,24 +104,27 @@ def bench_batch(
 
 
 def bench_batch_cli(device: torch.device, options: Mapping[str, Any], alphas: Sequence[float]) -> dict:
-    """Runs per second as separate processes: one ``cdln train`` process per alpha vs one process
-    training all ``alphas`` as a batch (interpreter start, problem, record included)."""
-    flags = cli_flags({**options, "device": str(device)}).split()
-    common = [*flags, "--quiet", f"--threads={torch.get_num_threads()}"]
+    """Runs per second as separate processes: one ``cdln run-job`` process (the pipeline's job) per alpha vs one
+    process training all ``alphas`` as a batch (interpreter start, problem, record included). Each process reads
+    its run as a manifest, as pipeline jobs do."""
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    run = {key: value for key, value in {**options, "device": str(device)}.items() if value is not None}
 
-    def cli(*args: str) -> float:
+    def cli(alpha: float | list[float]) -> float:
+        manifest = {"runs": [{"name": "cdln", "command": "train", "options": {**run, "alpha": alpha}}]}
         with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "job.json").write_text(json.dumps(manifest))
             start = time.perf_counter()
-            command = [sys.executable, "-m", "cdln", "train", *common, "--out", str(Path(tmp) / "run"), *args]
+            command = [sys.executable, "-m", "cdln", "run-job", "--manifest", str(Path(tmp) / "job.json"), "--quiet",
+                       f"--threads={torch.get_num_threads()}", "--out", str(Path(tmp) / "job")]  # fmt: skip
             subprocess.run(command, check=True, env=env, capture_output=True)
             return time.perf_counter() - start
 
-    sequential = sum(cli("--alpha", str(a)) for a in alphas)
-    batched = cli("--alpha", *map(str, alphas))
+    sequential = sum(cli(float(a)) for a in alphas)
+    batched = cli([float(a) for a in alphas])
     n = len(alphas)
     return {
-        "what": f"ablation_alpha, C-DLN, {n} alphas as `cdln train` processes (pipeline jobs)",
+        "what": f"ablation_alpha, C-DLN, {n} alphas as `cdln run-job` processes (pipeline jobs)",
         "runs": n,
         "sequential_seconds": sequential,
         "batched_seconds": batched,
