@@ -329,3 +329,13 @@ def test_memory_of_a_saved_problem_is_taken_from_its_file(tmp_path):
     host, _ = config.memory_bytes()
     assert host >= path.stat().st_size >= 4 * 2000 * 36  # the float32 operator
     config.validate()
+
+
+def test_a_misspelt_experiment_is_one_line_beside_other_errors():
+    config = copy.deepcopy(PAPER)
+    config["experiments"]["mcc"] = {"task": "mc", "d": 10}
+    config["experiments"]["mc"]["magic"] = 1
+    errors = pipeline_config_errors(config, SCHEMA)
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("experiments.mc: unknown key(s) ['magic']")
+    assert errors[1].startswith("experiments.mcc: not an experiment of the paper's")

@@ -53,11 +53,11 @@ def pipeline_config_errors(config: dict[str, Any], schema_path: str | Path) -> l
     import yaml
 
     schema = yaml.safe_load(Path(schema_path).read_text())
-    messages = []
-    unknown = {line.split(":")[0] for line in _unknown_experiments(config)}
+    misnamed = _unknown_experiments(config)
+    messages, skipped = [], {line.split(":")[0] for line in misnamed}
     for error in jsonschema.Draft202012Validator(schema).iter_errors(config):
         where = ".".join(str(part) for part in error.absolute_path) or "<top level>"
-        if where in unknown or where.startswith(tuple(f"{name}." for name in unknown)):
+        if where in skipped or where.startswith(tuple(f"{name}." for name in skipped)):
             continue
         if error.validator in ("unevaluatedProperties", "additionalProperties"):
             known = _schema_properties(error.schema, schema)
@@ -68,7 +68,7 @@ def pipeline_config_errors(config: dict[str, Any], schema_path: str | Path) -> l
             continue
         description = error.schema.get("description") if isinstance(error.schema, dict) else None
         messages.append(f"{where}: {error.message}" + (f" ({description})" if description else ""))
-    return sorted(set(_unknown_experiments(config) + messages))
+    return sorted(set(misnamed + messages))
 
 
 def _unknown_experiments(config: dict[str, Any]) -> list[str]:
