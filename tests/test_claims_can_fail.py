@@ -128,7 +128,7 @@ def build_tables(claims: list[Claim]) -> Files:
                 runs.append(dict(panel=panel, model=model, seed=seed, alpha=alpha, stop_iteration=ITERATIONS[stop],
                                  stop_seconds=seconds[stop], converged=bool(error[stop] <= 1e-10),
                                  **device))  # fmt: skip
-                for column in run_columns - set(runs[-1]):  # other columns of the runs table, e.g. params_model
+                for column in sorted(run_columns - set(runs[-1])):  # other columns of the runs table, e.g. params_model
                     runs[-1][column] = 1000 * model_value(model, seed)
         curves_frame = pd.concat(curves, ignore_index=True)
         if experiment in swept:  # the curves of a sweep: one alpha per model, as the claims read them
@@ -152,7 +152,7 @@ def build_tables(claims: list[Claim]) -> Files:
         for model, columns in models.items():
             value = model_value(model)
             row = dict(model=model, n_seeds=3, **device)
-            for column in columns:
+            for column in sorted(columns):
                 row[column] = value
                 base = re.sub(r"_(min|max)$", "", column)
                 row.update(
@@ -163,7 +163,9 @@ def build_tables(claims: list[Claim]) -> Files:
     for name, models in real_runs.items():
         files[f"{name}_runs.csv"] = pd.DataFrame(
             [
-                dict(model=model, seed=seed, **device, **{column: model_value(model, seed) for column in columns})
+                dict(
+                    model=model, seed=seed, **device, **{column: model_value(model, seed) for column in sorted(columns)}
+                )
                 for (model, columns), seed in itertools.product(sorted(models.items()), SEEDS)
             ]  # fmt: skip
         )
@@ -185,12 +187,12 @@ def build_tables(claims: list[Claim]) -> Files:
         rows = []
         for (factor, value), wanted in sorted(robust.items()):
             models: dict[str, set[str]] = {}
-            for item in wanted:
+            for item in sorted(wanted):
                 model, column = item.split(":")
                 models.setdefault(model, set()).add(column)
             for model, seed in itertools.product(sorted(models), SEEDS):
                 rows.append(dict(factor=factor, value=value, model=model, seed=seed, **device,
-                                 **{column: model_value(model, seed) for column in models[model]}))  # fmt: skip
+                                 **{column: model_value(model, seed) for column in sorted(models[model])}))  # fmt: skip
         files["robustness.csv"] = pd.DataFrame(rows)
     return files
 
