@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, cli_env, pipeline_copy
+from test_docs import annotated_blocks
 
 from cdln.cli import main
 from cdln.data.synthetic import make_problem
@@ -27,10 +28,7 @@ DOC = REPO / "docs" / "own-problem.md"
 
 def _blocks() -> list[tuple[str, str, str | None]]:
     """(language, code, the file the page saves it as or None) of the page's new-loss example and pipeline."""
-    text = DOC.read_text()
-    blocks = []
-    for match in re.finditer(r"(?:<!-- file: (\S+) -->\n)?```(\w+)\n(.*?)```", text, flags=re.S):
-        blocks.append((match[2], match[3], match[1]))
+    blocks = [(language, code, saved_as) for language, code, _, saved_as in annotated_blocks(DOC)]
     return blocks[[i for i, (_, code, _) in enumerate(blocks) if "clean = make_problem" in code][0] :]
 
 
