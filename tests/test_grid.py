@@ -36,6 +36,16 @@ def test_paper_grid_by_hand():
     assert [run.name for run in grid.jobs("movielens")[0].runs] == ["original", "cdln", "altmin"]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", None])
+def test_a_movielens_dtype_sets_both_dlns_and_altmin_keeps_the_global_one(dtype):
+    config = copy.deepcopy(PAPER)
+    config["experiments"]["movielens"].pop("dtype", None)
+    if dtype:
+        config["experiments"]["movielens"]["dtype"] = dtype
+    runs = {run.name: run.options["dtype"] for run in Grid(config).jobs("movielens")[0].runs}
+    assert runs == {"original": dtype or PAPER["dtype"], "cdln": dtype or PAPER["dtype"], "altmin": PAPER["dtype"]}
+
+
 def test_runs_of_one_job_share_one_problem_file_and_experiments_share_draws():
     grid = Grid(PAPER)
     for job in grid.jobs("mc") + grid.jobs("ablation_depth"):

@@ -554,7 +554,8 @@ class Grid:
             path = self._add_data(problem)
             dln = {key: section[key] for key in ("depth", "eps", "lr", "n_inner", "max_outer")}
             device = {"dtype": self.config["dtype"], "device": self.config["device"]}
-            trained = {"tol": 0.0, "init_seed": seed, **device, "problem": path}
+            dln_dtype = section.get("dtype", device["dtype"])  # AltMin keeps the global dtype
+            trained = {"tol": 0.0, "init_seed": seed, **device, "dtype": dln_dtype, "problem": path}
             options = {
                 "original": ("train", {"task": "mc", "model": "original", "width": section["width"], **dln, **trained}),
                 "cdln": (

@@ -19,18 +19,20 @@ X_KEYS = {"iteration": "iteration", "iterations": "iteration", "seconds": "secon
 
 
 def mean_curve(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per checkpoint: mean seconds, geometric mean/min/max of both errors, over seeds."""
-
-    def log_stats(frame: pd.DataFrame) -> pd.Series:
-        out = {"seconds": frame["seconds"].mean(), "n": len(frame)}
-        for column in ("recovery_error", "train_loss"):
-            values = frame[column].clip(lower=1e-300)
-            out[f"{column}_mean"] = float(np.exp(np.log(values).mean()))
-            out[f"{column}_min"] = float(values.min())
-            out[f"{column}_max"] = float(values.max())
-        return pd.Series(out)
-
-    return curves.groupby("iteration")[["seconds", "recovery_error", "train_loss"]].apply(log_stats).reset_index()
+    """Per checkpoint (iteration): mean seconds, the number of seeds ``n``, and the geometric mean/min/max over
+    seeds of both errors (``<error>_mean``, ``_min``, ``_max``; errors clipped at 1e-300 before the log)."""
+    errors = ("recovery_error", "train_loss")
+    clipped = curves[["iteration", "seconds", *errors]].copy()
+    for column in errors:
+        clipped[column] = clipped[column].clip(lower=1e-300)
+        clipped[f"{column}_log"] = np.log(clipped[column])
+    grouped = clipped.groupby("iteration")
+    out = pd.DataFrame({"seconds": grouped["seconds"].mean(), "n": grouped.size().astype(float)})
+    for column in errors:
+        out[f"{column}_mean"] = np.exp(grouped[f"{column}_log"].mean())
+        out[f"{column}_min"] = grouped[column].min()
+        out[f"{column}_max"] = grouped[column].max()
+    return out.reset_index()
 
 
 def panel_title(frame: pd.DataFrame, panel: str) -> str:
