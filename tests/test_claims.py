@@ -503,9 +503,12 @@ def test_a_note_is_filled_from_the_tables_and_shown_only_where_it_fails(tables):
 def test_the_coverage_line_counts_the_flips_record_and_links_it(tmp_path):
     record = tmp_path / "tests" / "flips.csv"
     record.parent.mkdir()
-    record.write_text("id,figure,verdict,flipped_by\na,fig_mf,holds,swap cdln and original\nb,fig_mf,fails,\n")
+    rows = ["a,fig_mf,holds,swap cdln and original", "b,fig_mf,fails,",
+            "d,fig_ms,holds,on the replication's tables: scale cdln's recovery_error by 1.33"]  # fmt: skip
+    record.write_text("id,figure,verdict,flipped_by\n" + "\n".join(rows) + "\n")
     markdown = tmp_path / "results" / "paper" / "tables" / "claims.md"
-    line = claims.coverage_line(record, ["a", "b", "c"], markdown)
-    assert "flips **1 of 2** rows; the other 1 were not shown able to fail" in line
+    line = claims.coverage_line(record, ["a", "b", "c", "d"], markdown)
+    assert "flips **2 of 3** rows; the other 1 were not shown able to fail" in line
+    assert "or else of the gallery replication's own tables (1 rows)" in line
     assert "(../../../tests/flips.csv)" in line and "1 rows are not in the record" in line
     assert "not measured" in claims.coverage_line(tmp_path / "none.csv", ["a"], markdown)

@@ -4,6 +4,7 @@ the conventions they expect, a record that says which code made it, and the gall
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import subprocess
@@ -256,7 +257,7 @@ def test_make_gallery_copies_and_stamps(tmp_path):
     (root / "tables").mkdir()
     for name in ("fig_mc.png", "fig_mf.png"):
         (root / "figures" / name).write_bytes(b"\x89PNG")
-    for name in ("claims.md", "claims.csv", "summary.md"):
+    for name in ("claims.md", "claims.csv", "summary.md", "summary.csv", "mc_runs.csv", "mc_findings.json"):
         (root / "tables" / name).write_text(name)
     record = {"environment": {"git": {"commit": "abc123", "dirty": False}, "torch": "2.13.0", "cdln": "0.1.0"}}
     (root / "runs" / "mc" / "job" / "a").mkdir(parents=True)
@@ -271,7 +272,12 @@ def test_make_gallery_copies_and_stamps(tmp_path):
     assert stamp["commit"] == "abc123" and stamp["run"]["seconds"] == 3440
     gallery = tmp_path / "gallery"
     files = ["fig_mc.png", "fig_mf.png", "claims.md", "claims.csv", "summary.md", "stamp.json", "README.md"]
-    assert sorted(p.name for p in gallery.iterdir()) == sorted([*files, "run.snakemake.log", ".cdln-written.json"])
+    assert sorted(p.name for p in gallery.iterdir()) == sorted([*files, "run.snakemake.log", ".cdln-written.json",
+                                                                "tables"])  # fmt: skip
+    # the tables the claims read, gzipped byte for byte (not the claims table or the summary themselves)
+    assert sorted(p.name for p in (gallery / "tables").iterdir()) == ["mc_findings.json.gz", "mc_runs.csv.gz"]
+    assert gzip.decompress((gallery / "tables" / "mc_runs.csv.gz").read_bytes()) == b"mc_runs.csv"
+    assert foreign_files(gallery) == []
     assert (gallery / "run.snakemake.log").read_text() == "localrule all:\n"  # the run's own log, for its job-seconds
     assert "![fig_mc.png](fig_mc.png)" in (gallery / "README.md").read_text()
     assert "`cdln job-times run.snakemake.log`" in (gallery / "README.md").read_text()

@@ -1,6 +1,8 @@
 """The gallery: a full replication's figures, claims table and summary, copied into a tracked folder
 (``docs/gallery/``) with a stamp saying what made them, so that a newcomer sees every figure before a run. The
-HTML report (megabytes: every figure inlined) is regenerated, not tracked: ``snakemake --report``.
+tables the claims were computed from go beside them, gzipped (``tables/``: a referee can recompute any row, and
+tests/test_claims_can_fail.py tries its plausible changes on them). The HTML report (megabytes: every figure
+inlined) is regenerated, not tracked: ``snakemake --report``.
 
 The stamp (``stamp.json``, and its first lines in ``README.md`` there) holds the commit the runs were made with
 and whether the checkout had uncommitted changes (from the run records), the date, the machine (cores, GPU or
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gzip
 import json
 import os
 import platform
@@ -24,6 +27,7 @@ from cdln.outputs import atomic_directory, json_default
 
 STAMP = "stamp.json"
 RUN_LOG = "run.snakemake.log"  # the Snakemake log of the run the gallery shows
+TABLES = "tables"  # the run's tables the claims read, each gzipped (<name>.gz)
 LOG_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{6})\.\d+\.snakemake\.log$")
 
 
@@ -121,11 +125,23 @@ def make_gallery(root: str | Path, out: str | Path, log_dir: str | Path = ".snak
             if source.suffix == ".md":  # a link out of the run's folder (a tracked record) must hold from here too
                 text = source.read_text()
                 (staging / source.name).write_text(repoint_links(text, source.parent, out, root))
+        (staging / TABLES).mkdir()
+        for table in claim_tables(root):
+            # mtime=0: the same table gives the same bytes, so an unchanged table is no change in git
+            with gzip.GzipFile(staging / TABLES / f"{table.name}.gz", "wb", mtime=0) as packed:
+                packed.write(table.read_bytes())
         if stamp["run"]:  # the run's own log: its job-seconds can be recomputed (cdln job-times)
             shutil.copyfile(Path(log_dir) / stamp["run"]["log"], staging / RUN_LOG)
         (staging / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True, default=json_default) + "\n")
         (staging / "README.md").write_text(stamp_markdown(stamp))
     return stamp
+
+
+def claim_tables(root: Path) -> list[Path]:
+    """The tables of the run at ``root`` that claims read (``tables/*.csv`` and ``*.json``), without the claims
+    table and the summary themselves."""
+    tables = [*sorted((root / "tables").glob("*.csv")), *sorted((root / "tables").glob("*.json"))]
+    return [table for table in tables if not table.name.startswith(("claims", "summary", "."))]
 
 
 def repoint_links(text: str, source_dir: Path, out: Path, root: Path) -> str:
@@ -170,8 +186,8 @@ def stamp_markdown(stamp: dict[str, Any]) -> str:
         f"- machine: {machine['cores']} cores ({machine['cpu']}), GPU: {gpu}",
         "- versions: " + ", ".join(f"{key} {value}" for key, value in stamp["versions"].items() if key != "platform"),
         "",
-        "[Claims table](claims.md) · [summary](summary.md) · the HTML report: "
-        "`snakemake --report results/paper/report.html` after the run",
+        "[Claims table](claims.md) · [summary](summary.md) · [the tables the claims read](tables/) (gzip) · the "
+        "HTML report: `snakemake --report results/paper/report.html` after the run",
         "",
         *(f"![{name}]({name})" for name in figures),
     ]
