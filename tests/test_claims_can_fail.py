@@ -38,8 +38,8 @@ ALPHAS = np.arange(0.5, 3.01, 0.25)
 DECADES_PER_1000 = {"cdln": 1.0, "original": 0.8, "bm": 0.6, "narrow": 0.7, "yaras": 0.9}  # error's decay
 SECONDS_PER_ITERATION = {"cdln": 1e-4, "original": 5e-4, "bm": 2e-4, "narrow": 3e-4, "yaras": 4e-4}
 FIXED = {"seed", "alpha", "d", "n_seeds", "factor", "panel", "model"}  # never perturbed
-# A value scaled by at most 10x either way, and a curve or value moved by a few of its own seeds' spreads: the
-# smallest changes first, so that the change recorded for a row is the smallest of its kind that flips it.
+# A value scaled by at most 10x either way, and a curve or value moved by a few of its own seeds' spreads, the
+# smallest first: the change recorded for a row is the smallest scale or move of the first value that flips it.
 SCALES = tuple(10.0 ** (k / 8) for k in sorted(range(-8, 9), key=lambda k: (abs(k), k)) if k)
 SHIFTS = (-1, 1, -2, 2, -3, 3)
 LOGARITHMIC = ("error", "loss")  # columns whose seeds spread on a log scale (errors, losses)
